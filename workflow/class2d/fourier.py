@@ -1,0 +1,105 @@
+"""FFT helpers: frequency grids, Fourier cropping, resolution shells, FRC.
+
+    >>> fy, fx = rfft_frequencies(64, apix=1.5)        # (64, 1), (1, 33) in 1/Å
+    >>> small = fourier_crop(images, 32)               # (n, 32, 32), pixel size doubles
+    >>> frc(a, b)                                      # (17,) correlation per shell
+
+Images are real, square, (…, D, D), with the origin at pixel (D//2, D//2) as RELION and
+CryoSPARC place it.  Transforms use NumPy's ``rfft2`` layout (origin at [0, 0]); the
+``centered`` helpers move the image origin there first so that phases carry no
+checkerboard.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def rfft_frequencies(box: int, apix: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Frequencies of the ``rfft2`` grid of a (box, box) image: fy (box, 1), fx (1, box//2+1).
+
+    Units: 1/Å when ``apix`` is Å/px (cycles per pixel for apix=1).
+    """
+    fy = np.fft.fftfreq(box)[:, None] / apix
+    fx = np.fft.rfftfreq(box)[None, :] / apix
+    return fy, fx
+
+
+def centered_rfft2(images: np.ndarray) -> np.ndarray:
+    """``rfft2`` of images whose origin is the centre pixel: (…, D, D//2+1) complex."""
+    return np.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)))
+
+
+def centered_irfft2(spectra: np.ndarray, box: int) -> np.ndarray:
+    """Inverse of :func:`centered_rfft2`: (…, box, box) real."""
+    return np.fft.fftshift(np.fft.irfft2(spectra, s=(box, box)), axes=(-2, -1))
+
+
+def fourier_crop(images: np.ndarray, new_box: int) -> np.ndarray:
+    """Crop (or zero-pad) images in Fourier space to ``new_box`` px: (…, new_box, new_box).
+
+    The pixel size becomes apix · D / new_box; the mean value is kept.
+    """
+    box = images.shape[-1]
+    if new_box == box:
+        return np.array(images, copy=True)
+    spec = centered_rfft2(np.asarray(images, np.float64))
+    out = np.zeros(images.shape[:-2] + (new_box, new_box // 2 + 1), complex)
+    half = min(box, new_box) // 2
+    ky = np.r_[0:half, -half:0]
+    out[..., ky, :half + 1] = spec[..., ky, :half + 1]
+    if new_box < box:
+        # a cropped Nyquist row/column would hold only one of its two halves
+        out[..., half, :] = 0.0
+        out[..., :, half] = 0.0
+    scale = (new_box / box) ** 2
+    return (centered_irfft2(out, new_box) * scale).astype(images.dtype, copy=False)
+
+
+def radius_grid(box: int) -> np.ndarray:
+    """Radius in Fourier pixels of every ``rfft2`` coefficient: (box, box//2+1) float64."""
+    fy, fx = rfft_frequencies(box)
+    return np.hypot(fy * box, fx * box)
+
+
+def shell_index(box: int) -> np.ndarray:
+    """Integer shell (rounded radius) of every ``rfft2`` coefficient: (box, box//2+1) int."""
+    return np.rint(radius_grid(box)).astype(np.int64)
+
+
+def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Fourier ring correlation of two (D, D) images: (D//2 + 1,) per shell 0…Nyquist."""
+    box = a.shape[-1]
+    fa, fb = centered_rfft2(np.asarray(a, np.float64)), centered_rfft2(np.asarray(b, np.float64))
+    shells = shell_index(box).ravel()
+    nshell = box // 2 + 1
+    keep = shells < nshell
+    weights = np.where(np.arange(box // 2 + 1)[None, :] == 0, 1.0, 2.0)
+    weights = np.broadcast_to(weights, fa.shape).ravel()[keep]
+    s = shells[keep]
+    cross = np.bincount(s, weights * (fa * fb.conj()).real.ravel()[keep], nshell)
+    pa = np.bincount(s, weights * (np.abs(fa) ** 2).ravel()[keep], nshell)
+    pb = np.bincount(s, weights * (np.abs(fb) ** 2).ravel()[keep], nshell)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pa * pb > 0, cross / np.sqrt(pa * pb), 0.0)
+
+
+def frc_resolution(curve: np.ndarray, box: int, apix: float, threshold: float = 0.5) -> float:
+    """Resolution in Å where an FRC curve first drops below ``threshold`` (Nyquist if never)."""
+    below = np.flatnonzero(curve[1:] < threshold)
+    shell = box // 2 if below.size == 0 else max(int(below[0]), 1)
+    return box * apix / shell
+
+
+def circular_mask(box: int, radius_px: float, edge_px: float = 0.0) -> np.ndarray:
+    """Soft circular mask (box, box) float32: 1 inside ``radius_px``, raised-cosine edge."""
+    y, x = np.mgrid[:box, :box] - box // 2
+    r = np.hypot(x, y)
+    if edge_px <= 0:
+        return (r <= radius_px).astype(np.float32)
+    t = np.clip((r - radius_px) / edge_px, 0.0, 1.0)
+    return (0.5 + 0.5 * np.cos(np.pi * t)).astype(np.float32)

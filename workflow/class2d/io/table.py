@@ -1,0 +1,125 @@
+"""The single in-memory particle table that RELION STAR and CryoSPARC ``.cs`` both map to.
+
+    >>> from class2d.io import read_particles
+    >>> table = read_particles("run_data.star")      # or "particles.cs"
+    >>> table.pixel_size()                            # (n,) Å/px, from the metadata
+    >>> table.ctf_params().defocus_u                  # (n,) Å
+
+Layout
+------
+``particles`` is a pandas DataFrame, one row per particle, with RELION 3.1 column names
+and RELION units for every quantity the project understands (Å, degrees, kV, mm,
+``rlnImageName`` as ``N@path``, ``rlnOriginXAngst/YAngst``, 1-based ``rlnClassNumber``).
+Columns the project does not understand are carried through untouched: RELION columns
+under their own names, CryoSPARC fields under their ``.cs`` names (``"blob/sign"``) so
+that a ``.cs`` written back holds them again.
+
+``optics`` is a DataFrame with one row per optics group (RELION's ``data_optics``), keyed
+by ``rlnOpticsGroup``; every particle row has ``rlnOpticsGroup``.  RELION 3.0 inputs get
+groups made from their distinct per-particle optics values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import pandas as pd
+
+from class2d.ctf import CTFParams
+
+#: optics-level columns: stored in ``optics``, looked up per particle through the group
+OPTICS_COLUMNS = (
+    "rlnVoltage",
+    "rlnSphericalAberration",
+    "rlnAmplitudeContrast",
+    "rlnImagePixelSize",
+    "rlnImageSize",
+)
+
+
+@dataclasses.dataclass
+class ParticleTable:
+    """Particles and their optics groups.
+
+    particles: one row per particle (see module docstring)
+    optics: one row per optics group, keyed by ``rlnOpticsGroup``
+    base_dir: directory that relative image paths in ``rlnImageName`` are resolved against
+    source: the file this table was read from (for messages), or ``None``
+    """
+
+    particles: pd.DataFrame
+    optics: pd.DataFrame
+    base_dir: str = "."
+    source: str | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.particles)
+
+    def optics_column(self, name: str) -> np.ndarray:
+        """Per-particle value of an optics-group column: (n,)."""
+        lookup = self.optics.set_index("rlnOpticsGroup")[name]
+        return lookup.loc[self.particles["rlnOpticsGroup"].to_numpy()].to_numpy()
+
+    def pixel_size(self) -> np.ndarray:
+        """(n,) float64, Å/px of the particle images."""
+        return self.optics_column("rlnImagePixelSize").astype(np.float64)
+
+    def box_size(self) -> np.ndarray:
+        """(n,) int, the particle box in px."""
+        return self.optics_column("rlnImageSize").astype(np.int64)
+
+    def ctf_params(self) -> CTFParams:
+        """Per-particle CTF parameters in RELION units."""
+        p = self.particles
+
+        def col(name: str, default: float) -> np.ndarray:
+            if name in p.columns:
+                return p[name].to_numpy(np.float64)
+            return np.full(self.n, default, np.float64)
+
+        return CTFParams(
+            defocus_u=p["rlnDefocusU"].to_numpy(np.float64),
+            defocus_v=p["rlnDefocusV"].to_numpy(np.float64),
+            defocus_angle=col("rlnDefocusAngle", 0.0),
+            voltage=self.optics_column("rlnVoltage").astype(np.float64),
+            cs=self.optics_column("rlnSphericalAberration").astype(np.float64),
+            amplitude_contrast=self.optics_column("rlnAmplitudeContrast").astype(np.float64),
+            phase_shift=col("rlnPhaseShift", 0.0),
+            bfactor=col("rlnCtfBfactor", 0.0),
+            scale=col("rlnCtfScalefactor", 1.0),
+        )
+
+    def image_locations(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where each image is: (paths (n,) str absolute, indices (n,) int 0-based).
+
+        ``rlnImageName`` ``"12@stack.mrcs"`` is image 12 (1-based, as RELION counts) of
+        ``stack.mrcs`` relative to ``base_dir``; a name without ``@`` is a single image.
+        """
+        names = self.particles["rlnImageName"].astype(str).to_numpy()
+        paths = np.empty(self.n, dtype=object)
+        indices = np.zeros(self.n, dtype=np.int64)
+        for i, name in enumerate(names):
+            if "@" in name:
+                num, path = name.split("@", 1)
+                indices[i] = int(num) - 1
+            else:
+                path = name
+            paths[i] = path if os.path.isabs(path) else os.path.normpath(
+                os.path.join(self.base_dir, path))
+        return paths, indices
+
+    def subset(self, rows: np.ndarray) -> "ParticleTable":
+        """A table of the given rows (boolean mask or integer indices), same optics."""
+        part = self.particles.iloc[np.flatnonzero(rows) if np.asarray(rows).dtype == bool
+                                   else np.asarray(rows)].reset_index(drop=True)
+        return dataclasses.replace(self, particles=part)
+
+    def with_columns(self, **columns: np.ndarray) -> "ParticleTable":
+        """A copy with columns added or replaced (each (n,))."""
+        part = self.particles.copy()
+        for name, values in columns.items():
+            part[name] = values
+        return dataclasses.replace(self, particles=part)
