@@ -1,0 +1,45 @@
+"""Backends: the same kernels on the CPU (NumPy/Numba) and on NVIDIA GPUs (Numba CUDA).
+
+    >>> backend = get_backend("auto")       # the cuda module when a GPU is found, else cpu
+    >>> backend.rotate_references(grids, fx, fy, psi, pad)
+
+A backend module provides ``rotate_references``, ``score_class``, ``backproject`` and
+``noise_residuals`` with the signatures documented in ``class2d.kernels.cpu``.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+
+logger = logging.getLogger(__name__)
+
+
+def cuda_available() -> tuple[bool, str]:
+    """(usable, why not) for the CUDA backend."""
+    try:
+        from numba import cuda
+    except ImportError as err:  # numba built without CUDA support
+        return False, f"numba.cuda cannot be imported ({err})"
+    try:
+        if cuda.is_available():
+            return True, ""
+        return False, "numba.cuda.is_available() is False (no GPU or no driver)"
+    except Exception as err:  # a broken driver raises instead of answering
+        return False, f"the CUDA driver failed: {err}"
+
+
+def get_backend(name: str = "auto") -> types.ModuleType:
+    """The kernel module for ``name`` (auto, cuda, cpu)."""
+    if name not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"backend must be auto, cuda or cpu, not {name!r}")
+    if name != "cpu":
+        usable, why = cuda_available()
+        if usable:
+            from class2d.kernels import cuda as backend
+            return backend
+        if name == "cuda":
+            raise RuntimeError(f"backend: cuda was asked for, but {why}")
+        logger.info("backend auto: using the CPU because %s", why)
+    from class2d.kernels import cpu
+    return cpu

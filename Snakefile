@@ -1,0 +1,23 @@
+# class2d: cryo-EM 2D classification as a Snakemake workflow.
+#   snakemake --cores all                      # the whole chain on the built-in demo data
+#   snakemake --cores all --config particles=run_data.star outdir=myrun
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/demo.smk"
+include: "rules/prepare.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

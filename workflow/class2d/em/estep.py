@@ -1,0 +1,151 @@
+"""E-step of one batch: score every class at every pose, reduce, and pick what the M-step inserts.
+
+    >>> data = BatchData.build(images, ctf_params, alpha, freqs, sigma2, apix)
+    >>> scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top)
+    >>> entries = select_entries(scores, poses, force_max=True, hard=False)
+
+Scores are ℓ = 2α·Σ Re(conj(P)·M) − α²·Σ CTF²|A_rot|²/σ² with P = w·CTF·X/σ² and
+M = A(R(−ψ)f)·exp(−2πi f·t/d): two GEMM-shaped products per class (DESIGN §3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from class2d import ctf as ctf_model
+from class2d.em.grids import FrequencySet, PoseGrid
+
+#: a pose or class whose posterior is below this share of the best is not inserted
+MIN_WEIGHT = 1e-3
+#: a pose is "significant" within this many log units of the best (rlnNrOfSignificantSamples)
+SIG_LOG = float(np.log(1000.0))
+
+
+@dataclasses.dataclass
+class BatchData:
+    """Particle data of a batch on one frequency set.
+
+    x: (N, F) complex64 spectra;  ctf: (N, F) float32;  alpha: (N,) float32
+    inv_sigma2: (F,) float32;  freqs: the frequency set
+    """
+
+    x: np.ndarray
+    ctf: np.ndarray
+    alpha: np.ndarray
+    inv_sigma2: np.ndarray
+    freqs: FrequencySet
+
+    @classmethod
+    def build(cls, spectra: np.ndarray, ctf_params: ctf_model.CTFParams, alpha: np.ndarray,
+              freqs: FrequencySet, sigma2: np.ndarray, apix: float) -> "BatchData":
+        size = freqs.box * apix
+        ctf = ctf_model.evaluate(ctf_params, freqs.fx / size, freqs.fy / size)
+        return cls(x=freqs.take(spectra), ctf=np.ascontiguousarray(ctf, np.float32),
+                   alpha=np.ascontiguousarray(alpha, np.float32),
+                   inv_sigma2=(1.0 / sigma2[freqs.shell]).astype(np.float32), freqs=freqs)
+
+    def products(self) -> tuple[np.ndarray, np.ndarray]:
+        """(p_stack (N, 2F) = [Re P | Im P], ctf2 (N, F) = w·CTF²/σ²), float32."""
+        g = self.ctf * (self.freqs.wf * self.inv_sigma2)[None, :]
+        p = g * self.x
+        p_stack = np.concatenate([p.real, p.imag], axis=1).astype(np.float32)
+        return p_stack, np.ascontiguousarray(g * self.ctf, np.float32)
+
+
+@dataclasses.dataclass
+class BatchScores:
+    """Reduced scores of a batch (tempered by 1/τ).
+
+    top_s, top_i: (N, K, P) best poses per class;  lse: (N, K);  nsig: (N, K)
+    refine: (N, K, 3) sub-step offsets of each class's best pose;  ratio: (N, K)
+    gamma: (N, K) class posteriors;  loglik: (N,) untempered best score over classes
+    """
+
+    top_s: np.ndarray
+    top_i: np.ndarray
+    lse: np.ndarray
+    nsig: np.ndarray
+    refine: np.ndarray
+    ratio: np.ndarray
+    gamma: np.ndarray
+    loglik: np.ndarray
+
+    @property
+    def best_class(self) -> np.ndarray:
+        return np.argmax(self.gamma, axis=1)
+
+
+def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
+                log_prior: np.ndarray, inv_temp: float, n_top: int,
+                force_max: bool) -> BatchScores:
+    """Score a batch against all classes; class posteriors from max (force_max) or marginal."""
+    n, k_count = data.x.shape[0], grids.shape[0]
+    p_stack, ctf2 = data.products()
+    arot = backend.rotate_references(grids, data.freqs.fx, data.freqs.fy, poses.psi,
+                                     grids.shape[-1] // data.freqs.box)
+    phase = data.freqs.phases(poses.shifts)
+    fields = [np.empty((n, k_count, n_top), np.float32), np.empty((n, k_count, n_top), np.int64),
+              np.empty((n, k_count), np.float32), np.empty((n, k_count), np.int32),
+              np.empty((n, k_count, 3), np.float32), np.empty((n, k_count), np.float32)]
+    for k in range(k_count):
+        result = backend.score_class(p_stack, ctf2, arot[k], phase, data.alpha, inv_temp,
+                                     poses.side, SIG_LOG, n_top)
+        for field, value in zip(fields, result):
+            field[:, k] = value
+    top_s, _, lse, *_ = fields
+    evidence = (top_s[:, :, 0] if force_max else lse - np.log(poses.size)).astype(np.float64)
+    logp = evidence + log_prior[None, :]
+    logp -= logp.max(axis=1, keepdims=True)
+    gamma = np.exp(logp)
+    gamma /= gamma.sum(axis=1, keepdims=True)
+    loglik = top_s[:, :, 0].max(axis=1) / inv_temp
+    return BatchScores(*fields, gamma=gamma, loglik=loglik)
+
+
+@dataclasses.dataclass
+class Entries:
+    """What the M-step inserts: (particle, class, pose, weight), sorted by class.
+
+    offsets: (K+1,) entries of class k are offsets[k]:offsets[k+1]
+    """
+
+    rows: np.ndarray
+    classes: np.ndarray
+    psi: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    weight: np.ndarray
+    offsets: np.ndarray
+
+    @classmethod
+    def build(cls, rows, classes, psi, tx, ty, weight, n_classes: int) -> "Entries":
+        order = np.argsort(classes, kind="stable")
+        offsets = np.searchsorted(classes[order], np.arange(n_classes + 1))
+        f32 = np.float32
+        return cls(rows=rows[order].astype(np.int64), classes=classes[order].astype(np.int64),
+                   psi=psi[order].astype(f32), tx=tx[order].astype(f32), ty=ty[order].astype(f32),
+                   weight=weight[order].astype(f32), offsets=offsets.astype(np.int64))
+
+
+def select_entries(scores: BatchScores, poses: PoseGrid, hard: bool) -> Entries:
+    """Entries for the M-step: classes with posterior ≥ MIN_WEIGHT of the best (only the
+    best class when ``hard``), each at its kept poses weighted by their posterior."""
+    n, k_count, n_top = scores.top_s.shape
+    gamma = scores.gamma
+    if hard:
+        gamma = np.zeros_like(gamma)
+        gamma[np.arange(n), scores.best_class] = 1.0
+    keep_class = gamma >= MIN_WEIGHT * gamma.max(axis=1, keepdims=True)
+    gamma = np.where(keep_class, gamma, 0.0)
+    gamma /= gamma.sum(axis=1, keepdims=True)
+    pose_w = np.exp(scores.top_s - scores.top_s[:, :, :1])
+    pose_w = np.where((pose_w >= MIN_WEIGHT) & (scores.top_i >= 0), pose_w, 0.0)
+    pose_w /= pose_w.sum(axis=2, keepdims=True)
+    weight = gamma[:, :, None] * pose_w
+    refine = np.zeros(scores.top_s.shape + (3,), np.float32)
+    refine[:, :, 0] = scores.refine
+    i, k, j = np.nonzero(weight > 0)
+    psi, tx, ty = poses.pose(scores.top_i[i, k, j], refine[i, k, j])
+    return Entries.build(i, k, psi, tx, ty, weight[i, k, j], k_count)

@@ -1,0 +1,236 @@
+"""CPU kernels (NumPy BLAS + Numba): the reference implementation every backend matches.
+
+    >>> arot = rotate_references(grids, fx, fy, psi, pad)          # (K, R, F) complex64
+    >>> top_s, top_i, lse, nsig, refine, ratio = score_class(p_stack, ctf2, arot[k], phase,
+    ...                                                       alpha, 1.0, side, 6.9, 8)
+
+The public functions (no leading underscore) are the backend interface: every one has a twin of the same signature in ``class2d.kernels.cuda``; the
+shapes and meanings are documented once, here.  Scalar maths lives in ``scalar.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from class2d.kernels import scalar
+
+_sample = numba.njit(inline="always", cache=True)(scalar.sample_bilinear)
+_coords = numba.njit(inline="always", cache=True)(scalar.reference_coords)
+_phase = numba.njit(inline="always", cache=True)(scalar.phase_angle)
+_parabola = numba.njit(inline="always", cache=True)(scalar.parabola_offset)
+
+
+@numba.njit(parallel=True, cache=True)
+def _rotate_kernel(grids, fx, fy, psi, pad, out):
+    """Sample every class at every rotation: out[k, r, f] = A_k(R(−ψ_r) f).
+
+    grids: (K, G, G) complex64, centred padded Fourier grids
+    fx, fy: (F,) float32, particle frequencies in Fourier px of the d-box
+    psi: (R,) float32, radians;  pad: G / d;  out: (K, R, F) complex64
+    """
+    n_class, n_rot, n_freq = out.shape
+    center = grids.shape[1] // 2
+    for kr in numba.prange(n_class * n_rot):
+        k = kr // n_rot
+        r = kr % n_rot
+        c = math.cos(psi[r])
+        s = math.sin(psi[r])
+        for f in range(n_freq):
+            y, x = _coords(fx[f], fy[f], c, s, pad, center)
+            out[k, r, f] = _sample(grids[k], y, x)
+
+
+@numba.njit(inline="always", cache=True)
+def _score(cross_row, norm_row, q, n_shift, a, inv_temp):
+    return (2.0 * a * cross_row[q] - a * a * norm_row[q // n_shift]) * inv_temp
+
+
+@numba.njit(parallel=True, cache=True)
+def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log,
+                  top_s, top_i, lse, nsig, refine, ratio):
+    """Reduce one class's scores over poses, per particle, without keeping them.
+
+    Score of pose q = r·T + t (T = side², t = iy·side + ix):
+    s = (2α·cross[q] − α²·norm[r]) · inv_temp.
+    cross: (N, R·T) float32, Σ_f Re(conj(P) M);  norm: (N, R) float32
+    alpha: (N,) float32 per-particle scale;  inv_temp: 1/τ
+    side: shifts per axis;  sig_log: a pose is significant within sig_log of the best
+    outputs — top_s, top_i: (N, P) best scores and pose indices, best first;
+    lse: (N,) log Σ exp(s);  nsig: (N,) significant poses;
+    refine: (N, 3) sub-step offsets (rotation, x, y) of the best pose from parabolas;
+    ratio: (N,) cross/norm at the best pose (the least-squares scale there)
+    """
+    n, n_pose = cross.shape
+    n_shift = side * side
+    n_rot = n_pose // n_shift
+    n_top = top_s.shape[1]
+    for i in numba.prange(n):
+        a = alpha[i]
+        for j in range(n_top):
+            top_s[i, j] = -np.inf
+            top_i[i, j] = -1
+        for q in range(n_pose):
+            s = _score(cross[i], norm[i], q, n_shift, a, inv_temp)
+            if s > top_s[i, n_top - 1]:
+                j = n_top - 1
+                while j > 0 and top_s[i, j - 1] < s:
+                    top_s[i, j] = top_s[i, j - 1]
+                    top_i[i, j] = top_i[i, j - 1]
+                    j -= 1
+                top_s[i, j] = s
+                top_i[i, j] = q
+        best = top_s[i, 0]
+        total = 0.0
+        count = 0
+        for q in range(n_pose):
+            s = _score(cross[i], norm[i], q, n_shift, a, inv_temp)
+            total += math.exp(s - best)
+            if s > best - sig_log:
+                count += 1
+        lse[i] = best + math.log(total)
+        nsig[i] = count
+        qb = top_i[i, 0]
+        r = qb // n_shift
+        t = qb % n_shift
+        iy = t // side
+        ix = t % side
+        refine[i, 0] = 0.0
+        refine[i, 1] = 0.0
+        refine[i, 2] = 0.0
+        if n_rot >= 3:
+            left = ((r + n_rot - 1) % n_rot) * n_shift + t
+            right = ((r + 1) % n_rot) * n_shift + t
+            refine[i, 0] = _parabola(_score(cross[i], norm[i], left, n_shift, a, inv_temp), best,
+                                     _score(cross[i], norm[i], right, n_shift, a, inv_temp))
+        if 0 < ix < side - 1:
+            refine[i, 1] = _parabola(_score(cross[i], norm[i], qb - 1, n_shift, a, inv_temp), best,
+                                     _score(cross[i], norm[i], qb + 1, n_shift, a, inv_temp))
+        if 0 < iy < side - 1:
+            refine[i, 2] = _parabola(
+                _score(cross[i], norm[i], qb - side, n_shift, a, inv_temp), best,
+                _score(cross[i], norm[i], qb + side, n_shift, a, inv_temp))
+        nb = norm[i, r]
+        ratio[i] = cross[i, qb] / nb if nb > 0 else 1.0
+
+
+@numba.njit(parallel=True, cache=True)
+def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
+                X, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+    """Insert weighted particles into class sums (bilinear, with Hermitian mirrors).
+
+    num: (K, G, G) complex128 += w·α·CTF·X·exp(+2πi f·t/d)/σ² at R(−ψ) f (and conj at −);
+    den: (K, G, G) float64 += w·α²·CTF²/σ² likewise.
+    offsets: (K+1,) entries of class k are offsets[k]:offsets[k+1] (sorted by class)
+    rows: (E,) int, particle row in X/ctf/alpha;  psi, tx, ty, weight: (E,) pose and weight
+    X: (N, F) complex64;  ctf: (N, F) float32;  alpha: (N,) float32
+    inv_sigma2, fx, fy, wf: (F,) float32 (wf: half-plane weight, ½ on the kx = 0 column)
+    """
+    n_class = num.shape[0]
+    size = num.shape[1]
+    center = size // 2
+    n_freq = fx.shape[0]
+    for k in numba.prange(n_class):
+        for e in range(offsets[k], offsets[k + 1]):
+            i = rows[e]
+            c = math.cos(psi[e])
+            s = math.sin(psi[e])
+            a = alpha[i]
+            for f in range(n_freq):
+                g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
+                ang = -_phase(fx[f], fy[f], tx[e], ty[e], box)
+                val = g * a * X[i, f] * complex(math.cos(ang), math.sin(ang))
+                wden = g * a * a * ctf[i, f]
+                y, x = _coords(fx[f], fy[f], c, s, pad, center)
+                for mirror in range(2):
+                    if mirror == 1:
+                        y = 2.0 * center - y
+                        x = 2.0 * center - x
+                        val = val.conjugate()
+                    y0 = math.floor(y)
+                    x0 = math.floor(x)
+                    if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+                        continue
+                    dy = y - y0
+                    dx = x - x0
+                    for oy in range(2):
+                        wy = dy if oy else 1.0 - dy
+                        for ox in range(2):
+                            wxy = wy * (dx if ox else 1.0 - dx)
+                            num[k, y0 + oy, x0 + ox] += wxy * val
+                            den[k, y0 + oy, x0 + ox] += wxy * wden
+
+
+@numba.njit(parallel=True, cache=True)
+def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
+                    X, ctf, alpha, fx, fy, wf, shell, pad, box, out):
+    """Per entry, Σ over each shell of w·|X − α·CTF·A(R(−ψ)f)·exp(−2πi f·t/d)|².
+
+    grids: (K, G, G) complex64 references;  classes, rows: (E,) int
+    psi, tx, ty, weight: (E,) float32;  shell: (F,) int, shell of each frequency
+    out: (E, S) float64, zeroed here, then filled
+    """
+    n_entry = rows.shape[0]
+    center = grids.shape[1] // 2
+    n_freq = fx.shape[0]
+    for e in numba.prange(n_entry):
+        out[e, :] = 0.0
+        i = rows[e]
+        c = math.cos(psi[e])
+        s = math.sin(psi[e])
+        for f in range(n_freq):
+            y, x = _coords(fx[f], fy[f], c, s, pad, center)
+            ang = _phase(fx[f], fy[f], tx[e], ty[e], box)
+            model = alpha[i] * ctf[i, f] * _sample(grids[classes[e]], y, x) * complex(
+                math.cos(ang), math.sin(ang))
+            diff = X[i, f] - model
+            out[e, shell[f]] += weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)
+
+
+def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+    """Score one class at every pose and reduce (BLAS products, then a Numba reduction).
+
+    p_stack: (N, 2F) float32, [Re P | Im P] with P = w·CTF·X/σ²
+    ctf2: (N, F) float32, w·CTF²/σ²
+    arot: (R, F) complex64, the class at every rotation;  phase: (T, F) complex64
+    returns (top_s (N, P), top_i (N, P), lse (N,), nsig (N,), refine (N, 3), ratio (N,))
+    """
+    n = p_stack.shape[0]
+    n_rot, n_freq = arot.shape
+    poses = (arot[:, None, :] * phase[None, :, :]).reshape(n_rot * phase.shape[0], n_freq)
+    m_stack = np.empty((poses.shape[0], 2 * n_freq), np.float32)
+    m_stack[:, :n_freq] = poses.real
+    m_stack[:, n_freq:] = poses.imag
+    cross = p_stack @ m_stack.T
+    norm = ctf2 @ (arot.real ** 2 + arot.imag ** 2).T.astype(np.float32)
+    out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),
+           np.empty(n, np.float32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
+           np.empty(n, np.float32))
+    _reduce_kernel(cross, np.ascontiguousarray(norm), alpha, np.float32(inv_temp), side,
+                  np.float32(sig_log), *out)
+    return out
+
+
+def rotate_references(grids, fx, fy, psi, pad):
+    """Every class at every rotation: (K, R, F) complex64, out[k, r, f] = A_k(R(−ψ_r) f)."""
+    out = np.empty((grids.shape[0], psi.shape[0], fx.shape[0]), np.complex64)
+    _rotate_kernel(grids, fx, fy, psi, pad, out)
+    return out
+
+
+def backproject(num, den, offsets, rows, psi, tx, ty, weight,
+                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+    """Insert entries into ``num`` and ``den`` in place (see ``_backproject_kernel``)."""
+    _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
+                        x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+
+
+def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
+                    x, ctf, alpha, fx, fy, wf, shell, pad, box, n_shells):
+    """(E, S) float64: per entry and shell, Σ w·|X − model|² (see ``_noise_kernel``)."""
+    out = np.empty((rows.shape[0], n_shells), np.float64)
+    _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
+                  x, ctf, alpha, fx, fy, wf, shell, pad, box, out)
+    return out

@@ -1,0 +1,51 @@
+"""Scalar helpers shared by every backend: plain Python, compiled by each backend.
+
+``cpu.py`` compiles them with ``numba.njit(inline="always")`` and ``cuda.py`` with
+``numba.cuda.jit(device=True)``, so both backends interpolate and rotate the same way.
+
+Conventions (all backends):
+- A class reference lives on a centred, zero-padded Fourier grid ``(G, G)`` complex, with
+  the origin at ``(G // 2, G // 2)``; G = pad · d for an alignment box d.
+- A particle frequency is (fx, fy) in Fourier pixels of the d-box.  The model of an
+  image is ``X(f) = CTF(f) · A(R(−ψ) f) · exp(−2πi f·t / d)``: the reference rotated by
+  ψ (counter-clockwise in x→y) then shifted by t pixels.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def sample_bilinear(grid, y, x):
+    """Bilinear interpolation of a complex grid at (y, x); 0 outside."""
+    size = grid.shape[0]
+    y0 = math.floor(y)
+    x0 = math.floor(x)
+    if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+        return 0j
+    dy = y - y0
+    dx = x - x0
+    top = grid[y0, x0] * (1.0 - dx) + grid[y0, x0 + 1] * dx
+    bottom = grid[y0 + 1, x0] * (1.0 - dx) + grid[y0 + 1, x0 + 1] * dx
+    return top * (1.0 - dy) + bottom * dy
+
+
+def reference_coords(fx, fy, cos_psi, sin_psi, pad, center):
+    """Grid position (y, x) of particle frequency (fx, fy) in the reference frame: R(−ψ) f."""
+    rx = cos_psi * fx + sin_psi * fy
+    ry = -sin_psi * fx + cos_psi * fy
+    return center + pad * ry, center + pad * rx
+
+
+def phase_angle(fx, fy, tx, ty, box):
+    """Angle of the shift phase exp(−2πi f·t / d) for a shift t in pixels."""
+    return -2.0 * math.pi * (fx * tx + fy * ty) / box
+
+
+def parabola_offset(left, mid, right):
+    """Sub-step offset (−0.5…0.5) of a parabola's peak through three equally spaced scores."""
+    curvature = left - 2.0 * mid + right
+    if curvature >= 0.0:
+        return 0.0
+    offset = 0.5 * (left - right) / curvature
+    return min(0.5, max(-0.5, offset))

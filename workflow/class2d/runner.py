@@ -1,0 +1,35 @@
+"""Run one library call the way a workflow step should: logged, and one clear line on bad input.
+
+    >>> run_step(prepare_stack, "particles.star", "out", log="logs/prepare.log")
+
+Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from class2d.errors import InputError
+
+
+def setup_logging(log: str | None = None) -> None:
+    """Log INFO to stderr and, when given, to the file ``log``."""
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log:
+        handlers.append(logging.FileHandler(log, mode="w"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwargs: Any) -> Any:
+    """Call ``func``; bad input ends the process with one line ``error: <file>: <problem>``."""
+    setup_logging(log)
+    try:
+        return func(*args, **kwargs)
+    except (InputError, FileNotFoundError) as err:
+        logging.getLogger(func.__module__).error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
