@@ -17,17 +17,25 @@ that a ``.cs`` written back holds them again.
 ``optics`` is a DataFrame with one row per optics group (RELION's ``data_optics``), keyed
 by ``rlnOpticsGroup``; every particle row has ``rlnOpticsGroup``.  RELION 3.0 inputs get
 groups made from their distinct per-particle optics values.
+
+``cs_dtype`` is the structured dtype of the CryoSPARC ``.cs`` a table was read from (or
+``None``): ``write_cs`` uses it to give the fields it writes back their original order,
+dtypes and string widths.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+import logging
 
 import numpy as np
 import pandas as pd
 
 from class2d.ctf import CTFParams
+from class2d.errors import InputError
+from class2d.io.paths import resolve_paths, split_image_names
+
+logger = logging.getLogger(__name__)
 
 #: optics-level columns: stored in ``optics``, looked up per particle through the group
 OPTICS_COLUMNS = (
@@ -47,12 +55,14 @@ class ParticleTable:
     optics: one row per optics group, keyed by ``rlnOpticsGroup``
     base_dir: directory that relative image paths in ``rlnImageName`` are resolved against
     source: the file this table was read from (for messages), or ``None``
+    cs_dtype: structured dtype of the ``.cs`` file this table was read from, or ``None``
     """
 
     particles: pd.DataFrame
     optics: pd.DataFrame
     base_dir: str = "."
     source: str | None = None
+    cs_dtype: np.dtype | None = None
 
     @property
     def n(self) -> int:
@@ -98,18 +108,8 @@ class ParticleTable:
         ``rlnImageName`` ``"12@stack.mrcs"`` is image 12 (1-based, as RELION counts) of
         ``stack.mrcs`` relative to ``base_dir``; a name without ``@`` is a single image.
         """
-        names = self.particles["rlnImageName"].astype(str).to_numpy()
-        paths = np.empty(self.n, dtype=object)
-        indices = np.zeros(self.n, dtype=np.int64)
-        for i, name in enumerate(names):
-            if "@" in name:
-                num, path = name.split("@", 1)
-                indices[i] = int(num) - 1
-            else:
-                path = name
-            paths[i] = path if os.path.isabs(path) else os.path.normpath(
-                os.path.join(self.base_dir, path))
-        return paths, indices
+        numbers, paths = split_image_names(self.particles["rlnImageName"].to_numpy())
+        return resolve_paths(paths, self.base_dir), np.maximum(numbers - 1, 0)
 
     def subset(self, rows: np.ndarray) -> "ParticleTable":
         """A table of the given rows (boolean mask or integer indices), same optics."""
@@ -123,3 +123,41 @@ class ParticleTable:
         for name, values in columns.items():
             part[name] = values
         return dataclasses.replace(self, particles=part)
+
+
+def require_ctf(table: ParticleTable) -> None:
+    """Raise ``InputError`` naming the table's file unless every CTF quantity is present.
+
+    Needed per particle: ``rlnDefocusU``, ``rlnDefocusV``; per optics group: ``rlnVoltage``,
+    ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
+    """
+    missing = [name for name in ("rlnDefocusU", "rlnDefocusV")
+               if name not in table.particles.columns]
+    missing += [name for name in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast")
+                if name not in table.optics.columns]
+    if missing:
+        raise InputError(table.source, f"no CTF parameters ({', '.join(missing)} missing)")
+    bad = ~np.isfinite(table.particles[["rlnDefocusU", "rlnDefocusV"]].to_numpy(np.float64))
+    if bad.any():
+        row = int(np.flatnonzero(bad.any(axis=1))[0])
+        raise InputError(table.source, f"particle {row + 1} has no defocus value")
+
+
+def build_optics(per_particle: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Optics groups from per-particle optics values (RELION 3.0 and CryoSPARC inputs).
+
+    per_particle: (n, c) optics-level columns, one row per particle
+    returns: optics (one row per distinct row of ``per_particle``, numbered in order of first
+    appearance, with ``rlnOpticsGroup`` and ``rlnOpticsGroupName``), groups (n,) int64 1-based
+    """
+    columns = list(per_particle.columns)
+    if columns and len(per_particle):
+        groups = per_particle.groupby(columns, sort=False, dropna=False).ngroup().to_numpy() + 1
+    else:
+        groups = np.ones(len(per_particle), np.int64)
+    numbers, first = np.unique(groups, return_index=True)
+    optics = (per_particle.iloc[first].reset_index(drop=True) if columns
+              else pd.DataFrame(index=range(len(first))))
+    optics.insert(0, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in numbers])
+    optics.insert(0, "rlnOpticsGroup", numbers.astype(np.int64))
+    return optics, groups.astype(np.int64)

@@ -1,0 +1,66 @@
+"""Shared test fixtures: the real cryo-EM files in ``../shared/data`` (addressed by label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: ``../shared/data`` relative to the repository root
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: labels of the real files the tests use, relative to ``SHARED_DATA``
+DATA_FILES = {
+    "relion31": "particles/cryodrgn_relion31/relion31.star",
+    "relion31_reversed": "particles/cryodrgn_relion31/relion31.v2.star",
+    "relion31_6groups": "particles/cryodrgn_relion31/relion31.6opticsgroups.star",
+    "relion31_stack": "particles/cryodrgn_relion31/relion31.mrcs",
+    "empiar10076_star": "particles/cryodrgn_empiar10076/empiar_10076_7.star",
+    "empiar10076_cs": "particles/cryodrgn_empiar10076/empiar_10076_7.cs",
+    "empiar10076_stack": "particles/cryodrgn_empiar10076/empiar_10076_7.mrc",
+    "aspire30": "particles/aspire_sample/sample_particles_relion30.star",
+    "aspire31": "particles/aspire_sample/sample_particles_relion31.star",
+    "aspire_incomplete_ctf": "particles/aspire_sample/sample_incomplete_ctf_params.star",
+    "aspire_one_image": "particles/aspire_sample/sample_relion_one_image.star",
+    "aspire_d4": "particles/aspire_sample/sample_relion_symmetry_group_D4.star",
+    "aspire_stack": "particles/aspire_sample/sample.mrcs",
+    "sta_tilt": "particles/cryodrgn_sta_ribo_tilt/sta_testing_bin8.star",
+    "sta_tilt_stack": "particles/cryodrgn_sta_ribo_tilt/ay19102021_L3_position6_ribo_it09_bin8_1.82A.mrcs",
+    "relion5": "metadata/relion_misc/relion5.star",
+    "relion30_pfcrt": "metadata/relion_misc/FinalRefinement-OriginalParticles-PfCRT.star",
+    "model": "metadata/relion_misc/sample_data_model.star",
+    "topaz_particles": "metadata/topaz_empiar10025/particles.star",
+    "topaz_ctf": "metadata/topaz_empiar10025/ctf_params.star",
+    "one_loop": "metadata/relion_starfile_pkg/one_loop.star",
+    "postprocess": "metadata/relion_starfile_pkg/postprocess.star",
+    "pipeline": "metadata/relion_starfile_pkg/default_pipeline.star",
+    "data_style": "metadata/relion_starfile_pkg/rln3.1_data_style.star",
+    "optimiser2d": "metadata/relion_starfile_pkg/relion_tutorial/run_it025_optimiser_2D.star",
+    "optimiser3d": "metadata/relion_starfile_pkg/relion_tutorial/run_it025_optimiser_3D.star",
+    "sampling2d": "metadata/relion_starfile_pkg/relion_tutorial/run_it025_sampling_2D.star",
+    "sampling3d": "metadata/relion_starfile_pkg/relion_tutorial/run_it025_sampling_3D.star",
+    "cs_class2d": "metadata/cryosparc/cryosparc_J2_particles_exported.cs",
+    "cs_refine3d": "metadata/cryosparc/cryosparc_P12_J24_001_particles.cs",
+    "cs_schema_only": "metadata/cryosparc/4k_dataset_schema_only.cs",
+}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The folder of real test data; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found: {SHARED_DATA} (../shared/data from the repository root)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def data_file(shared_data):
+    """``data_file("relion31")`` → path of a labelled real file; skips when it is missing."""
+
+    def get(label: str) -> Path:
+        path = shared_data / DATA_FILES[label]
+        if not path.is_file():
+            pytest.skip(f"real test file missing: {path}")
+        return path
+
+    return get

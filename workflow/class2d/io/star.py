@@ -1,0 +1,198 @@
+"""RELION STAR particle files (3.0, 3.1+, 5) to and from the particle table.
+
+    >>> table = read_star("Class2D/job012/run_it025_data.star")
+    >>> write_star(table, "results/classify/particles.star")   # RELION 3.1 layout
+
+Reading accepts
+  * RELION 3.1+ (``data_optics`` + ``data_particles``, blocks in either order, any number of
+    optics groups; extra optics columns such as beam tilt and Zernike lists are kept as
+    they are);
+  * RELION 3.0 and older (one particle block with any name: ``data_``, ``data_images``,
+    ``data_model_class_1``; optics values per particle): the optics groups are the distinct
+    (voltage, Cs, amplitude contrast, pixel size, box) tuples, the pixel size is
+    ``rlnImagePixelSize`` or ``rlnDetectorPixelSize`` [µm] · 10⁴ / ``rlnMagnification`` Å,
+    origins in px (``rlnOriginX/Y``) become ``rlnOriginXAngst/YAngst``, as RELION 3.1 itself
+    converts them.
+The particle block is ``data_particles`` or else the first block with ``rlnImageName``.
+The box size comes from ``rlnImageSize`` or else from the headers of the image stacks.
+Image names ``N@path`` resolve against the STAR's directory, or the nearest ancestor
+where the first image exists (RELION resolves them against its project directory).
+Every column not named here is carried through untouched.
+
+Writing gives ``# version 30001`` + ``data_optics`` + ``data_particles``.  Columns that
+hold CryoSPARC-only fields (``"blob/sign"``, ``"uid"``…) are left out: RELION has no label
+for them and the ``.cs`` written beside keeps them.  Floats are written in full (Python's
+shortest round-trip form), so a table survives write → read exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import starfile
+import starfile.writer
+
+from class2d.errors import InputError
+from class2d.io.atomic import atomic_path
+from class2d.io.mrc import stack_box_sizes
+from class2d.io.paths import find_base_dir, join_image_names, relocate_paths, split_image_names
+from class2d.io.table import OPTICS_COLUMNS, ParticleTable, build_optics
+
+logger = logging.getLogger(__name__)
+
+STAR_VERSION = "# version 30001"
+#: RELION 3.0 columns whose only content (the pixel size) moves into the optics group
+_LEGACY_PIXEL = ("rlnMagnification", "rlnDetectorPixelSize")
+
+
+def is_cs_column(name: str) -> bool:
+    """True for columns that hold CryoSPARC fields (``"blob/sign"``, ``"uid"``), not RELION labels."""
+    return "/" in name or name == "uid"
+
+
+def read_star(path: str | os.PathLike) -> ParticleTable:
+    """Read a RELION particle STAR file (any version since 3.0) into a ``ParticleTable``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(path, "file not found")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read the file ({err})") from err
+    except Exception as err:  # starfile raises whatever pandas raises on malformed text
+        raise InputError(path, f"not a readable STAR file ({type(err).__name__}: {err})") from err
+    particles = _particle_block(blocks, path)
+    optics = blocks.get("optics")
+    if len(particles) == 0:
+        raise InputError(path, "the particle block has no rows")
+    _, image_paths = _image_names(particles, path)
+    star_dir = os.path.dirname(os.path.abspath(path))
+    base_dir = find_base_dir(star_dir, image_paths[0])
+    if isinstance(optics, pd.DataFrame):
+        particles, optics = _check_optics(particles, optics, path)
+    else:
+        particles, optics = _optics_from_particles(particles, path)
+    _check_pixel_size(optics, path)
+    if "rlnImageSize" not in optics.columns:
+        sizes = stack_box_sizes(image_paths, base_dir, path)
+        if sizes is not None:
+            optics["rlnImageSize"] = int(sizes[0])
+    particles = _origins_to_angstrom(particles, optics)
+    logger.info("%s: %d particles, %d optics group(s)", path, len(particles), len(optics))
+    return ParticleTable(particles.reset_index(drop=True), optics.reset_index(drop=True),
+                         base_dir=base_dir, source=path)
+
+
+def write_star(table: ParticleTable, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Write a RELION 3.1 particle STAR (``data_optics`` + ``data_particles``).
+
+    Relative image paths are rewritten to resolve from the new file's directory.
+    """
+    path = os.fspath(path)
+    particles = table.particles[[c for c in table.particles.columns if not is_cs_column(c)]]
+    particles = particles.copy()
+    numbers, image_paths = split_image_names(particles["rlnImageName"].to_numpy())
+    out_dir = os.path.dirname(os.path.abspath(path))
+    moved = relocate_paths(image_paths, table.base_dir, out_dir)
+    if not np.array_equal(moved, image_paths):
+        particles["rlnImageName"] = join_image_names(numbers, moved)
+    optics = table.optics.copy()
+    if "rlnOpticsGroupName" not in optics.columns:
+        optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
+    if "rlnImageDimensionality" not in optics.columns:
+        optics["rlnImageDimensionality"] = 2
+    writer = starfile.writer.StarWriter({"optics": optics, "particles": particles},
+                                        float_format=None, separator="\t")
+    lines = ["# written by class2d", ""]
+    for line in writer.data_block_generator():
+        if line.startswith("data_"):
+            lines += [STAR_VERSION, ""]
+        lines.append(line)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        with open(tmp, "w") as handle:
+            handle.write("\n".join(lines) + "\n")
+    logger.info("wrote %d particles to %s", len(particles), path)
+
+
+def _particle_block(blocks: dict, path: str) -> pd.DataFrame:
+    """``data_particles``, or else the first block with an ``rlnImageName`` column."""
+    candidates = [("particles", blocks["particles"])] if "particles" in blocks else []
+    candidates += [(name, block) for name, block in blocks.items() if name not in ("particles", "optics")]
+    for name, block in candidates:
+        if isinstance(block, dict) and "rlnImageName" in block:
+            return pd.DataFrame([block])
+        if isinstance(block, pd.DataFrame) and "rlnImageName" in block.columns:
+            return block.copy()
+    names = ", ".join(f"data_{name}" for name in blocks) or "none"
+    raise InputError(path, f"no particle block (no data block with rlnImageName; blocks: {names})")
+
+
+def _image_names(particles: pd.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        return split_image_names(particles["rlnImageName"].to_numpy())
+    except ValueError as err:
+        raise InputError(path, f"rlnImageName is not of the form N@path ({err})") from err
+
+
+def _check_optics(particles: pd.DataFrame, optics: pd.DataFrame,
+                  path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RELION 3.1+: check that every particle's optics group is defined."""
+    if "rlnOpticsGroup" not in optics.columns:
+        raise InputError(path, "data_optics has no rlnOpticsGroup column")
+    optics = optics.copy()
+    if "rlnOpticsGroup" not in particles.columns:
+        if len(optics) != 1:
+            raise InputError(path, "particles have no rlnOpticsGroup and there are several optics groups")
+        particles["rlnOpticsGroup"] = optics["rlnOpticsGroup"].iloc[0]
+    unknown = np.setdiff1d(particles["rlnOpticsGroup"].unique(), optics["rlnOpticsGroup"].unique())
+    if len(unknown):
+        raise InputError(path, f"particles refer to optics group {unknown[0]}, not in data_optics")
+    if "rlnImagePixelSize" not in optics.columns:
+        raise InputError(path, "no pixel size: data_optics has no rlnImagePixelSize")
+    return particles, optics
+
+
+def _optics_from_particles(particles: pd.DataFrame, path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """RELION 3.0: make optics groups from the per-particle optics values."""
+    if "rlnImagePixelSize" in particles.columns:
+        apix = particles["rlnImagePixelSize"].to_numpy(np.float64)
+    elif all(name in particles.columns for name in _LEGACY_PIXEL):
+        apix = (particles["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4
+                / particles["rlnMagnification"].to_numpy(np.float64))
+    else:
+        raise InputError(path, "no pixel size: no data_optics block, and neither rlnImagePixelSize "
+                               "nor rlnMagnification + rlnDetectorPixelSize per particle")
+    per_particle = particles[[c for c in OPTICS_COLUMNS if c in particles.columns]].copy()
+    per_particle["rlnImagePixelSize"] = apix
+    optics, groups = build_optics(per_particle)
+    particles = particles.drop(columns=[c for c in OPTICS_COLUMNS + _LEGACY_PIXEL
+                                        if c in particles.columns])
+    particles["rlnOpticsGroup"] = groups
+    return particles, optics
+
+
+def _check_pixel_size(optics: pd.DataFrame, path: str) -> None:
+    apix = optics["rlnImagePixelSize"].to_numpy(np.float64)
+    bad = ~(np.isfinite(apix) & (apix > 0))
+    if bad.any():
+        group = optics["rlnOpticsGroup"].to_numpy()[bad][0]
+        raise InputError(path, f"pixel size {apix[bad][0]} Å in optics group {group} (must be > 0)")
+
+
+def _origins_to_angstrom(particles: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFrame:
+    """rlnOriginX/Y [px] → rlnOriginXAngst/YAngst [Å] (pixel size of each particle's group)."""
+    if not any(f"rlnOrigin{axis}" in particles.columns for axis in "XY"):
+        return particles
+    lookup = optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"]
+    apix = lookup.loc[particles["rlnOpticsGroup"].to_numpy()].to_numpy(np.float64)
+    for axis in "XY":
+        old, new = f"rlnOrigin{axis}", f"rlnOrigin{axis}Angst"
+        if old in particles.columns:
+            if new not in particles.columns:
+                particles[new] = particles[old].to_numpy(np.float64) * apix
+            particles = particles.drop(columns=[old])
+    return particles
+
