@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: ``../shared/data`` relative to the repository root
@@ -25,7 +26,8 @@ DATA_FILES = {
     "aspire_d4": "particles/aspire_sample/sample_relion_symmetry_group_D4.star",
     "aspire_stack": "particles/aspire_sample/sample.mrcs",
     "sta_tilt": "particles/cryodrgn_sta_ribo_tilt/sta_testing_bin8.star",
-    "sta_tilt_stack": "particles/cryodrgn_sta_ribo_tilt/ay19102021_L3_position6_ribo_it09_bin8_1.82A.mrcs",
+    "sta_tilt_stack":
+        "particles/cryodrgn_sta_ribo_tilt/ay19102021_L3_position6_ribo_it09_bin8_1.82A.mrcs",
     "relion5": "metadata/relion_misc/relion5.star",
     "relion30_pfcrt": "metadata/relion_misc/FinalRefinement-OriginalParticles-PfCRT.star",
     "model": "metadata/relion_misc/sample_data_model.star",
@@ -64,3 +66,23 @@ def data_file(shared_data):
         return path
 
     return get
+
+
+@pytest.fixture
+def assert_same_images():
+    """Check that two particle tables point at the same images.
+
+    Existing images must resolve to the same files and indices; names of missing images are
+    kept as written by the writers (they are relative to a project directory that cannot be
+    known), so for those the names themselves must agree.
+    """
+
+    def check(got_table, want_table) -> None:
+        (got, got_idx), (want, want_idx) = got_table.image_locations(), want_table.image_locations()
+        np.testing.assert_array_equal(got_idx, want_idx)
+        exists = np.array([Path(p).is_file() for p in want], bool)
+        np.testing.assert_array_equal(got[exists], want[exists])
+        np.testing.assert_array_equal(got_table.particles["rlnImageName"].to_numpy()[~exists],
+                                      want_table.particles["rlnImageName"].to_numpy()[~exists])
+
+    return check

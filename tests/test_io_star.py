@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -53,12 +52,14 @@ def test_reads_every_particle_star(data_file, label, n, groups, apix, box):
     table = read_star(data_file(label))
     assert table.n == n
     assert len(table.optics) == groups
-    assert table.pixel_size()[table.particles["rlnOpticsGroup"].to_numpy() == 1][0] == pytest.approx(apix, rel=1e-12)
+    first_group = table.particles["rlnOpticsGroup"].to_numpy() == 1
+    assert table.pixel_size()[first_group][0] == pytest.approx(apix, rel=1e-12)
     if box is None:
         assert "rlnImageSize" not in table.optics.columns
     else:
         assert np.all(table.box_size() == box)
-    assert not {"rlnMagnification", "rlnDetectorPixelSize", "rlnOriginX", "rlnOriginY"} & set(table.particles.columns)
+    legacy = {"rlnMagnification", "rlnDetectorPixelSize", "rlnOriginX", "rlnOriginY"}
+    assert not legacy & set(table.particles.columns)
     assert set(table.particles["rlnOpticsGroup"]) <= set(table.optics["rlnOpticsGroup"])
     assert table.source == str(data_file(label))
 
@@ -137,35 +138,26 @@ def test_no_ctf_columns_raises(data_file):
 
 
 @pytest.mark.parametrize("label", [row[0] for row in PARTICLE_STARS])
-def test_round_trip(data_file, tmp_path, label):
+def test_round_trip(data_file, tmp_path, label, assert_same_images):
     table = read_star(data_file(label))
     out = tmp_path / "out.star"
     write_star(table, out)
     back = read_star(out)
     names = "rlnImageName"
-    pd.testing.assert_frame_equal(back.particles.drop(columns=names), table.particles.drop(columns=names))
+    pd.testing.assert_frame_equal(back.particles.drop(columns=names),
+                                  table.particles.drop(columns=names))
     pd.testing.assert_frame_equal(back.optics.drop(columns="rlnImageDimensionality", errors="ignore"),
                                   table.optics.drop(columns="rlnImageDimensionality", errors="ignore"))
-    _assert_same_images(back, table)
+    assert_same_images(back, table)
     # what starfile itself reads from our file agrees, and the layout is RELION 3.1's
     raw = starfile.read(out)
     assert list(raw) == ["optics", "particles"]
-    pd.testing.assert_frame_equal(raw["particles"].drop(columns=names), table.particles.drop(columns=names))
+    pd.testing.assert_frame_equal(raw["particles"].drop(columns=names),
+                                  table.particles.drop(columns=names))
     text = out.read_text()
     assert text.count("# version 30001") == 2
     assert re.search(r"# version 30001\n\ndata_optics\n", text)
     assert list(tmp_path.iterdir()) == [out]          # no temporary file left behind
-
-
-def _assert_same_images(back, table):
-    """Existing images resolve to the same files; names of missing ones are kept as written
-    (they are relative to a project directory this program cannot know)."""
-    (got, got_idx), (want, want_idx) = back.image_locations(), table.image_locations()
-    np.testing.assert_array_equal(got_idx, want_idx)
-    exists = np.array([os.path.isfile(p) for p in want], bool)
-    np.testing.assert_array_equal(got[exists], want[exists])
-    np.testing.assert_array_equal(back.particles["rlnImageName"].to_numpy()[~exists],
-                                  table.particles["rlnImageName"].to_numpy()[~exists])
 
 
 def test_relion5_extra_columns_survive(data_file, tmp_path):
@@ -201,7 +193,8 @@ def test_image_paths_resolve_like_relion_project(tmp_path):
     job = project / "Class2D" / "job012"
     job.mkdir(parents=True)
     frame = pd.DataFrame({"rlnImageName": [f"{i:06d}@Extract/job007/stack.mrcs" for i in (3, 1)],
-                          "rlnOpticsGroup": [1, 1], "rlnDefocusU": [1e4, 2e4], "rlnDefocusV": [1e4, 2e4]})
+                          "rlnOpticsGroup": [1, 1], "rlnDefocusU": [1e4, 2e4],
+                          "rlnDefocusV": [1e4, 2e4]})
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnVoltage": [300.0], "rlnSphericalAberration": [2.7],
                            "rlnAmplitudeContrast": [0.1], "rlnImagePixelSize": [2.0]})
     starfile.write({"optics": optics, "particles": frame}, job / "run_data.star")
@@ -274,6 +267,14 @@ def test_bad_image_name(tmp_path):
     assert str(path) in str(err.value)
 
 
+def test_read_particles_dispatches_on_extension(data_file, tmp_path):
+    assert read_particles(data_file("relion31")).n == 5
+    assert read_particles(data_file("empiar10076_cs")).n == 7
+    (tmp_path / "p.txt").write_text("")
+    with pytest.raises(InputError, match="expected .star or .cs"):
+        read_particles(tmp_path / "p.txt")
+
+
 def test_particles_file_is_never_modified(data_file, tmp_path):
     source = data_file("relion31")
     before = source.read_bytes()
@@ -315,7 +316,7 @@ def test_relion_reads_our_star_and_stack(data_file, tmp_path):
     stats = _run("relion_image_handler", "--i", "ours.star", "--stats", cwd=tmp_path)
     found = re.findall(r"avg= (\S+) stddev= (\S+)", stats)
     assert len(found) == 5
-    np.testing.assert_allclose(np.array(found, float),
-                               np.c_[images.mean(axis=(1, 2)), images.std(axis=(1, 2))], rtol=1e-4, atol=1e-6)
+    want = np.c_[images.mean(axis=(1, 2)), images.std(axis=(1, 2))]
+    np.testing.assert_allclose(np.array(found, float), want, rtol=1e-4, atol=1e-6)
     header = _run("relion_image_handler", "--i", "particles.mrcs", "--stats", cwd=tmp_path)
     assert "angpix = 2.806" in header

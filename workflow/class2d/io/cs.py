@@ -22,13 +22,16 @@ Field mapping (``.cs`` → table; ``write_cs`` does the inverse)
 ``location/micrograph_path``                   ``rlnMicrographName``
 =============================================  ==============================================
 
-Signs and order of the 2D alignment follow pyem's ``csparc2star`` (the converter most
-CryoSPARC users take to RELION): ``alignments2D/shift[:, 0]`` is x and ``[:, 1]`` is y, both
-copied with their sign to ``rlnOriginX/Y`` after scaling from the alignment pixel size
-(``alignments2D/psize_A``, equal to ``blob/psize_A`` in real exports) to the image's, and
-``rlnAnglePsi = +degrees(pose)``.  pyem likewise reads ``micrograph_shape`` as (ny, nx); its
-default additionally flips y (``1 - y_frac``) for micrographs motion-corrected in CryoSPARC,
-which is not done here: the fraction is taken in the micrograph as stored.
+Order and signs of the 2D alignment follow pyem's ``csparc2star`` (the converter most
+CryoSPARC users take to RELION; ``pyem/metadata/cryosparc2.py``): it assigns the (n, 2)
+``alignments2D/shift`` to ``["rlnOriginX", "rlnOriginY"]`` (column 0 is x) unchanged in
+sign, after rescaling it by ``alignments2D/psize_A / blob/psize_A`` to image pixels, and sets
+``rlnAnglePsi = +degrees(pose)``; in Å that is ``shift * alignments2D/psize_A``.  (Other
+converters differ: helicon negates shift and psi.  The real 2D export in the test data
+cannot settle it: it has no images; see ``tests/test_io_cs.py``.)  ``micrograph_shape`` is
+(ny, nx) as in pyem; pyem's default also flips y (``1 - y_frac``) for micrographs that
+CryoSPARC motion-corrected, which is not done here: the fraction is of the micrograph as
+stored, so that coordinates survive .cs → STAR → .cs unchanged.
 
 Every other field is kept under its ``.cs`` name: one column per field, or for a field of
 shape (k,) the columns ``"name[0]"`` … ``"name[k-1]"``; byte strings become ``str``.
@@ -50,7 +53,7 @@ import pandas as pd
 from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import read_header, stack_box_sizes
-from class2d.io.paths import join_image_names, relocate_paths, split_image_names
+from class2d.io.paths import factorize, join_image_names, relocate_paths, split_image_names
 from class2d.io.star import is_cs_column
 from class2d.io.table import ParticleTable, build_optics
 
@@ -67,11 +70,21 @@ MAPPED_FIELDS = frozenset({
 #: CryoSPARC's dtypes for the fields ``write_cs`` makes from RELION columns
 FIELD_DTYPES = {
     "uid": np.dtype("<u8"), "blob/idx": np.dtype("<u4"), "blob/shape": np.dtype(("<u4", (2,))),
-    "blob/psize_A": np.dtype("<f4"), "blob/sign": np.dtype("<f4"),
-    "location/micrograph_shape": np.dtype(("<u4", (2,))),
-    "alignments2D/class": np.dtype("<u4"), "alignments2D/shift": np.dtype(("<f4", (2,))),
+    "location/micrograph_shape": np.dtype(("<u4", (2,))), "alignments2D/class": np.dtype("<u4"),
+    "alignments2D/shift": np.dtype(("<f4", (2,))),
+    **{name: np.dtype("<f4") for name in (
+        "blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A",
+        "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/bfactor", "ctf/scale",
+        "location/center_x_frac", "location/center_y_frac", "alignments2D/pose",
+        "alignments2D/psize_A")},
 }
 _SPLIT = re.compile(r"^(?P<name>.+)\[(?P<index>\d+(?:,\d+)*)\]$")
+_LOCATION_FIELDS = {"location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"}
+#: per-particle CTF fields: (field, RELION column, conversion to RELION units)
+_CTF_FIELDS = (("ctf/df1_A", "rlnDefocusU", None), ("ctf/df2_A", "rlnDefocusV", None),
+               ("ctf/df_angle_rad", "rlnDefocusAngle", np.degrees),
+               ("ctf/phase_shift_rad", "rlnPhaseShift", np.degrees),
+               ("ctf/bfactor", "rlnCtfBfactor", None), ("ctf/scale", "rlnCtfScalefactor", None))
 _OPTICS_FIELDS = {"ctf/accel_kv": "rlnVoltage", "ctf/cs_mm": "rlnSphericalAberration",
                   "ctf/amp_contrast": "rlnAmplitudeContrast"}
 
@@ -88,15 +101,11 @@ def read_cs(path: str | os.PathLike) -> ParticleTable:
         "rlnImageName": join_image_names(data["blob/idx"].astype(np.int64) + 1, image_paths)}
     if "location/micrograph_path" in names:
         columns["rlnMicrographName"] = _decode(data["location/micrograph_path"])
-    if {"location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"} <= set(names):
+    if _LOCATION_FIELDS <= set(names):
         shape = data["location/micrograph_shape"].astype(np.float64)
         columns["rlnCoordinateX"] = data["location/center_x_frac"].astype(np.float64) * shape[:, 1]
         columns["rlnCoordinateY"] = data["location/center_y_frac"].astype(np.float64) * shape[:, 0]
-    for field, column, convert in (("ctf/df1_A", "rlnDefocusU", None), ("ctf/df2_A", "rlnDefocusV", None),
-                                   ("ctf/df_angle_rad", "rlnDefocusAngle", np.degrees),
-                                   ("ctf/phase_shift_rad", "rlnPhaseShift", np.degrees),
-                                   ("ctf/bfactor", "rlnCtfBfactor", None),
-                                   ("ctf/scale", "rlnCtfScalefactor", None)):
+    for field, column, convert in _CTF_FIELDS:
         if field in names:
             values = data[field].astype(np.float64)
             columns[column] = convert(values) if convert else values
@@ -130,7 +139,8 @@ def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = Tr
     p, n = table.particles, table.n
     fields = {"uid": p["uid"].to_numpy(np.uint64) if "uid" in p else _make_uids(p["rlnImageName"])}
     numbers, image_paths = split_image_names(p["rlnImageName"].to_numpy())
-    image_paths = relocate_paths(image_paths, table.base_dir, os.path.dirname(os.path.abspath(path)))
+    out_dir = os.path.dirname(os.path.abspath(path))
+    image_paths = relocate_paths(image_paths, table.base_dir, out_dir)
     fields["blob/path"] = _encode(image_paths)
     fields["blob/idx"] = np.maximum(numbers - 1, 0)
     apix = table.pixel_size()
@@ -190,7 +200,8 @@ def _optics(data: np.ndarray, path: str, cs_dir: str,
         if np.any(shape[:, 0] != shape[:, 1]):
             raise InputError(path, "non-square particle images (blob/shape)")
         if len(np.unique(shape[:, 0])) > 1:
-            raise InputError(path, f"mixed box sizes: blob/shape holds {sorted(set(shape[:, 0]))} px")
+            sizes = sorted(set(shape[:, 0].tolist()))
+            raise InputError(path, f"mixed box sizes: blob/shape holds {sizes} px")
         per_particle["rlnImageSize"] = shape[:, 0]
     else:
         sizes = stack_box_sizes(image_paths, cs_dir, path)
@@ -200,8 +211,8 @@ def _optics(data: np.ndarray, path: str, cs_dir: str,
 
 
 def _resolve_blob_paths(raw: np.ndarray, cs_dir: str) -> np.ndarray:
-    """Drop a leading ``>``; pick the first existing of cs_dir/p, cs_dir/../p, cs_dir/basename(p)."""
-    unique, inverse = np.unique(raw.astype(str), return_inverse=True)
+    """Drop a leading ``>``; take the first that exists of p, ../p and basename(p) in ``cs_dir``."""
+    unique, inverse = factorize(raw)
     chosen = []
     for raw_path in unique:
         path = raw_path[1:] if raw_path.startswith(">") else raw_path
@@ -209,7 +220,7 @@ def _resolve_blob_paths(raw: np.ndarray, cs_dir: str) -> np.ndarray:
             path, os.path.join(os.pardir, path), os.path.basename(path)]
         found = [c for c in candidates if os.path.isfile(os.path.join(cs_dir, c))]
         chosen.append(found[0] if found else path)
-    return np.array(chosen, dtype=object)[inverse.reshape(-1)]
+    return np.array(chosen, dtype=object)[inverse]
 
 
 def _split_field(field: str, values: np.ndarray) -> dict[str, np.ndarray]:
@@ -230,7 +241,10 @@ def _gather_cs_columns(particles: pd.DataFrame) -> dict[str, np.ndarray]:
         if not is_cs_column(column):
             continue
         match = _SPLIT.match(column)
-        name, index = (match["name"], tuple(map(int, match["index"].split(",")))) if match else (column, None)
+        if match:
+            name, index = match["name"], tuple(int(i) for i in match["index"].split(","))
+        else:
+            name, index = column, None
         fields.setdefault(name, []).append((index, particles[column].to_numpy()))
     out = {}
     for name, parts in fields.items():
@@ -267,9 +281,11 @@ def _ctf_fields(table: ParticleTable) -> dict[str, np.ndarray]:
 
 def _location_fields(table: ParticleTable) -> dict[str, np.ndarray]:
     p = table.particles
-    mics = p["rlnMicrographName"].astype(str).to_numpy() if "rlnMicrographName" in p else np.full(table.n, "")
-    if "location/micrograph_shape[0]" in p and "location/micrograph_shape[1]" in p:
-        shape = p[["location/micrograph_shape[0]", "location/micrograph_shape[1]"]].to_numpy(np.int64)
+    mics = (p["rlnMicrographName"].astype(str).to_numpy() if "rlnMicrographName" in p
+            else np.full(table.n, ""))
+    shape_columns = ["location/micrograph_shape[0]", "location/micrograph_shape[1]"]
+    if all(column in p for column in shape_columns):
+        shape = p[shape_columns].to_numpy(np.int64)
     else:
         shape = _micrograph_shapes(mics, table.base_dir)
         if shape is None:
@@ -282,8 +298,8 @@ def _location_fields(table: ParticleTable) -> dict[str, np.ndarray]:
 
 
 def _micrograph_shapes(mics: np.ndarray, base_dir: str) -> np.ndarray | None:
-    """(n, 2) (ny, nx) of each particle's micrograph from its MRC header, or None if one is missing."""
-    unique, inverse = np.unique(mics, return_inverse=True)
+    """(n, 2) (ny, nx) of each particle's micrograph from its header; None if one is missing."""
+    unique, inverse = factorize(mics)
     shapes = []
     for mic in unique:
         full = os.path.join(base_dir, mic)
@@ -291,7 +307,7 @@ def _micrograph_shapes(mics: np.ndarray, base_dir: str) -> np.ndarray | None:
             return None
         header = read_header(full)
         shapes.append((header.ny, header.nx))
-    return np.array(shapes, np.int64)[inverse.reshape(-1)]
+    return np.array(shapes, np.int64)[inverse]
 
 
 def _alignment_fields(table: ParticleTable, apix: np.ndarray) -> dict[str, np.ndarray]:
@@ -329,7 +345,8 @@ def _to_structured(fields: dict[str, np.ndarray], n: int, template: np.dtype | N
             shape = values.shape[1:]
         if base.kind == "S" or values.dtype.kind in "OUS":
             values = _encode(values)
-            base = np.dtype(f"S{max(base.itemsize if base.kind == 'S' else 0, values.dtype.itemsize, 1)}")
+            width = max(base.itemsize if base.kind == "S" else 0, values.dtype.itemsize, 1)
+            base = np.dtype(f"S{width}")
         fields[name] = values
         spec.append((name, base, shape) if shape else (name, base))
     array = np.zeros(n, dtype=np.dtype(spec))

@@ -8,21 +8,23 @@ The pixel size of particle images always comes from the metadata (STAR / ``.cs``
 headers of real stacks often say 0 or 1 Å.  Headers are read permissively (RELION and
 older programs write no ``MAP`` ID or machine stamp), and checked for what matters here:
 positive dimensions, a known data mode and a file long enough to hold the images.
+Stacks of any data mode are read in their own dtype; ``read_images`` converts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import NamedTuple
 
 import mrcfile
 import mrcfile.utils
+from mrcfile.dtypes import HEADER_DTYPE
 import numpy as np
 
 from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
+from class2d.io.paths import factorize
 from class2d.io.table import ParticleTable
 
 logger = logging.getLogger(__name__)
@@ -53,23 +55,25 @@ def read_header(path: str | os.PathLike) -> StackHeader:
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            with mrcfile.open(path, header_only=True, permissive=True) as mrc:
-                header = None if mrc.header is None else mrc.header.copy()
-    except (ValueError, OSError, EOFError) as err:
-        raise InputError(path, f"not a readable MRC file ({err})") from err
-    if header is None:
-        raise InputError(path, "not a readable MRC file (header missing or truncated)")
+        with open(path, "rb") as handle:
+            raw = handle.read(HEADER_DTYPE.itemsize)
+    except OSError as err:
+        raise InputError(path, f"cannot read the file ({err})") from err
+    if len(raw) < HEADER_DTYPE.itemsize:
+        raise InputError(path, f"not an MRC file ({len(raw)} bytes, shorter than an MRC header)")
+    header = _interpret_header(raw)
     nx, ny, nz = int(header.nx), int(header.ny), int(header.nz)
     if min(nx, ny, nz) <= 0:
         raise InputError(path, f"corrupt MRC header (dimensions {nx} x {ny} x {nz})")
     try:
         dtype = np.dtype(mrcfile.utils.data_dtype_from_header(header))
-    except ValueError as err:
+    except (ValueError, KeyError) as err:
         raise InputError(path, f"unsupported MRC data mode {int(header.mode)}") from err
     if dtype.kind == "c":
         raise InputError(path, f"complex MRC data (mode {int(header.mode)}) is not an image stack")
+    if int(header.nsymbt) < 0:
+        raise InputError(path, f"corrupt MRC header (extended header of "
+                               f"{int(header.nsymbt)} bytes)")
     offset = 1024 + int(header.nsymbt)
     needed = offset + nx * ny * nz * dtype.itemsize
     size = os.path.getsize(path)
@@ -79,6 +83,28 @@ def read_header(path: str | os.PathLike) -> StackHeader:
     mx = int(header.mx)
     apix = float(header.cella.x) / mx if mx > 0 else 0.0
     return StackHeader(path, nz, ny, nx, dtype, offset, apix)
+
+
+def _interpret_header(raw: bytes) -> np.recarray:
+    """The 1024-byte header, in the byte order of its machine stamp or else of a valid mode.
+
+    Parsed here rather than by ``mrcfile.open``, which reads the whole extended header even
+    with ``header_only`` (gigabytes when a corrupt header claims so).  Like mrcfile's
+    permissive mode, a missing ``MAP`` ID or machine stamp is accepted: RELION writes neither.
+    """
+    header = np.frombuffer(raw, dtype=HEADER_DTYPE).reshape(()).view(np.recarray)
+    try:
+        order = mrcfile.utils.byte_order_from_machine_stamp(header.machst)
+    except ValueError:
+        order = "<"
+    header = header.view(header.dtype.newbyteorder(order)).view(np.recarray)
+    for candidate in (header, header.view(header.dtype.newbyteorder()).view(np.recarray)):
+        try:
+            mrcfile.utils.dtype_from_mode(candidate.mode)
+            return candidate
+        except ValueError:
+            continue
+    return header
 
 
 def read_stack(path: str | os.PathLike, mmap: bool = True) -> np.ndarray:
@@ -123,7 +149,7 @@ def stack_box_sizes(image_paths: np.ndarray, base_dir: str, source: str) -> np.n
     image_paths: (n,) stack paths (relative to ``base_dir`` or absolute); every distinct stack's
     header is read once; ``InputError`` (naming ``source``) for non-square or mixed sizes.
     """
-    unique, inverse = np.unique(np.asarray(image_paths).astype(str), return_inverse=True)
+    unique, inverse = factorize(image_paths)
     sizes = np.zeros(len(unique), np.int64)
     for k, stack in enumerate(unique):
         full = os.path.join(base_dir, stack)
@@ -139,7 +165,7 @@ def stack_box_sizes(image_paths: np.ndarray, base_dir: str, source: str) -> np.n
         if sizes[k] != sizes[0]:
             raise InputError(source, f"mixed box sizes: {unique[0]} holds {sizes[0]} px images, "
                                      f"{stack} {sizes[k]} px")
-    return sizes[inverse.reshape(-1)]
+    return sizes[inverse]
 
 
 def read_images(table: ParticleTable, rows: np.ndarray | None = None,
@@ -184,6 +210,8 @@ def read_images(table: ParticleTable, rows: np.ndarray | None = None,
         by_index = np.argsort(wanted, kind="stable")
         out[sel[by_index]] = stack[wanted[by_index]]
     if out is None:
-        box = int(expected[0]) if expected is not None and len(expected) else 0
+        sizes = (table.optics["rlnImageSize"].unique() if "rlnImageSize" in table.optics.columns
+                 else [])
+        box = int(sizes[0]) if len(sizes) == 1 else 0
         out = np.empty((0, box, box), dtype)
     return out

@@ -30,7 +30,7 @@ def split_image_names(names) -> tuple[np.ndarray, np.ndarray]:
     """
     names = pd.Series(np.asarray(names, dtype=object)).astype(str)
     parts = names.str.split("@", n=1, expand=True)
-    if parts.shape[1] == 1:
+    if parts.shape[1] < 2:
         return np.zeros(len(names), np.int64), names.to_numpy(dtype=object)
     has_at = parts[1].notna().to_numpy()
     numbers = np.zeros(len(names), np.int64)
@@ -48,13 +48,21 @@ def join_image_names(numbers: np.ndarray, paths: np.ndarray) -> np.ndarray:
     return np.where(numbers > 0, joined.to_numpy(dtype=object), paths.to_numpy(dtype=object))
 
 
+def factorize(values) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values (k,) object, codes (n,) int64) such that ``distinct[codes] == values``.
+
+    Hash-based (``pandas.factorize``): far faster than ``np.unique`` on strings.
+    """
+    codes, distinct = pd.factorize(pd.Series(np.asarray(values, dtype=object)).astype(str))
+    return np.asarray(distinct, dtype=object), codes.astype(np.int64)
+
+
 def resolve_paths(paths: np.ndarray, base_dir: str) -> np.ndarray:
     """Absolute, normalised paths: relative ones joined to ``base_dir``.  (n,) object."""
-    paths = np.asarray(paths, dtype=object)
-    unique, inverse = np.unique(paths.astype(str), return_inverse=True)
+    unique, inverse = factorize(paths)
     resolved = np.array([p if os.path.isabs(p) else os.path.normpath(os.path.join(base_dir, p))
                          for p in unique], dtype=object)
-    return resolved[inverse.reshape(-1)] if len(paths) else np.empty(0, dtype=object)
+    return resolved[inverse] if len(inverse) else np.empty(0, dtype=object)
 
 
 def find_base_dir(start_dir: str, relative_path: str | None) -> str:
@@ -90,7 +98,7 @@ def relocate_paths(paths: np.ndarray, base_dir: str, out_dir: str) -> np.ndarray
     base_dir, out_dir = os.path.abspath(base_dir), os.path.abspath(out_dir)
     if os.path.realpath(base_dir) == os.path.realpath(out_dir) or len(paths) == 0:
         return paths
-    unique, inverse = np.unique(paths.astype(str), return_inverse=True)
+    unique, inverse = factorize(paths)
     moved = []
     for path in unique:
         full = os.path.normpath(os.path.join(base_dir, path))
@@ -100,4 +108,4 @@ def relocate_paths(paths: np.ndarray, base_dir: str, out_dir: str) -> np.ndarray
             moved.append(full)
         else:
             moved.append(os.path.relpath(full, out_dir))
-    return np.array(moved, dtype=object)[inverse.reshape(-1)]
+    return np.array(moved, dtype=object)[inverse]

@@ -49,7 +49,7 @@ _LEGACY_PIXEL = ("rlnMagnification", "rlnDetectorPixelSize")
 
 
 def is_cs_column(name: str) -> bool:
-    """True for columns that hold CryoSPARC fields (``"blob/sign"``, ``"uid"``), not RELION labels."""
+    """True for columns holding CryoSPARC fields (``"blob/sign"``, ``"uid"``), not RELION labels."""
     return "/" in name or name == "uid"
 
 
@@ -66,6 +66,8 @@ def read_star(path: str | os.PathLike) -> ParticleTable:
         raise InputError(path, f"not a readable STAR file ({type(err).__name__}: {err})") from err
     particles = _particle_block(blocks, path)
     optics = blocks.get("optics")
+    if isinstance(optics, dict):        # a single optics group written as a simple block
+        optics = pd.DataFrame([optics])
     if len(particles) == 0:
         raise InputError(path, "the particle block has no rows")
     _, image_paths = _image_names(particles, path)
@@ -101,7 +103,8 @@ def write_star(table: ParticleTable, path: str | os.PathLike, overwrite: bool = 
         particles["rlnImageName"] = join_image_names(numbers, moved)
     optics = table.optics.copy()
     if "rlnOpticsGroupName" not in optics.columns:
-        optics.insert(1, "rlnOpticsGroupName", [f"opticsGroup{g}" for g in optics["rlnOpticsGroup"]])
+        names = [f"opticsGroup{group}" for group in optics["rlnOpticsGroup"]]
+        optics.insert(1, "rlnOpticsGroupName", names)
     if "rlnImageDimensionality" not in optics.columns:
         optics["rlnImageDimensionality"] = 2
     writer = starfile.writer.StarWriter({"optics": optics, "particles": particles},
@@ -120,7 +123,8 @@ def write_star(table: ParticleTable, path: str | os.PathLike, overwrite: bool = 
 def _particle_block(blocks: dict, path: str) -> pd.DataFrame:
     """``data_particles``, or else the first block with an ``rlnImageName`` column."""
     candidates = [("particles", blocks["particles"])] if "particles" in blocks else []
-    candidates += [(name, block) for name, block in blocks.items() if name not in ("particles", "optics")]
+    candidates += [(name, block) for name, block in blocks.items()
+                   if name not in ("particles", "optics")]
     for name, block in candidates:
         if isinstance(block, dict) and "rlnImageName" in block:
             return pd.DataFrame([block])
@@ -145,7 +149,8 @@ def _check_optics(particles: pd.DataFrame, optics: pd.DataFrame,
     optics = optics.copy()
     if "rlnOpticsGroup" not in particles.columns:
         if len(optics) != 1:
-            raise InputError(path, "particles have no rlnOpticsGroup and there are several optics groups")
+            raise InputError(path, "particles have no rlnOpticsGroup and there are several "
+                                   "optics groups")
         particles["rlnOpticsGroup"] = optics["rlnOpticsGroup"].iloc[0]
     unknown = np.setdiff1d(particles["rlnOpticsGroup"].unique(), optics["rlnOpticsGroup"].unique())
     if len(unknown):
@@ -179,7 +184,8 @@ def _check_pixel_size(optics: pd.DataFrame, path: str) -> None:
     bad = ~(np.isfinite(apix) & (apix > 0))
     if bad.any():
         group = optics["rlnOpticsGroup"].to_numpy()[bad][0]
-        raise InputError(path, f"pixel size {apix[bad][0]} Å in optics group {group} (must be > 0)")
+        raise InputError(path, f"pixel size {apix[bad][0]} Å in optics group {group} "
+                               f"(must be > 0)")
 
 
 def _origins_to_angstrom(particles: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFrame:
