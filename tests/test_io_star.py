@@ -56,6 +56,8 @@ def test_reads_every_particle_star(data_file, label, n, groups, apix, box):
     assert table.pixel_size()[first_group][0] == pytest.approx(apix, rel=1e-12)
     if box is None:
         assert "rlnImageSize" not in table.optics.columns
+        with pytest.raises(InputError, match="no rlnImageSize"):
+            table.box_size()
     else:
         assert np.all(table.box_size() == box)
     legacy = {"rlnMagnification", "rlnDetectorPixelSize", "rlnOriginX", "rlnOriginY"}
@@ -320,3 +322,20 @@ def test_relion_reads_our_star_and_stack(data_file, tmp_path):
     np.testing.assert_allclose(np.array(found, float), want, rtol=1e-4, atol=1e-6)
     header = _run("relion_image_handler", "--i", "particles.mrcs", "--stats", cwd=tmp_path)
     assert "angpix = 2.806" in header
+
+
+@pytest.mark.relion
+@pytest.mark.skipif(shutil.which("relion_star_handler") is None, reason="RELION is not on PATH")
+def test_relion_reads_star_converted_from_cryosparc(data_file, tmp_path):
+    table = read_particles(data_file("cs_class2d"))
+    write_star(table, tmp_path / "from_cs.star")
+    out = _run("relion_star_handler", "--i", "from_cs.star", "--o", "selected.star",
+               "--select", "rlnClassNumber", "--minval", "2", "--maxval", "2", cwd=tmp_path)
+    chosen = table.particles["rlnClassNumber"].to_numpy() == 2
+    assert chosen.sum() == 7 and "with 7 item(s)" in out
+    back = read_star(tmp_path / "selected.star")
+    np.testing.assert_allclose(back.particles["rlnAnglePsi"], table.particles["rlnAnglePsi"][chosen],
+                               atol=1e-6)
+    np.testing.assert_allclose(back.particles["rlnOriginYAngst"],
+                               table.particles["rlnOriginYAngst"][chosen], atol=1e-6)
+    assert back.pixel_size() == pytest.approx(np.full(7, 1.345), rel=1e-6)

@@ -146,6 +146,8 @@ def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = Tr
     apix = table.pixel_size()
     if "rlnImageSize" in table.optics.columns:
         fields["blob/shape"] = np.repeat(table.box_size()[:, None], 2, axis=1)
+    else:
+        logger.warning("%s: box size unknown: no blob/shape written to %s", table.source, path)
     fields["blob/psize_A"] = apix
     if "blob/sign" not in p:
         fields["blob/sign"] = np.full(n, -1.0)

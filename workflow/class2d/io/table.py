@@ -11,8 +11,9 @@ Layout
 and RELION units for every quantity the project understands (Å, degrees, kV, mm,
 ``rlnImageName`` as ``N@path``, ``rlnOriginXAngst/YAngst``, 1-based ``rlnClassNumber``).
 Columns the project does not understand are carried through untouched: RELION columns
-under their own names, CryoSPARC fields under their ``.cs`` names (``"blob/sign"``) so
-that a ``.cs`` written back holds them again.
+under their own names, CryoSPARC fields under their ``.cs`` names (``"blob/sign"``; a
+field of shape (k,) as columns ``"ctf/tilt_A[0]"`` … ``"[k-1]"``) so that a ``.cs``
+written back holds them again.  STAR files leave the ``.cs``-named columns out.
 
 ``optics`` is a DataFrame with one row per optics group (RELION's ``data_optics``), keyed
 by ``rlnOpticsGroup``; every particle row has ``rlnOpticsGroup``.  RELION 3.0 inputs get
@@ -69,7 +70,13 @@ class ParticleTable:
         return len(self.particles)
 
     def optics_column(self, name: str) -> np.ndarray:
-        """Per-particle value of an optics-group column: (n,)."""
+        """Per-particle value of an optics-group column: (n,).
+
+        ``InputError`` if the optics groups lack it (e.g. ``rlnImageSize`` when the metadata
+        has no box size and the image stacks were not found to read it from).
+        """
+        if name not in self.optics.columns:
+            raise InputError(self.source, f"no {name} in the optics groups")
         lookup = self.optics.set_index("rlnOpticsGroup")[name]
         return lookup.loc[self.particles["rlnOpticsGroup"].to_numpy()].to_numpy()
 
