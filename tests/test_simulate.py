@@ -16,7 +16,7 @@ from class2d import io
 from class2d.ctf import CTFParams, evaluate
 from class2d.fourier import centered_irfft2, centered_rfft2, rfft_frequencies
 from class2d.simulate import (JUNK_TYPES, Phantom, euler_matrix, make_phantom, project, rasterize,
-                              read_truth, simulate, write_dataset)
+                              read_truth, simulate, simulate_demo, write_dataset)
 from class2d.simulate.imaging import Scene, form_images
 from class2d.simulate.layout import rotational_similarity
 from class2d.simulate.phantom import projected_gaussians
@@ -334,7 +334,7 @@ def test_written_dataset_reads_back(demo, tmp_path):
     assert table.particles["rlnImageName"].iloc[0] == "000001@particles.mrcs"
     np.testing.assert_array_equal(table.pixel_size(), APIX)
     np.testing.assert_array_equal(table.box_size(), BOX)
-    pd.testing.assert_frame_equal(read_truth(tmp_path / "out" / "truth.csv"), demo.truth)
+    pd.testing.assert_frame_equal(read_truth(tmp_path / "out" / "truth.star"), demo.truth)
     with mrcfile.open(tmp_path / "out" / "references.mrcs") as mrc:
         np.testing.assert_array_equal(mrc.data, demo.references)
         assert mrc.voxel_size.x == pytest.approx(APIX)
@@ -343,4 +343,16 @@ def test_written_dataset_reads_back(demo, tmp_path):
         write_dataset(demo, tmp_path / "out")
     write_dataset(demo, tmp_path / "out", overwrite=True)
     assert sorted(os.listdir(tmp_path / "out")) == sorted(
-        ["particles.star", "particles.mrcs", "references.mrcs", "truth.csv"])
+        ["particles.star", "particles.mrcs", "references.mrcs", "truth.star"])
+
+
+def test_simulate_demo_as_the_workflow_calls_it(tmp_path):
+    """rules/demo.smk passes config["demo"]: n_objects 0 means random views."""
+    star = simulate_demo(tmp_path / "demo", seed=0, n_particles=60, box=32, apix=6.0, snr=0.1,
+                         n_objects=0, junk_fraction=0.0, duplicate_fraction=0.0)
+    table = io.read_particles(star)
+    truth = read_truth(tmp_path / "demo" / "truth.star")
+    assert table.n == len(truth) == 60 and (truth["junk"] == "").all()
+    assert (truth["phantom"] == 0).all() and truth["true_class"].between(0, 15).all()
+    assert io.read_images(table).shape == (60, 32, 32)
+    simulate_demo(tmp_path / "demo", seed=0, n_particles=60, box=32, apix=6.0)   # overwrites

@@ -5,7 +5,7 @@
     >>> data.images.shape                       # (2000, 64, 64) float32, noise s.d. 1
     >>> data.truth[["true_class", "rlnAnglePsi", "junk", "duplicate_of"]]
     >>> test = simulate(16 * 150, snr=0.05, n_objects=16, junk_fraction=0, duplicate_fraction=0)
-    >>> write_dataset(data, "demo")             # demo/particles.star (+ .mrcs, truth.csv, ...)
+    >>> write_dataset(data, "demo")             # demo/particles.star (+ .mrcs, truth.star, ...)
 
 What is simulated
 -----------------
@@ -58,8 +58,8 @@ has no envelope; the noise is white.
 """
 
 from class2d.simulate.dataset import JUNK_TYPES, Dataset, simulate
-from class2d.simulate.output import read_truth, write_dataset
+from class2d.simulate.output import read_truth, simulate_demo, write_dataset
 from class2d.simulate.phantom import Phantom, euler_matrix, make_phantom, project, rasterize
 
 __all__ = ["JUNK_TYPES", "Dataset", "Phantom", "euler_matrix", "make_phantom", "project",
-           "rasterize", "read_truth", "simulate", "write_dataset"]
+           "rasterize", "read_truth", "simulate", "simulate_demo", "write_dataset"]

@@ -94,7 +94,7 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
                                                        diameter, box, apix)
     n_classes = len(ref_rot)
 
-    n_dup = int(round(duplicate_fraction * n_particles))
+    n_dup = min(int(round(duplicate_fraction * n_particles)), n_particles - 1)
     n_first = n_particles - n_dup
     n_junk = int(round(junk_fraction * n_first))
     junk = np.full(n_first, "", dtype=object)
@@ -165,7 +165,8 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
                    (references * scale).astype(np.float32), clean32[order], phantoms, scale)
 
 
-def _check(n_particles, box, snr, n_objects, junk_fraction, duplicate_fraction, junk_types):
+def _check(n_particles: int, box: int, snr: float, n_objects: int | None, junk_fraction: float,
+           duplicate_fraction: float, junk_types: Sequence[str]) -> None:
     if n_particles < 1 or box < 8 or box % 2:
         raise ValueError(f"need n_particles ≥ 1 and an even box ≥ 8, got {n_particles}, {box}")
     if snr <= 0:
@@ -180,7 +181,8 @@ def _check(n_particles, box, snr, n_objects, junk_fraction, duplicate_fraction, 
 
 
 def _classes(rng: np.random.Generator, n_objects: int | None, n_references: int,
-             diameter: float, box: int, apix: float):
+             diameter: float, box: int, apix: float
+             ) -> tuple[tuple[Phantom, ...], np.ndarray, np.ndarray, np.ndarray]:
     """The phantoms and the view of each class: phantoms, rot (K,), tilt (K,), references.
 
     K objects: of max(4K, 48) phantoms, each at a random view, the K most distinct.
@@ -233,8 +235,9 @@ def _particle_table(picks: Picks, ctf_params: CTFParams, scores: np.ndarray, ord
     return ParticleTable(particles, optics)
 
 
-def _first_pick_content(rng, junk, n_objects, ref_rot, ref_tilt, diameter, apix,
-                        particle_peak, box) -> dict[str, np.ndarray]:
+def _first_pick_content(rng: np.random.Generator, junk: np.ndarray, n_objects: int | None,
+                        ref_rot: np.ndarray, ref_tilt: np.ndarray, diameter: float, apix: float,
+                        particle_peak: float, box: int) -> dict[str, np.ndarray]:
     """What each first pick holds, relative to its true centre (one entry per pick).
 
     rot/tilt/psi/phantom: the particle's pose and object (NaN/-1 for junk); view1/view2:

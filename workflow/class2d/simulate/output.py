@@ -1,7 +1,8 @@
 """A simulated dataset on disk: particles, images, references and the ground truth.
 
     >>> star = write_dataset(simulate(2000), "demo")      # "demo/particles.star"
-    >>> truth = read_truth("demo/truth.csv")               # rows as in particles.star
+    >>> truth = read_truth("demo/truth.star")              # rows as in particles.star
+    >>> simulate_demo("results/demo", seed=0, n_objects=0)   # what the workflow's rule calls
 """
 
 from __future__ import annotations
@@ -11,20 +12,22 @@ import logging
 import os
 
 import pandas as pd
+import starfile
+import starfile.writer
 
 from class2d.io import write_particles
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import write_stack
-from class2d.simulate.dataset import STACK_NAME, Dataset
+from class2d.simulate.dataset import STACK_NAME, Dataset, simulate
 
 logger = logging.getLogger(__name__)
 
 #: the files :func:`write_dataset` makes, in the order it writes them
-FILES = (STACK_NAME, "references.mrcs", "truth.csv", "particles.star")
+FILES = (STACK_NAME, "references.mrcs", "truth.star", "particles.star")
 
 
 def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool = False) -> str:
-    """Write ``particles.star`` (last), ``particles.mrcs``, ``references.mrcs``, ``truth.csv``.
+    """Write ``particles.star`` (last), ``particles.mrcs``, ``references.mrcs``, ``truth.star``.
 
     Each file is written to a temporary name and renamed into place, and
     ``particles.star`` comes last, so it exists only when the rest are complete.
@@ -40,8 +43,13 @@ def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool 
     apix = float(dataset.table.optics["rlnImagePixelSize"].iloc[0])
     write_stack(paths[STACK_NAME], dataset.images, apix)
     write_stack(paths["references.mrcs"], dataset.references, apix)
-    with atomic_path(paths["truth.csv"]) as tmp:
-        dataset.truth.to_csv(tmp, index=False, na_rep="nan")
+    writer = starfile.writer.StarWriter({"truth": dataset.truth}, float_format=None,
+                                        separator="\t", na_rep="nan")
+    with atomic_path(paths["truth.star"]) as tmp:
+        with open(tmp, "w") as handle:
+            # no starfile banner: it holds the time, and the output must repeat byte for byte
+            handle.write("\n".join(["# ground truth written by class2d.simulate", "",
+                                     *writer.data_block_generator()]) + "\n")
     table = dataclasses.replace(dataset.table, base_dir=out_dir)
     write_particles(table, paths["particles.star"])
     logger.info("wrote %d simulated particles to %s", dataset.table.n, out_dir)
@@ -50,4 +58,16 @@ def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool 
 
 def read_truth(path: str | os.PathLike) -> pd.DataFrame:
     """The ground truth written by :func:`write_dataset` (``junk`` '' for good particles)."""
-    return pd.read_csv(path, keep_default_na=False, na_values=["nan"])
+    truth = starfile.read(path, always_dict=True)["truth"]
+    truth["junk"] = truth["junk"].fillna("").astype(str)
+    return truth
+
+
+def simulate_demo(out_dir: str | os.PathLike, seed: int = 0, n_objects: int = 0,
+                  **kwargs) -> str:
+    """Simulate and write the demo data set; ``n_objects`` 0 means random views.
+
+    ``kwargs`` go to :func:`~class2d.simulate.dataset.simulate`.  Returns the STAR path.
+    """
+    dataset = simulate(seed=seed, n_objects=n_objects or None, **kwargs)
+    return write_dataset(dataset, out_dir, overwrite=True)
