@@ -200,6 +200,21 @@ def test_ctf_matches_relion_project(tmp_path):
         assert correlation(relion[i], mirrored[i]) < 0.95
 
 
+@pytest.mark.relion
+@needs_relion
+def test_simulated_images_are_what_relion_projects_from_the_truth(tmp_path):
+    """End to end: truth poses + particles.star CTF through relion_project --ctf = clean."""
+    data = simulate(12, snr=0.1, junk_fraction=0.0, duplicate_fraction=0.0, n_micrographs=3,
+                    seed=2, ctf_pad=1)
+    poses = data.truth[["rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst",
+                        "rlnOriginYAngst"]].to_numpy()
+    ctf = {name: data.table.particles[name].to_numpy()
+           for name in ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")}
+    relion = _relion_project(tmp_path, data.phantoms[0], poses, ctf=True, **ctf)
+    for i in range(data.table.n):
+        assert correlation(relion[i], data.clean[i]) > 0.9999
+
+
 # --- the simulated dataset --------------------------------------------------------------------
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path):
