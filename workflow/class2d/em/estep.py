@@ -18,7 +18,7 @@ from class2d import ctf as ctf_model
 from class2d.em.grids import FrequencySet, PoseGrid
 
 #: a pose or class whose posterior is below this share of the best is not inserted
-MIN_WEIGHT = 1e-3
+MIN_WEIGHT = 1e-2
 #: a pose is "significant" within this many log units of the best (rlnNrOfSignificantSamples)
 SIG_LOG = float(np.log(1000.0))
 
@@ -127,6 +127,12 @@ class Entries:
         return cls(rows=rows[order].astype(np.int64), classes=classes[order].astype(np.int64),
                    psi=psi[order].astype(f32), tx=tx[order].astype(f32), ty=ty[order].astype(f32),
                    weight=weight[order].astype(f32), offsets=offsets.astype(np.int64))
+
+    def best_per_row(self) -> np.ndarray:
+        """Index of the heaviest entry of every particle row present."""
+        order = np.lexsort((-self.weight, self.rows))
+        first = np.r_[True, self.rows[order][1:] != self.rows[order][:-1]]
+        return order[first]
 
 
 def select_entries(scores: BatchScores, poses: PoseGrid, hard: bool) -> Entries:

@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from class2d.fourier import centered_rfft2, circular_mask, shell_index
+from class2d.fourier import centered_rfft2, circular_mask, frc, frc_resolution, shell_index
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +81,13 @@ def shell_power(images: np.ndarray) -> np.ndarray:
     return power / np.maximum(counts, 1)
 
 
-def resolution_from_ssnr(tau2: np.ndarray, den: np.ndarray, pad: int, apix: float) -> np.ndarray:
-    """Per class, the resolution (Å) where the spectral SNR τ²·Σ CTF²/σ² falls below 1."""
-    grid = den.shape[-1]
-    box = grid // pad
-    shells = np.rint(grid_radius(grid, pad)).astype(np.int64).ravel()
-    n_shell = tau2.shape[1]
-    keep = shells < n_shell
-    counts = np.maximum(np.bincount(shells[keep], minlength=n_shell), 1)
-    out = np.empty(den.shape[0])
-    for k in range(den.shape[0]):
-        mean_den = np.bincount(shells[keep], den[k].ravel()[keep], n_shell) / counts
-        ssnr = tau2[k] * mean_den * pad * pad
-        below = np.flatnonzero(ssnr[1:] < 1.0)
-        shell = (n_shell - 1) if below.size == 0 else max(int(below[0]), 1)
-        out[k] = box * apix / shell
-    return out
+def half_set_resolution(half_a: np.ndarray, half_b: np.ndarray, apix: float,
+                        threshold: float = 0.143) -> np.ndarray:
+    """Per class, the resolution (Å) where the FRC of two half-set averages falls below
+    ``threshold`` (0.143: the half-set criterion for the full set).  (K,) float64."""
+    box = half_a.shape[-1]
+    return np.array([frc_resolution(frc(a, b), box, apix, threshold)
+                     for a, b in zip(half_a, half_b)])
 
 
 def center_of_mass_shift(image: np.ndarray, threshold: float) -> np.ndarray:

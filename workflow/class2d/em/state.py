@@ -23,8 +23,10 @@ from class2d.io.atomic import atomic_path
 class Statistics:
     """Sums over particles that the M-step turns into classes and a noise model.
 
-    num: (K, G, G) complex128, Σ w·α·CTF·X/σ² inserted in the reference frame
-    den: (K, G, G) float64, Σ w·α²·CTF²/σ²
+    num: (K, 2, G, G) complex128, Σ w·α·CTF·X/σ² inserted in the reference frame, kept
+        apart for the two half sets (even and odd particle rows) that give each class's
+        resolution and from which an emptied class is re-seeded
+    den: (K, 2, G, G) float64, Σ w·α²·CTF²/σ²
     counts: (K,) float64, Σ w (particles per class)
     noise_sum: (S,) float64, Σ w·|X − model|² per shell;  noise_count: (S,) coefficients
     """
@@ -37,8 +39,8 @@ class Statistics:
 
     @classmethod
     def zeros(cls, n_classes: int, grid: int, n_shells: int) -> "Statistics":
-        return cls(num=np.zeros((n_classes, grid, grid), np.complex128),
-                   den=np.zeros((n_classes, grid, grid)), counts=np.zeros(n_classes),
+        return cls(num=np.zeros((n_classes, 2, grid, grid), np.complex128),
+                   den=np.zeros((n_classes, 2, grid, grid)), counts=np.zeros(n_classes),
                    noise_sum=np.zeros(n_shells), noise_count=np.zeros(n_shells))
 
     def blend(self, new: "Statistics", step: float) -> "Statistics":
@@ -62,6 +64,7 @@ class ClassState:
     tau2: (K, S) float64, signal power per class and shell (Wiener regularisation)
     alpha: (N,) float32, per-particle scale
     classes: (N,) int32, each particle's class when last seen (−1: not yet)
+    shifts: (N, 2) float32, each particle's shift (x, y) px when last seen
     apix: Å/px of the alignment box;  pad: zero-padding factor
     history: one dict per iteration (resolution, log-likelihood, class sizes, …)
     """
@@ -73,6 +76,7 @@ class ClassState:
     tau2: np.ndarray
     alpha: np.ndarray
     classes: np.ndarray
+    shifts: np.ndarray
     apix: float
     pad: int
     history: list[dict]
@@ -91,6 +95,7 @@ class ClassState:
             with open(tmp, "wb") as fh:
                 np.savez(fh, iteration=self.iteration, references=self.references,
                          sigma2=self.sigma2, tau2=self.tau2, alpha=self.alpha, classes=self.classes,
+                         shifts=self.shifts,
                          apix=self.apix, pad=self.pad,
                          history=json.dumps(self.history), **arrays)
 
@@ -101,5 +106,6 @@ class ClassState:
                                   for f in dataclasses.fields(Statistics)})
             return cls(iteration=int(data["iteration"]), references=data["references"],
                        stats=stats, sigma2=data["sigma2"], tau2=data["tau2"],
-                       alpha=data["alpha"], classes=data["classes"], apix=float(data["apix"]), pad=int(data["pad"]),
+                       alpha=data["alpha"], classes=data["classes"],
+                       shifts=data["shifts"], apix=float(data["apix"]), pad=int(data["pad"]),
                        history=json.loads(str(data["history"])))

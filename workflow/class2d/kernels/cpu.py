@@ -22,6 +22,9 @@ _coords = numba.njit(inline="always", cache=True)(scalar.reference_coords)
 _phase = numba.njit(inline="always", cache=True)(scalar.phase_angle)
 _parabola = numba.njit(inline="always", cache=True)(scalar.parabola_offset)
 
+#: poses scoring this far below the best add < e⁻⁴⁰ to the sum and are skipped
+NEGLIGIBLE = 40.0
+
 
 @numba.njit(parallel=True, cache=True)
 def _rotate_kernel(grids, fx, fy, psi, pad, out):
@@ -87,9 +90,10 @@ def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log,
         count = 0
         for q in range(n_pose):
             s = _score(cross[i], norm[i], q, n_shift, a, inv_temp)
-            total += math.exp(s - best)
-            if s > best - sig_log:
-                count += 1
+            if s > best - NEGLIGIBLE:
+                total += math.exp(s - best)
+                if s > best - sig_log:
+                    count += 1
         lse[i] = best + math.log(total)
         nsig[i] = count
         qb = top_i[i, 0]

@@ -1,0 +1,324 @@
+"""Online EM as CryoSPARC runs it: initial classes, mini-batch iterations, sharded full passes.
+
+    >>> state = init_classes(stack, params, backend)                     # iteration 0
+    >>> state = online_iteration(stack, state, params, backend)          # 1 … n
+    >>> part = full_pass_shard(stack, state, params, backend, shard=0)   # one per shard
+    >>> state, assignments = gather_full_pass(state, [part], params)
+
+Every random choice is drawn from ``numpy.random.default_rng([seed, iteration])`` so a
+resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import numpy as np
+
+from class2d.em import mstep
+from class2d.em.estep import BatchData, Entries, score_batch, select_entries
+from class2d.em.grids import FrequencySet, PoseGrid
+from class2d.em.params import ClassifyParams
+from class2d.em.state import ClassState, Statistics
+from class2d.fourier import centered_rfft2, rfft_frequencies
+from class2d.prepare import PreparedStack
+
+logger = logging.getLogger(__name__)
+
+#: a class holding less than this share of an even split of the batch is re-seeded
+EMPTY_SHARE = 0.05
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What one pass needs besides the state: data, frequency sets, pose grids.
+
+    poses: the global search (particles not seen before);
+    local: shifts around each seen particle's last shift, all rotations
+    """
+
+    stack: PreparedStack
+    ctf_params: object
+    align: FrequencySet
+    recon: FrequencySet
+    poses: PoseGrid
+    local: PoseGrid
+    n_shells: int
+
+
+def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float) -> PassContext:
+    box, apix = stack.box, stack.apix
+    r_recon = min(box / 2, box * apix / params.max_res_A)
+    r_align = min(r_recon, box * apix / res_A)
+    r_min = box * apix / params.min_align_res_A if params.min_align_res_A else 1.0
+    side, step = params.shift_grid(res_A, box, apix)
+    psi_step = params.psi_step(res_A, box, apix)
+    local_side = min(side, 2 * params.local_shift_steps + 1)
+    return PassContext(stack=stack, ctf_params=stack.table().ctf_params(),
+                       align=FrequencySet.within(box, r_align, r_min),
+                       recon=FrequencySet.within(box, r_recon, 1.0),
+                       poses=PoseGrid.make(psi_step, side, step),
+                       local=PoseGrid.make(psi_step, local_side, step),
+                       n_shells=box // 2 + 1)
+
+
+def load_spectra(stack: PreparedStack, rows: np.ndarray,
+                 shifts: np.ndarray | None = None) -> np.ndarray:
+    """Spectra (n, d, d//2+1) complex64 of prepared images, moved back by ``shifts`` (n, 2)
+    px first when given (so that a search around 0 is a search around those shifts)."""
+    spectra = centered_rfft2(stack.images(rows))
+    if shifts is not None:
+        fy, fx = rfft_frequencies(stack.box)
+        spectra = spectra * np.exp(2j * np.pi * (fx[None] * shifts[:, 0, None, None]
+                                                 + fy[None] * shifts[:, 1, None, None]))
+    return spectra.astype(np.complex64)
+
+
+def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
+               n_shells: int, halves: np.ndarray) -> Statistics:
+    """Sufficient statistics of a batch's entries: insertion into the half set of each
+    particle (``halves``: (N,) 0/1), noise residuals of each particle's best entry."""
+    k_count = grids.shape[0]
+    stats = Statistics.zeros(k_count, grids.shape[-1], n_shells)
+    fr = data.freqs
+    split = Entries.build(entries.rows, 2 * entries.classes + halves[entries.rows], entries.psi,
+                          entries.tx, entries.ty, entries.weight, 2 * k_count)
+    size = grids.shape[-1]
+    backend.backproject(stats.num.reshape(2 * k_count, size, size),
+                        stats.den.reshape(2 * k_count, size, size), split.offsets, split.rows,
+                        split.psi, split.tx, split.ty, split.weight, data.x, data.ctf,
+                        data.alpha, data.inv_sigma2, fr.fx, fr.fy, fr.wf, pad, fr.box)
+    best = entries.best_per_row()
+    ones = np.ones(best.size, np.float32)
+    resid = backend.noise_residuals(grids, entries.classes[best], entries.rows[best],
+                                    entries.psi[best], entries.tx[best], entries.ty[best], ones,
+                                    data.x, data.ctf, data.alpha, fr.fx, fr.fy, fr.wf, fr.shell,
+                                    pad, fr.box, n_shells)
+    stats.noise_sum = resid.sum(axis=0)
+    stats.noise_count = best.size * np.bincount(fr.shell, fr.wf.astype(np.float64), n_shells)
+    stats.counts = np.bincount(entries.classes, entries.weight.astype(np.float64), k_count)
+    return stats
+
+
+def initial_sigma2(stack: PreparedStack, rng: np.random.Generator, n_shells: int) -> np.ndarray:
+    """Noise power per shell, first guess: the particles' own mean power per shell."""
+    rows = np.sort(rng.choice(stack.n, min(stack.n, 500), replace=False))
+    spectra = load_spectra(stack, rows)
+    freqs = FrequencySet.within(stack.box, stack.box / 2, 0.0)
+    power = np.abs(freqs.take(spectra)) ** 2
+    sums = np.bincount(freqs.shell, power.sum(axis=0), n_shells)
+    counts = np.bincount(freqs.shell, minlength=n_shells) * rows.size
+    return np.maximum(sums / np.maximum(counts, 1), 1e-12)
+
+
+def _finish_mstep(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
+                  params: ClassifyParams, box: int, apix: float, pad: int,
+                  recenter: bool) -> tuple[np.ndarray, Statistics, np.ndarray, np.ndarray]:
+    """Classes, noise and signal models from statistics: (refs, stats, sigma2, tau2)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma2 = np.where(stats.noise_count > 0, stats.noise_sum / stats.noise_count, sigma2_prev)
+    if params.white_noise:
+        sigma2 = np.full_like(sigma2, np.average(sigma2[1:], weights=stats.noise_count[1:] + 1e-12))
+    sigma2[0] = sigma2[1]
+    refs = mstep.reconstruct(stats.num.sum(axis=1), stats.den.sum(axis=1), tau2, pad, box,
+                             params.tau2_fudge)
+    radius, edge = params.mask_radius_px(box, apix)
+    refs, shifts = mstep.postprocess(refs, mask_radius=radius, mask_edge=edge,
+                                     recenter=recenter and params.recenter,
+                                     recenter_threshold=params.recenter_threshold,
+                                     clamp_solvent=params.clamp_solvent,
+                                     non_negative=params.non_negative)
+    if np.any(shifts):
+        num = np.stack([mstep.shift_grids(stats.num[:, h], shifts, pad) for h in (0, 1)], axis=1)
+        stats = dataclasses.replace(stats, num=num)
+    refs[stats.counts <= 0] = 0.0
+    tau2 = np.maximum(mstep.shell_power(refs), 1e-12)
+    return refs, stats, sigma2, tau2
+
+
+def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
+    """(K,) Å: FRC 0.143 between the two half-set averages of every class."""
+    halves = [mstep.reconstruct(state.stats.num[:, h], state.stats.den[:, h], state.tau2,
+                                state.pad, state.box, params.tau2_fudge) for h in (0, 1)]
+    return mstep.half_set_resolution(*halves, state.apix)
+
+
+def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> ClassState:
+    """Iteration 0: each class the average of a random subset at random rotations."""
+    rng = np.random.default_rng([params.seed, 0])
+    ctx = make_context(stack, params, params.first_res_A)
+    k_count, pad, box = params.n_classes, params.zeropad, stack.box
+    per_class = max(3, min(stack.n // k_count, 20))
+    rows = rng.choice(stack.n, size=per_class * k_count, replace=per_class * k_count > stack.n)
+    sigma2 = initial_sigma2(stack, rng, ctx.n_shells)
+    alpha = np.ones(stack.n, np.float32)
+    unique_rows, local = np.unique(rows, return_inverse=True)
+    data = BatchData.build(load_spectra(stack, unique_rows), ctx.ctf_params.take(unique_rows),
+                           alpha[unique_rows], ctx.recon, sigma2, stack.apix)
+    classes = np.repeat(np.arange(k_count), per_class)
+    zeros = np.zeros(rows.size)
+    entries = Entries.build(local, classes, rng.uniform(0, 2 * np.pi, rows.size), zeros, zeros,
+                            np.ones(rows.size), k_count)
+    empty_grids = np.zeros((k_count, pad * box, pad * box), np.complex64)
+    stats = accumulate(backend, data, entries, empty_grids, pad, ctx.n_shells,
+                       (unique_rows % 2).astype(np.int64))
+    refs, stats, _, tau2 = _finish_mstep(stats, np.tile(sigma2, (k_count, 1)), sigma2, params,
+                                         box, stack.apix, pad, recenter=False)
+    return ClassState(iteration=0, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
+                      alpha=alpha, classes=np.full(stack.n, -1, np.int32),
+                      shifts=np.zeros((stack.n, 2), np.float32), apix=stack.apix, pad=pad,
+                      history=[])
+
+
+RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", "nsig",
+               "loglik", "ratio")
+
+
+def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
+               ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool):
+    """E-step and statistics over ``rows``: (stats, per-row results sorted by row).
+
+    Particles seen before search all rotations but only shifts near their last shift;
+    the others search the whole shift range.
+    """
+    grids = mstep.reference_grids(state.references, state.pad)
+    log_prior = np.log(np.maximum(state.stats.counts / max(state.stats.counts.sum(), 1e-12),
+                                  1e-3 / state.n_classes))
+    force_max = params.use_force_max
+    n_top = 1 if force_max else params.max_poses
+    total = Statistics.zeros(state.n_classes, grids.shape[-1], ctx.n_shells)
+    results = {key: [] for key in RESULT_KEYS}
+    flops = 0.0
+    seen = state.classes[rows] >= 0
+    for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
+        for start in range(0, group.size, params.batch_size):
+            chunk = group[start:start + params.batch_size]
+            prev = state.shifts[chunk] if poses is ctx.local else None
+            spectra = load_spectra(stack, chunk, prev)
+            ctf_chunk = ctx.ctf_params.take(chunk)
+            alpha = state.alpha[chunk]
+            data = BatchData.build(spectra, ctf_chunk, alpha, ctx.align, state.sigma2, stack.apix)
+            scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
+                                 force_max)
+            flops += chunk.size * state.n_classes * poses.size * 4.0 * ctx.align.size
+            entries = select_entries(scores, poses, hard=hard)
+            recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
+                                    stack.apix)
+            total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
+                                       (chunk % 2).astype(np.int64))
+            best = scores.best_class
+            n = np.arange(chunk.size)
+            psi, tx, ty = poses.pose(scores.top_i[n, best, 0], scores.refine[n, best])
+            if prev is not None:
+                tx, ty = tx + prev[:, 0], ty + prev[:, 1]
+            pose_p = np.exp(scores.top_s[n, best, 0] - scores.lse[n, best])
+            for key, value in zip(RESULT_KEYS, (
+                    chunk, best, psi, tx, ty, scores.gamma[n, best],
+                    1.0 / (scores.gamma ** 2).sum(axis=1), scores.gamma[n, best] * pose_p,
+                    scores.nsig[n, best], scores.loglik, scores.ratio[n, best])):
+                results[key].append(value)
+    out = {key: np.concatenate(value) for key, value in results.items()}
+    order = np.argsort(out["rows"], kind="stable")
+    out = {key: value[order] for key, value in out.items()}
+    out["flops"] = flops
+    return total, out
+
+
+def _reseed_empty(stats: Statistics) -> Statistics:
+    """Classes that emptied out take one half set of the largest class, which keeps the other."""
+    even = stats.counts.sum() / stats.counts.size
+    empty = np.flatnonzero(stats.counts < EMPTY_SHARE * even)
+    if empty.size == 0:
+        return stats
+    num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
+    for k in empty:
+        j = int(np.argmax(counts))
+        num[k], den[k] = num[j], den[j]
+        num[k, 1], den[k, 1] = 0.0, 0.0
+        num[j, 0], den[j, 0] = 0.0, 0.0
+        counts[k] = counts[j] = counts[j] / 2
+    logger.info("re-seeded %d empty class(es) from the largest ones", empty.size)
+    return dataclasses.replace(stats, num=num, den=den, counts=counts)
+
+
+def _updated(state: ClassState, out: dict) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-particle class and shift memory after a pass; the share of changed classes."""
+    rows = out["rows"]
+    classes, shifts = state.classes.copy(), state.shifts.copy()
+    changed = float(np.mean(classes[rows] != out["best_class"]))
+    classes[rows] = out["best_class"]
+    shifts[rows] = np.stack([out["tx"], out["ty"]], axis=1)
+    return classes, shifts, changed
+
+
+def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
+                     backend) -> ClassState:
+    """One online-EM iteration on a random mini-batch; returns the next state."""
+    n = state.iteration + 1
+    rng = np.random.default_rng([params.seed, n])
+    size = min(stack.n, params.batch_per_class * params.n_classes)
+    rows = np.sort(rng.choice(stack.n, size=size, replace=False))
+    res = params.resolution_at(n)
+    ctx = make_context(stack, params, res)
+    tic = time.perf_counter()
+    batch, out = score_rows(stack, state, params, backend, ctx, rows,
+                            1.0 / params.temperature_at(n), hard=False)
+    stats = _reseed_empty(state.stats.blend(batch, params.step_size_at(n)))
+    refs, stats, sigma2, tau2 = _finish_mstep(stats, state.tau2, state.sigma2, params,
+                                              stack.box, stack.apix, state.pad, recenter=True)
+    alpha = state.alpha.copy()
+    if params.per_particle_scale and n > 1:
+        alpha[rows] = np.clip(out["ratio"], 0.2, 5.0)
+    classes, shifts, changed = _updated(state, out)
+    row = _history_row(n, "online", res, ctx, out, stats, changed, time.perf_counter() - tic)
+    logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
+                "changed %(changed).3f, %(gflops).1f GFLOP in %(seconds).1f s", row)
+    return ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
+                      alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
+                      pad=state.pad, history=state.history + [row])
+
+
+def _history_row(n, kind, res, ctx, out, stats, changed, seconds) -> dict:
+    return {"iteration": n, "kind": kind, "res_A": float(res), "poses": int(ctx.poses.size),
+            "local_poses": int(ctx.local.size), "frequencies": int(ctx.align.size),
+            "particles": int(out["best_class"].size),
+            "loglik": float(np.mean(out["loglik"])), "changed": changed,
+            "class_sizes": [round(float(c), 2) for c in stats.counts],
+            "gflops": out["flops"] / 1e9, "seconds": round(seconds, 3)}
+
+
+def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
+                    shard: int, last: bool) -> dict:
+    """E-step over every particle of one shard: statistics and per-particle results."""
+    a, b = stack.shard_rows[shard]
+    ctx = make_context(stack, params, params.align_res_A)
+    tic = time.perf_counter()
+    stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
+                            hard=last and params.hard_last_iteration)
+    out.update({f"stats_{f.name}": getattr(stats, f.name) for f in dataclasses.fields(stats)})
+    out["seconds"] = time.perf_counter() - tic
+    return out
+
+
+def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
+                     params: ClassifyParams) -> tuple[ClassState, dict]:
+    """Sum the shards' statistics into the next state; concatenate per-particle results."""
+    stats = Statistics(*(sum(p[f"stats_{f.name}"] for p in parts)
+                         for f in dataclasses.fields(Statistics)))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in RESULT_KEYS}
+    out["flops"] = float(sum(float(p["flops"]) for p in parts))
+    refs, stats, sigma2, tau2 = _finish_mstep(stats, state.tau2, state.sigma2, params,
+                                              stack.box, stack.apix, state.pad, recenter=False)
+    n = state.iteration + 1
+    classes, shifts, changed = _updated(state, out)
+    ctx = make_context(stack, params, params.align_res_A)
+    row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed,
+                       sum(float(p["seconds"]) for p in parts))
+    logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
+                "%(gflops).1f GFLOP in %(seconds).1f s", row)
+    new = ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
+                     alpha=state.alpha, classes=classes, shifts=shifts, apix=state.apix,
+                     pad=state.pad, history=state.history + [row])
+    return new, out
