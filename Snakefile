@@ -15,6 +15,7 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/prepare.smk"
+include: "rules/classify.smk"
 
 
 rule all:

@@ -21,4 +21,35 @@ def shard_paths():
 
 
 def final_outputs():
-    return [out("prepare/prepared.yaml")]
+    return [out("classify/classes.star"), out("classify/gallery.png")]
+
+
+# ---- classification: iteration numbering fixed by the config (no checkpoint needed)
+CLS = config["classify"]
+N_ONLINE = CLS["online_iterations"]
+N_LAST = N_ONLINE + CLS["final_full_iterations"]
+ONLINE_ENDS = sorted(set(range(CLS["iterations_per_job"], N_ONLINE + 1, CLS["iterations_per_job"]))
+                     | ({N_ONLINE} if N_ONLINE else set()))
+N_SHARDS = config["prepare"]["shards"]
+
+
+def em_config():
+    """The classify section as the package takes it (workflow-only keys removed)."""
+    return {k: v for k, v in CLS.items() if k != "iterations_per_job"}
+
+
+def iter_path(n, name="state.npz"):
+    return out(f"classify/iter_{n:03d}/{name}")
+
+
+def previous_number(n):
+    """The iteration whose state file iteration n starts from: the last one written before it."""
+    return n - 1 if n - 1 > N_ONLINE else max(m for m in [0] + ONLINE_ENDS if m < n)
+
+
+def previous_state(n):
+    return iter_path(previous_number(n))
+
+
+def numbers(values):
+    return "|".join(f"{n:03d}" for n in values) or "none"

@@ -1,0 +1,107 @@
+# Online EM: one job per iteration (or per `iterations_per_job`), each reading the previous
+# state file, then full passes scattered over shards and gathered; then the outputs.
+
+
+rule init_classes:
+    input:
+        meta=out("prepare/prepared.yaml"),
+        shards=shard_paths(),
+    output:
+        iter_path(0),
+    params:
+        prepared=out("prepare"),
+        em=em_config(),
+        seed=config["seed"],
+        backend=config["backend"],
+    log:
+        out("logs/classify/init_classes.log"),
+    resources:
+        gpu=1 if config["backend"] == "cuda" else 0,
+    script:
+        "../scripts/init_classes.py"
+
+
+rule classify_iteration:
+    input:
+        state=lambda wc: previous_state(int(wc.n)),
+        shards=shard_paths(),
+    output:
+        out("classify/iter_{n}/state.npz"),
+    wildcard_constraints:
+        n=numbers(ONLINE_ENDS),
+    params:
+        prepared=out("prepare"),
+        em=em_config(),
+        seed=config["seed"],
+        backend=config["backend"],
+        iterations=lambda wc: int(wc.n) - previous_number(int(wc.n)),
+    log:
+        out("logs/classify/iteration_{n}.log"),
+    resources:
+        gpu=1 if config["backend"] == "cuda" else 0,
+    script:
+        "../scripts/classify_iteration.py"
+
+
+rule classify_full_shard:
+    input:
+        state=lambda wc: previous_state(int(wc.n)),
+        shards=shard_paths(),
+    output:
+        out("classify/iter_{n}/shard_{s}.npz"),
+    wildcard_constraints:
+        n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
+        s=r"\d{3}",
+    params:
+        prepared=out("prepare"),
+        em=em_config(),
+        seed=config["seed"],
+        backend=config["backend"],
+        last=lambda wc: int(wc.n) == N_LAST,
+    log:
+        out("logs/classify/full_{n}_shard_{s}.log"),
+    resources:
+        gpu=1 if config["backend"] == "cuda" else 0,
+    script:
+        "../scripts/classify_full_shard.py"
+
+
+rule gather_full_pass:
+    input:
+        state=lambda wc: previous_state(int(wc.n)),
+        parts=expand(out("classify/iter_{{n}}/shard_{s:03d}.npz"), s=range(N_SHARDS)),
+    output:
+        state=out("classify/iter_{n}/state.npz"),
+        assignments=out("classify/iter_{n}/assignments.npz"),
+    wildcard_constraints:
+        n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
+    params:
+        prepared=out("prepare"),
+        em=em_config(),
+        seed=config["seed"],
+    log:
+        out("logs/classify/gather_{n}.log"),
+    script:
+        "../scripts/gather_full_pass.py"
+
+
+rule export_classes:
+    input:
+        state=iter_path(N_LAST),
+        assignments=iter_path(N_LAST, "assignments.npz"),
+    output:
+        classes=out("classify/classes.mrcs"),
+        classes_star=out("classify/classes.star"),
+        classes_cs=out("classify/classes.cs"),
+        particles=out("classify/particles.star"),
+        particles_cs=out("classify/particles.cs"),
+        gallery=report(out("classify/gallery.png"), category="2D classification"),
+        convergence=out("classify/convergence.tsv"),
+    params:
+        prepared=out("prepare"),
+        em=em_config(),
+        seed=config["seed"],
+    log:
+        out("logs/classify/export_classes.log"),
+    script:
+        "../scripts/export_classes.py"

@@ -1,0 +1,92 @@
+"""Stack preparation: crop box, normalisation, shards, and bad input."""
+
+import os
+
+import mrcfile
+import numpy as np
+import pytest
+
+from class2d import io
+from class2d.errors import InputError
+from class2d.fourier import fourier_crop
+from class2d.prepare import PreparedStack, alignment_box, background_mask, prepare_stack
+from class2d.simulate import simulate, write_dataset
+
+
+@pytest.fixture(scope="module")
+def demo_star(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    data = simulate(120, box=64, apix=2.0, snr=0.2, seed=3)
+    return write_dataset(data, folder), data
+
+
+def test_alignment_box_reaches_the_resolution():
+    assert alignment_box(256, 1.0, 8.0, None) == 64          # Nyquist 2·(256/64) Å = 8 Å
+    assert alignment_box(200, 1.3, 6.0, None) == 88          # ceil(86.7) → even
+    assert alignment_box(64, 3.0, 4.0, None) == 64           # never larger than the input
+    assert alignment_box(256, 1.0, 8.0, 100) == 100
+
+
+def test_prepared_stack_is_cropped_normalised_and_sharded(demo_star, tmp_path):
+    star, data = demo_star
+    stack = prepare_stack(star, tmp_path / "prep", max_res_A=8.0, shards=3)
+    assert (stack.box, stack.apix) == (32, pytest.approx(4.0))
+    assert stack.shard_rows == ((0, 40), (40, 80), (80, 120))
+    images = stack.images(np.arange(120))
+    background = background_mask(32, 0.75 * 16)
+    bg = images[:, background]
+    np.testing.assert_allclose(bg.mean(axis=1), 0.0, atol=1e-5)
+    np.testing.assert_allclose(bg.std(axis=1), 1.0, atol=1e-4)
+    # the input's content, Fourier-cropped: equal up to each image's affine normalisation
+    cropped = fourier_crop(data.images.astype(np.float64), 32)
+    corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(images, cropped)]
+    assert min(corr) > 0.99999
+    for s in range(3):
+        path = os.path.join(stack.folder, PreparedStack.shard_name(s))
+        assert mrcfile.validate(path)
+        with mrcfile.open(path) as mrc:
+            assert float(mrc.voxel_size.x) == pytest.approx(4.0)
+    assert io.read_particles(os.path.join(stack.folder, "particles.star")).n == 120
+
+
+def test_invert_contrast_flips_the_sign(demo_star, tmp_path):
+    star, _ = demo_star
+    plain = prepare_stack(star, tmp_path / "a", max_res_A=8.0).images(np.arange(5))
+    inverted = prepare_stack(star, tmp_path / "b", max_res_A=8.0,
+                             invert_contrast=True).images(np.arange(5))
+    np.testing.assert_allclose(inverted, -plain, atol=1e-5)
+
+
+def test_nan_image_is_rejected_with_its_name_and_nothing_is_left(demo_star, tmp_path):
+    star, data = demo_star
+    images = data.images.copy()
+    images[7, 3, 3] = np.nan
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    io.write_stack(folder / "particles.mrcs", images, 2.0)
+    table = io.read_particles(star)
+    table.base_dir = str(folder)        # the names now point at the stack with the NaN
+    io.write_particles(table, folder / "particles.star")
+    with pytest.raises(InputError, match=r"particles\.star: image 000008@.*NaN"):
+        prepare_stack(folder / "particles.star", tmp_path / "out", max_res_A=8.0)
+    assert not (tmp_path / "out" / "prepared.yaml").exists()
+    assert not list((tmp_path / "out").glob("*.tmp*"))
+
+
+def test_mixed_box_sizes_are_refused(demo_star, tmp_path):
+    star, _ = demo_star
+    table = io.read_particles(star)
+    optics = table.optics.copy()
+    extra = optics.copy()
+    extra["rlnOpticsGroup"] = 2
+    extra["rlnImageSize"] = 32
+    table.optics = __import__("pandas").concat([optics, extra], ignore_index=True)
+    table.particles.loc[:10, "rlnOpticsGroup"] = 2
+    io.write_particles(table, tmp_path / "mixed.star")
+    with pytest.raises(InputError, match="mixed box sizes"):
+        prepare_stack(tmp_path / "mixed.star", tmp_path / "out")
+
+
+def test_missing_file_names_the_file(tmp_path):
+    with pytest.raises(InputError, match="nothing.star"):
+        prepare_stack(tmp_path / "nothing.star", tmp_path / "out")

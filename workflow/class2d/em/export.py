@@ -1,0 +1,122 @@
+"""Final outputs of a classification: classes and particles as RELION and CryoSPARC read them.
+
+    >>> write_outputs(stack, state, assignments, params, "results/classify")
+
+Pose conventions (pinned against ``relion_project`` in the tests): internally an image
+is its class rotated by ψ and shifted by t px (``kernels/scalar.py``); RELION writes the
+same image as ``ref(R(ψ_R)(x + o/apix))``, so ``rlnAnglePsi = −ψ`` and
+``rlnOriginXAngst/YAngst = −t · apix`` (apix of the alignment box, i.e. Å in the
+original particle frame).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pandas as pd
+import starfile
+
+from class2d import io
+from class2d.em.online import class_resolution
+from class2d.em.params import ClassifyParams
+from class2d.em.state import ClassState
+from class2d.io.atomic import atomic_path
+from class2d.prepare import PreparedStack
+from class2d.report import convergence_table, gallery
+
+logger = logging.getLogger(__name__)
+
+
+def relion_pose(psi: np.ndarray, tx: np.ndarray, ty: np.ndarray,
+                apix: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rlnAnglePsi in (−180, 180] degrees, rlnOriginXAngst, rlnOriginYAngst) of internal poses."""
+    angle = -np.degrees(psi)
+    angle = np.mod(angle + 180.0, 360.0) - 180.0
+    angle = np.where(angle == -180.0, 180.0, angle)
+    return angle, -tx * apix, -ty * apix
+
+
+def class_order(counts: np.ndarray, sort: bool) -> np.ndarray:
+    """Output position → internal class: by decreasing size when ``sort``."""
+    return np.argsort(-counts, kind="stable") if sort else np.arange(counts.size)
+
+
+def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: ClassifyParams,
+                  out_dir: str | os.PathLike) -> None:
+    """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.tsv."""
+    out_dir = os.fspath(out_dir)
+    k_count = state.n_classes
+    best = out["best_class"].astype(np.int64)
+    counts = np.bincount(best, minlength=k_count)
+    order = class_order(counts, params.sort_classes)
+    new_index = np.empty(k_count, np.int64)
+    new_index[order] = np.arange(k_count)
+    images = state.references[order].copy()
+    images[counts[order] == 0] = 0.0
+    resolution = class_resolution(state, params)[order]
+    stats = _class_stats(best, out, k_count)
+    io.write_stack(os.path.join(out_dir, "classes.mrcs"), images, state.apix)
+    classes = pd.DataFrame({
+        "rlnReferenceImage": [f"{k + 1}@classes.mrcs" for k in range(k_count)],
+        "rlnClassNumber": np.arange(1, k_count + 1),
+        "rlnClassDistribution": counts[order] / max(best.size, 1),
+        "rlnEstimatedResolution": np.where(counts[order] > 0, resolution, 999.0),
+        "rlnImagePixelSize": np.full(k_count, state.apix),
+        "c2dParticleCount": counts[order],
+        "c2dMeanPosterior": stats["posterior"][order],
+        "c2dEffectiveClasses": stats["eca"][order],
+    })
+    with atomic_path(os.path.join(out_dir, "classes.star")) as tmp:
+        starfile.write({"classes": classes}, tmp, overwrite=True)
+    _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
+    psi, ox, oy = relion_pose(out["psi"], out["tx"], out["ty"], state.apix)
+    table = stack.table().with_columns(
+        rlnClassNumber=new_index[best] + 1, rlnAnglePsi=psi, rlnOriginXAngst=ox,
+        rlnOriginYAngst=oy, rlnMaxValueProbDistribution=out["pmax"],
+        rlnNrOfSignificantSamples=out["nsig"].astype(np.int64),
+        rlnLogLikeliContribution=out["loglik"], rlnNormCorrection=state.alpha,
+        c2dAlignmentError=-out["loglik"],
+        **{"alignments2D/class_posterior": out["gamma"].astype(np.float32),
+           "alignments2D/class_ess": out["ess"].astype(np.float32),
+           "alignments2D/alpha": state.alpha.astype(np.float32),
+           "alignments2D/error": (-out["loglik"]).astype(np.float32),
+           "alignments2D/psize_A": np.full(best.size, state.apix, np.float32)})
+    io.write_particles(table, os.path.join(out_dir, "particles.star"))
+    io.write_particles(table, os.path.join(out_dir, "particles.cs"))
+    labels = [f"{k + 1}: {c} ptcls\n{r:.1f} Å" if c else f"{k + 1}: empty"
+              for k, (c, r) in enumerate(zip(counts[order], resolution))]
+    gallery(images, labels, os.path.join(out_dir, "gallery.png"),
+            title=f"{k_count} classes, {best.size} particles, sorted by size")
+    convergence_table(state.history, os.path.join(out_dir, "convergence.tsv"))
+    logger.info("classes: %s particles per class", counts[order].tolist())
+
+
+def _class_stats(best: np.ndarray, out: dict, k_count: int) -> dict[str, np.ndarray]:
+    counts = np.maximum(np.bincount(best, minlength=k_count), 1)
+    return {"posterior": np.bincount(best, out["gamma"], k_count) / counts,
+            "eca": np.bincount(best, out["ess"], k_count) / counts}
+
+
+def _write_classes_cs(path: str, classes: pd.DataFrame, box: int, apix: float) -> None:
+    """Class averages as CryoSPARC lists them (``blob/*`` plus per-class statistics)."""
+    k_count = len(classes)
+    dtype = [("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+             ("blob/psize_A", "<f4"), ("blob/sign", "<f4"), ("alignments2D/class", "<u4"),
+             ("alignments2D/res_A", "<f4"), ("alignments2D/class_ess", "<f4"),
+             ("alignments2D/num_particles", "<u4"), ("alignments2D/class_posterior", "<f4")]
+    array = np.zeros(k_count, dtype)
+    array["uid"] = np.arange(1, k_count + 1)
+    array["blob/path"] = b"classes.mrcs"
+    array["blob/idx"] = np.arange(k_count)
+    array["blob/shape"] = box
+    array["blob/psize_A"] = apix
+    array["blob/sign"] = 1.0
+    array["alignments2D/class"] = np.arange(k_count)
+    array["alignments2D/res_A"] = classes["rlnEstimatedResolution"]
+    array["alignments2D/class_ess"] = classes["c2dEffectiveClasses"]
+    array["alignments2D/num_particles"] = classes["c2dParticleCount"]
+    array["alignments2D/class_posterior"] = classes["c2dMeanPosterior"]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)

@@ -1,0 +1,61 @@
+"""Pictures for people: the class gallery and the convergence table.
+
+    >>> gallery(images, ["1: 230 ptcls, 8.1 Å", ...], "results/classify/gallery.png")
+    >>> convergence_table(state.history, "results/classify/convergence.tsv")
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import numpy as np
+
+from class2d.io.atomic import atomic_path
+
+logger = logging.getLogger(__name__)
+
+
+def gallery(images: np.ndarray, labels: list[str], path: str | os.PathLike,
+            columns: int = 10, title: str | None = None) -> None:
+    """Save (K, d, d) images as a labelled grid PNG, each image scaled on its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = max(1, images.shape[0])
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, image, label in zip(axes.flat, images, labels):
+        lo, hi = np.percentile(image, [1, 99.5])
+        ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        ax.set_title(label, fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+
+
+def convergence_table(history: list[dict], path: str | os.PathLike) -> None:
+    """One row per iteration: kind, resolution, poses, log-likelihood, changes, classes, time."""
+    header = ["iteration", "kind", "res_A", "poses", "local_poses", "frequencies", "particles",
+              "loglik", "changed", "classes_nonempty", "largest_class", "gflops", "seconds"]
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        fh.write("\t".join(header) + "\n")
+        for row in history:
+            sizes = np.asarray(row["class_sizes"])
+            values = dict(row, classes_nonempty=int((sizes > 0.5).sum()),
+                          largest_class=float(sizes.max() / max(sizes.sum(), 1e-12)))
+            fh.write("\t".join(_fmt(values[key]) for key in header) + "\n")
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
