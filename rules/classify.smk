@@ -9,10 +9,12 @@ rule init_classes:
     output:
         iter_path(0),
     params:
-        prepared=out("prepare"),
+        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
+    conda:
+        CONDA_ENV
     log:
         out("logs/classify/init_classes.log"),
     resources:
@@ -24,17 +26,20 @@ rule init_classes:
 rule classify_iteration:
     input:
         state=lambda wc: previous_state(int(wc.n)),
+        meta=out("prepare/prepared.yaml"),
         shards=shard_paths(),
     output:
         out("classify/iter_{n}/state.npz"),
     wildcard_constraints:
         n=numbers(ONLINE_ENDS),
     params:
-        prepared=out("prepare"),
+        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
         iterations=lambda wc: int(wc.n) - previous_number(int(wc.n)),
+    conda:
+        CONDA_ENV
     log:
         out("logs/classify/iteration_{n}.log"),
     resources:
@@ -46,6 +51,7 @@ rule classify_iteration:
 rule classify_full_shard:
     input:
         state=lambda wc: previous_state(int(wc.n)),
+        meta=out("prepare/prepared.yaml"),
         shards=shard_paths(),
     output:
         out("classify/iter_{n}/shard_{s}.npz"),
@@ -53,11 +59,13 @@ rule classify_full_shard:
         n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
         s=r"\d{3}",
     params:
-        prepared=out("prepare"),
+        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
         last=lambda wc: int(wc.n) == N_LAST,
+    conda:
+        CONDA_ENV
     log:
         out("logs/classify/full_{n}_shard_{s}.log"),
     resources:
@@ -69,6 +77,7 @@ rule classify_full_shard:
 rule gather_full_pass:
     input:
         state=lambda wc: previous_state(int(wc.n)),
+        meta=out("prepare/prepared.yaml"),
         parts=expand(out("classify/iter_{{n}}/shard_{s:03d}.npz"), s=range(N_SHARDS)),
     output:
         state=out("classify/iter_{n}/state.npz"),
@@ -76,9 +85,11 @@ rule gather_full_pass:
     wildcard_constraints:
         n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
     params:
-        prepared=out("prepare"),
+        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
+    conda:
+        CONDA_ENV
     log:
         out("logs/classify/gather_{n}.log"),
     script:
@@ -88,6 +99,7 @@ rule gather_full_pass:
 rule export_classes:
     input:
         state=iter_path(N_LAST),
+        meta=out("prepare/prepared.yaml"),
         assignments=iter_path(N_LAST, "assignments.npz"),
     output:
         classes=out("classify/classes.mrcs"),
@@ -98,9 +110,11 @@ rule export_classes:
         gallery=report(out("classify/gallery.png"), category="2D classification"),
         convergence=out("classify/convergence.tsv"),
     params:
-        prepared=out("prepare"),
+        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
+    conda:
+        CONDA_ENV
     log:
         out("logs/classify/export_classes.log"),
     script:

@@ -2,6 +2,7 @@
 import os
 
 OUT = config["outdir"]
+CONDA_ENV = "../envs/class2d.yaml"
 
 
 def out(path):
@@ -53,3 +54,8 @@ def previous_state(n):
 
 def numbers(values):
     return "|".join(f"{n:03d}" for n in values) or "none"
+
+
+def prepared_dir(wildcards, input):
+    """The prepared-stack folder, derived from the rule's input (no hard-coded prefix)."""
+    return os.path.dirname(input.meta)

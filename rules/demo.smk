@@ -7,6 +7,8 @@ rule simulate_demo:
     params:
         demo=config["demo"],
         seed=config["seed"],
+    conda:
+        CONDA_ENV
     log:
         out("logs/simulate_demo.log"),
     script:

@@ -11,6 +11,8 @@ rule prepare_stack:
         invert_contrast=config["prepare"]["invert_contrast"],
         shards=config["prepare"]["shards"],
         max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
+    conda:
+        CONDA_ENV
     log:
         out("logs/prepare_stack.log"),
     resources:

@@ -193,6 +193,19 @@ def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
             out[e, shell[f]] += weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)
 
 
+@numba.njit(parallel=True, cache=True)
+def _pose_matrix(arot, phase, out):
+    """out[r·T + t] = [Re | Im] of arot[r]·phase[t]: (R·T, 2F) float32, one pass."""
+    n_shift, n_freq = phase.shape
+    for q in numba.prange(out.shape[0]):
+        r = q // n_shift
+        t = q % n_shift
+        for f in range(n_freq):
+            value = arot[r, f] * phase[t, f]
+            out[q, f] = value.real
+            out[q, n_freq + f] = value.imag
+
+
 def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
     """Score one class at every pose and reduce (BLAS products, then a Numba reduction).
 
@@ -203,10 +216,8 @@ def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_to
     """
     n = p_stack.shape[0]
     n_rot, n_freq = arot.shape
-    poses = (arot[:, None, :] * phase[None, :, :]).reshape(n_rot * phase.shape[0], n_freq)
-    m_stack = np.empty((poses.shape[0], 2 * n_freq), np.float32)
-    m_stack[:, :n_freq] = poses.real
-    m_stack[:, n_freq:] = poses.imag
+    m_stack = np.empty((n_rot * phase.shape[0], 2 * n_freq), np.float32)
+    _pose_matrix(arot, phase, m_stack)
     cross = p_stack @ m_stack.T
     norm = ctf2 @ (arot.real ** 2 + arot.imag ** 2).T.astype(np.float32)
     out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),

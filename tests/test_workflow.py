@@ -1,0 +1,142 @@
+"""The Snakemake workflow end to end on a tiny demo: lint, outputs, RELION, kill -9 and resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+import yaml
+
+from class2d import io
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: a demo small enough for seconds per job: 240 particles of 32 px, 4 classes
+TINY = {
+    "demo": {"n_particles": 240, "box": 32, "apix": 6.0, "snr": 0.5, "n_objects": 4,
+             "junk_fraction": 0.0, "duplicate_fraction": 0.05},
+    "prepare": {"shards": 2},
+    "classify": {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 4,
+                 "batch_per_class": 30, "final_full_iterations": 1},
+}
+
+
+def workflow_command(outdir: Path, cores: int = 2) -> list[str]:
+    """The snakemake command line for the tiny demo writing into ``outdir``."""
+    config = outdir.parent / f"{outdir.name}.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "outdir": str(outdir)}))
+    return [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
+            str(config), "--directory", str(REPO)]
+
+
+@pytest.mark.slow
+def test_lint_has_nothing_to_say():
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "Lints for" not in out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    outdir = tmp_path_factory.mktemp("wf") / "results"
+    run = subprocess.run(workflow_command(outdir), capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return outdir
+
+
+@pytest.mark.slow
+def test_workflow_writes_every_classify_output(finished_run):
+    cls = finished_run / "classify"
+    for name in ("classes.mrcs", "classes.star", "classes.cs", "particles.star", "particles.cs",
+                 "gallery.png", "convergence.tsv"):
+        assert (cls / name).is_file(), name
+    assert mrcfile.validate(str(cls / "classes.mrcs"))
+    with mrcfile.open(cls / "classes.mrcs") as mrc:
+        assert mrc.data.shape == (4, 32, 32)
+        assert float(mrc.voxel_size.x) == pytest.approx(6.0)
+    classes = starfile.read(cls / "classes.star")
+    particles = io.read_particles(cls / "particles.star")
+    assert particles.n == 240
+    counts = np.bincount(particles.particles["rlnClassNumber"], minlength=5)[1:]
+    np.testing.assert_array_equal(classes["c2dParticleCount"], counts)
+    assert list(counts) == sorted(counts, reverse=True)       # sorted by size
+    # the original images, not the prepared stack, are what rlnImageName points at
+    paths, _ = particles.image_locations()
+    assert all(p.endswith(os.path.join("demo", "particles.mrcs")) for p in paths)
+    cs = np.load(cls / "particles.cs")
+    np.testing.assert_array_equal(cs["alignments2D/class"] + 1,
+                                  particles.particles["rlnClassNumber"])
+    table = pd.read_csv(cls / "convergence.tsv", sep="\t")
+    assert table["iteration"].tolist() == [1, 2, 3, 4, 5]
+    assert table["kind"].tolist() == ["online"] * 4 + ["full"]
+
+
+@pytest.mark.slow
+@pytest.mark.relion
+@pytest.mark.skipif(shutil.which("relion_star_handler") is None, reason="RELION is not installed")
+def test_relion_reads_the_classified_particles(finished_run, tmp_path):
+    out = subprocess.run(["relion_star_handler", "--i", str(finished_run / "classify/particles.star"),
+                          "--o", str(tmp_path / "sel.star"), "--select", "rlnClassNumber",
+                          "--minval", "1", "--maxval", "1"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    ours = io.read_particles(finished_run / "classify/particles.star").particles
+    theirs = starfile.read(tmp_path / "sel.star")["particles"]
+    assert len(theirs) == int((ours["rlnClassNumber"] == 1).sum())
+    stats = subprocess.run(["relion_image_handler", "--i",
+                            str(finished_run / "classify/classes.mrcs"), "--stats"],
+                           capture_output=True, text=True)
+    assert stats.returncode == 0, stats.stdout + stats.stderr
+
+
+@pytest.mark.slow
+def test_kill_during_an_iteration_then_resume_gives_the_same_result(finished_run, tmp_path):
+    outdir = tmp_path / "results"
+    cmd = workflow_command(outdir, cores=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    target = outdir / "classify" / "iter_002" / "state.npz"
+    deadline = time.time() + 240
+    while not target.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert target.exists(), "the run never reached iteration 2"
+    time.sleep(0.5)                                 # inside iteration 3's job
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (outdir / "classify" / "particles.star").exists()
+    assert not list(outdir.rglob(".*.tmp*"))        # nothing half-written kept its final name
+    subprocess.run(cmd + ["--unlock"], check=True, capture_output=True)
+    rerun = subprocess.run(cmd + ["--rerun-incomplete"], capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    ours = io.read_particles(outdir / "classify/particles.star").particles
+    reference = io.read_particles(finished_run / "classify/particles.star").particles
+    for column in ("rlnClassNumber", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
+        np.testing.assert_array_equal(ours[column].to_numpy(), reference[column].to_numpy())
+    with mrcfile.open(outdir / "classify/classes.mrcs") as a, \
+            mrcfile.open(finished_run / "classify/classes.mrcs") as b:
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+@pytest.mark.slow
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path):
+    bad = tmp_path / "nodefocus.star"
+    bad.write_text("data_particles\n\nloop_\n_rlnImageName #1\n_rlnImagePixelSize #2\n"
+                   "1@none.mrcs 1.0\n")
+    outdir = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "--directory",
+                          str(REPO), "--config", f"particles={bad}", f"outdir={outdir}"],
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0], run.stderr[-2000:]
+    assert not (outdir / "prepare" / "prepared.yaml").exists()
