@@ -38,6 +38,31 @@ def relion_pose(psi: np.ndarray, tx: np.ndarray, ty: np.ndarray,
     return angle, -tx * apix, -ty * apix
 
 
+def vertical_rotation(image: np.ndarray) -> float:
+    """Angle φ (radians, internal convention) that turns the image's long axis vertical."""
+    box = image.shape[-1]
+    y, x = np.mgrid[:box, :box] - box // 2
+    w = np.clip(image, 0, None)
+    if w.sum() <= 0:
+        return 0.0
+    cov = np.cov(np.stack([x.ravel(), y.ravel()]), aweights=w.ravel())
+    values, vectors = np.linalg.eigh(cov)
+    axis = np.arctan2(vectors[1, -1], vectors[0, -1])
+    return float(np.pi / 2 - axis)
+
+
+def align_vertically(images: np.ndarray, psi: np.ndarray,
+                     classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate each class so its long axis is vertical (filaments) and every particle's ψ
+    with it: image = R(ψ)·class = R(ψ − φ)·(R(φ)·class).  Returns (images, psi)."""
+    from scipy import ndimage
+
+    phi = np.array([vertical_rotation(image) for image in images])
+    turned = np.stack([ndimage.rotate(image, -np.degrees(a), reshape=False, order=1)
+                       for image, a in zip(images, phi)]).astype(np.float32)
+    return turned, psi - phi[classes]
+
+
 def class_order(counts: np.ndarray, sort: bool) -> np.ndarray:
     """Output position → internal class: by decreasing size when ``sort``."""
     return np.argsort(-counts, kind="stable") if sort else np.arange(counts.size)
@@ -53,7 +78,11 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     order = class_order(counts, params.sort_classes)
     new_index = np.empty(k_count, np.int64)
     new_index[order] = np.arange(k_count)
-    images = state.references[order].copy()
+    images = state.references.copy()
+    psi_internal = out["psi"]
+    if params.align_filaments_vertically:
+        images, psi_internal = align_vertically(images, psi_internal, best)
+    images = images[order]
     images[counts[order] == 0] = 0.0
     resolution = class_resolution(state, params)[order]
     stats = _class_stats(best, out, k_count)
@@ -71,7 +100,7 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     with atomic_path(os.path.join(out_dir, "classes.star")) as tmp:
         starfile.write({"classes": classes}, tmp, overwrite=True)
     _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
-    psi, ox, oy = relion_pose(out["psi"], out["tx"], out["ty"], state.apix)
+    psi, ox, oy = relion_pose(psi_internal, out["tx"], out["ty"], state.apix)
     table = stack.table().with_columns(
         rlnClassNumber=new_index[best] + 1, rlnAnglePsi=psi, rlnOriginXAngst=ox,
         rlnOriginYAngst=oy, rlnMaxValueProbDistribution=out["pmax"],

@@ -27,8 +27,10 @@ from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
 
-#: a class holding less than this share of an even split of the batch is re-seeded
-EMPTY_SHARE = 0.05
+#: a class holding less than this share of an even split is replaced (see _split_largest)
+SPLIT_SHARE = 0.1
+#: a class is split only into groups of at least this many batch particles
+MIN_SPLIT = 10
 
 
 @dataclasses.dataclass
@@ -226,20 +228,64 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     return total, out
 
 
-def _reseed_empty(stats: Statistics) -> Statistics:
-    """Classes that emptied out take one half set of the largest class, which keeps the other."""
-    even = stats.counts.sum() / stats.counts.size
-    empty = np.flatnonzero(stats.counts < EMPTY_SHARE * even)
-    if empty.size == 0:
+def aligned_images(stack: PreparedStack, rows: np.ndarray, psi: np.ndarray, tx: np.ndarray,
+                   ty: np.ndarray) -> np.ndarray:
+    """Particles brought into their class's frame (undo shift t, then rotation ψ): (m, d, d)."""
+    from scipy import ndimage
+
+    images = stack.images(rows)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        moved = ndimage.shift(image, (-ty[i], -tx[i]), order=1, mode="constant")
+        out[i] = ndimage.rotate(moved, np.degrees(psi[i]), reshape=False, order=1, mode="constant")
+    return out
+
+
+def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
+    """Two groups of aligned images by the sign of their first principal component: (m,) bool."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(images, (0, blur_px, blur_px)).reshape(len(images), -1)
+    smooth = smooth - smooth.mean(axis=0)
+    _, _, vt = np.linalg.svd(smooth, full_matrices=False)
+    score = smooth @ vt[0]
+    return score > np.median(score)
+
+
+def _split_largest(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
+                   ctx: PassContext, params: ClassifyParams, backend) -> Statistics:
+    """Replace classes that emptied out by halves of the largest class, split along the first
+    principal component of its aligned particles in this batch (a class that merged
+    several views splits into them)."""
+    k_count = stats.counts.size
+    even = stats.counts.sum() / k_count
+    small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
+    if small.size == 0:
         return stats
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
-    for k in empty:
+    grids = np.zeros((k_count, num.shape[-1], num.shape[-1]), np.complex64)
+    blur = max(1.0, 0.25 * ctx.align.box / max(float(ctx.align.shell.max()), 1.0))
+    done = 0
+    for k in small:
         j = int(np.argmax(counts))
-        num[k], den[k] = num[j], den[j]
-        num[k, 1], den[k, 1] = 0.0, 0.0
-        num[j, 0], den[j, 0] = 0.0, 0.0
-        counts[k] = counts[j] = counts[j] / 2
-    logger.info("re-seeded %d empty class(es) from the largest ones", empty.size)
+        sel = np.flatnonzero(out["best_class"] == j)
+        if sel.size < 2 * MIN_SPLIT:
+            break
+        rows, psi, tx, ty = (out[key][sel] for key in ("rows", "psi", "tx", "ty"))
+        group = split_groups(aligned_images(stack, rows, psi, tx, ty), blur)
+        if min(group.sum(), (~group).sum()) < MIN_SPLIT:
+            continue
+        data = BatchData.build(load_spectra(stack, rows), ctx.ctf_params.take(rows),
+                               state.alpha[rows], ctx.recon, state.sigma2, stack.apix)
+        entries = Entries.build(np.arange(rows.size), np.where(group, k, j), psi, tx, ty,
+                                np.ones(rows.size), k_count)
+        part = accumulate(backend, data, entries, grids, state.pad, ctx.n_shells,
+                          (rows % 2).astype(np.int64))
+        for c in (j, k):
+            num[c], den[c], counts[c] = part.num[c], part.den[c], part.counts[c]
+        done += 1
+    if done:
+        logger.info("split the largest class to refill %d emptied class(es)", done)
     return dataclasses.replace(stats, num=num, den=den, counts=counts)
 
 
@@ -265,7 +311,9 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     tic = time.perf_counter()
     batch, out = score_rows(stack, state, params, backend, ctx, rows,
                             1.0 / params.temperature_at(n), hard=False)
-    stats = _reseed_empty(state.stats.blend(batch, params.step_size_at(n)))
+    stats = state.stats.blend(batch, params.step_size_at(n))
+    if n < params.online_iterations:
+        stats = _split_largest(stack, stats, out, state, ctx, params, backend)
     refs, stats, sigma2, tau2 = _finish_mstep(stats, state.tau2, state.sigma2, params,
                                               stack.box, stack.apix, state.pad, recenter=True)
     alpha = state.alpha.copy()
