@@ -1,0 +1,391 @@
+"""Select 2D classes: by a list, by thresholds, automatically, or from the selection page.
+
+    >>> paths = select_classes("results/classify/classes.star",
+    ...                        "results/classify/particles.star", "results/select")
+    >>> select_classes(..., mode="list", classes=[1, 2, 5])
+    >>> select_classes(..., mode="thresholds", min_particles=100, max_resolution_A=20.0)
+    >>> select_classes(..., selection_file="selection.json")   # saved by selection.html
+
+Every mode writes the same files: ``particles.{star,cs}`` (particles of the selected
+classes), ``rejected.{star,cs}``, ``classes.{mrcs,star}`` (the selected averages only;
+``rlnReferenceImage`` points into the new stack, ``rlnClassNumber`` keeps the original
+number, which the particles' ``rlnClassNumber`` still refers to) and ``selection.html``,
+a page to review the choice and save another (``{"selected": [class numbers]}``).  A
+``selection_file`` that exists overrides ``mode``.
+
+The automatic rule
+------------------
+Each average (box D px) is split into a central disc (radius: half the particle
+diameter, default 0.35·D) and an annulus out to 0.45·D (the classifier's default mask
+radius), cut into 8 sectors of 45°.  With the annulus median as background level:
+
+* ``contrast`` = √(mean square in the disc − that of the quietest sector): the central
+  signal above the solvent noise;
+* ``edge_ratio`` = (mean square of the loudest sector − that of the quietest) / contrast²:
+  signal that reaches the mask edge in some direction (ice or carbon edges, a neighbour
+  or aggregate, a particle too big for its mask); noise-only averages score ~1–3 too;
+* ``offcentre`` = distance of the centre of mass of |average − background| from the box
+  centre, as a fraction of D.
+
+A class is junk if it is empty, or ``edge_ratio`` > 0.2, or ``offcentre`` > 0.1, or its
+contrast is below 0.25 × the reference contrast (particle-weighted median over the
+classes passing the first tests: faint or empty averages), or, where the classifier
+estimated resolutions, its resolution is worse than 2.5 × the reference resolution
+(weighted median over the classes passing all other tests).  ``quality`` is the smallest
+margin over these tests (threshold / value or value / threshold), ≥ 1 for a good class;
+the page sorts by it.  Particle counts are not a criterion (rare views make small
+classes); add ``min_particles`` etc. to the automatic rule if wanted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import starfile
+import starfile.writer
+
+from class2d.errors import InputError
+from class2d.io import (ParticleTable, read_header, read_particles, read_stack, write_particles,
+                        write_stack)
+from class2d.io.atomic import atomic_path
+from class2d.io.paths import factorize, find_base_dir, resolve_paths, split_image_names
+from class2d.report_select import write_selection_page
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "list", "thresholds")
+#: automatic rule (see the module docstring)
+EDGE_RATIO_MAX = 0.2
+OFFCENTRE_MAX = 0.1
+CONTRAST_MIN = 0.25
+RESOLUTION_FACTOR = 2.5
+N_SECTORS = 8
+#: outer radius of the annulus and default particle radius, as fractions of the box
+MASK_FRACTION = 0.45
+PARTICLE_FRACTION = 0.35
+
+
+class ClassSet(NamedTuple):
+    """Class averages and their table (one ``classes.star`` or RELION ``model.star``)."""
+
+    table: pd.DataFrame
+    """one row per class, with ``rlnClassNumber`` (1-based) and ``rlnReferenceImage``"""
+    images: np.ndarray
+    """(K, d, d) float32, row k is the average of ``table`` row k"""
+    apix: float
+    """Å/px of the averages"""
+    path: str
+    """the STAR file"""
+
+
+def select_classes(classes_star: str | os.PathLike, particles_path: str | os.PathLike,
+                   out_dir: str | os.PathLike, mode: str = "auto",
+                   classes: list[int] | None = None, min_particles: int | None = None,
+                   max_resolution_A: float | None = None, min_posterior: float | None = None,
+                   max_eca: float | None = None, selection_file: str | os.PathLike | None = None,
+                   particle_diameter_A: float | None = None) -> dict[str, str]:
+    """Keep the particles of the chosen classes; write the files listed in the module docstring.
+
+    mode: ``"auto"``, ``"list"`` (``classes``: class numbers) or ``"thresholds"``
+    (``min_particles``, ``max_resolution_A`` Å, ``min_posterior`` 0–1, ``max_eca``: each
+    ``None`` is off; in ``"auto"`` those given apply on top of the automatic rule);
+    selection_file: JSON ``{"selected": [...]}``; when it exists it overrides ``mode``;
+    particle_diameter_A: Å, for the automatic rule (default 70 % of the box).
+    Returns {file name: path} of what it wrote.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    class_set = read_classes(classes_star)
+    table = read_particles(particles_path)
+    summary = summarize(class_set, table, particle_diameter_A)
+    thresholds = dict(min_particles=min_particles, max_resolution_A=max_resolution_A,
+                      min_posterior=min_posterior, max_eca=max_eca)
+    passes = threshold_mask(summary, class_set.path, **thresholds)
+    if selection_file is not None and os.path.isfile(selection_file):
+        chosen = _in_list(summary, read_selection(selection_file), selection_file)
+        how = f"selection file {os.fspath(selection_file)}"
+    elif mode == "list":
+        if not classes:
+            raise ValueError("mode 'list' needs a non-empty list of class numbers (classes)")
+        chosen, how = _in_list(summary, classes, class_set.path), f"list {list(classes)}"
+    elif mode == "thresholds":
+        given = {name: value for name, value in thresholds.items() if value is not None}
+        chosen, how = passes, f"thresholds {given}"
+    else:
+        chosen, how = summary["auto"].to_numpy() & passes, "automatic rule"
+    summary["selected"] = chosen
+    logger.info("%s: %d of %d classes selected (%s)", class_set.path, int(chosen.sum()),
+                len(chosen), how)
+
+    out_dir = os.fspath(out_dir)
+    paths = {"selection.html": write_selection_page(
+        os.path.join(out_dir, "selection.html"), class_set.images, summary, class_set.apix,
+        how=how, selection_file=selection_file)}
+    if not chosen.any():
+        raise InputError(class_set.path, f"no class selected ({how}); see "
+                                         f"{paths['selection.html']}")
+    numbers = summary["rlnClassNumber"].to_numpy()[chosen]
+    keep = table.particles["rlnClassNumber"].isin(numbers).to_numpy()
+    logger.info("%s: %d of %d particles in the selected classes", table.source,
+                int(keep.sum()), table.n)
+    paths.update(write_particle_set(table.subset(keep), out_dir, "particles", template=table))
+    paths.update(write_particle_set(table.subset(~keep), out_dir, "rejected", template=table))
+    paths.update(write_classes(class_set, np.flatnonzero(chosen), out_dir))
+    return paths
+
+
+def summarize(class_set: ClassSet, table: ParticleTable,
+              particle_diameter_A: float | None = None) -> pd.DataFrame:
+    """Per class: number, particle count and share, statistics, features, automatic choice."""
+    if "rlnClassNumber" not in table.particles.columns:
+        raise InputError(table.source, "no rlnClassNumber: particles are not classified")
+    numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
+    assigned = table.particles["rlnClassNumber"].to_numpy(np.int64)
+    unknown = np.setdiff1d(assigned, numbers)
+    if unknown.size:
+        raise InputError(table.source, f"particles of class {unknown[0]}, which is not in "
+                                       f"{class_set.path}")
+    counts = pd.Series(assigned).value_counts().reindex(numbers, fill_value=0).to_numpy()
+    summary = pd.DataFrame({"rlnClassNumber": numbers, "particles": counts,
+                            "share": counts / max(counts.sum(), 1)})
+    columns = {"resolution_A": "rlnEstimatedResolution", "posterior": "c2dMeanPosterior",
+               "eca": "c2dEffectiveClasses"}
+    for name, column in columns.items():
+        summary[name] = (class_set.table[column].to_numpy(np.float64)
+                         if column in class_set.table else np.nan)
+    if summary["posterior"].isna().all() and "rlnMaxValueProbDistribution" in table.particles:
+        means = table.particles.groupby("rlnClassNumber")["rlnMaxValueProbDistribution"].mean()
+        summary["posterior"] = means.reindex(numbers).to_numpy(np.float64)
+    features = class_features(class_set.images, class_set.apix, particle_diameter_A)
+    summary = pd.concat([summary, features], axis=1)
+    return auto_choice(summary)
+
+
+def class_features(images: np.ndarray, apix: float,
+                   particle_diameter_A: float | None = None) -> pd.DataFrame:
+    """``contrast``, ``edge_ratio``, ``offcentre`` of each average (see the module docstring).
+
+    images: (K, D, D); apix: Å/px; particle_diameter_A: Å (default 0.7·D·apix).
+    """
+    box = images.shape[-1]
+    y, x = np.mgrid[:box, :box] - box // 2
+    radius = np.hypot(x, y)
+    outer = MASK_FRACTION * box
+    inner = PARTICLE_FRACTION * box if not particle_diameter_A else particle_diameter_A / 2 / apix
+    widest = outer - max(2.0, 0.05 * box)
+    if inner > widest:
+        logger.warning("particle diameter %.0f Å leaves almost no solvent in the %d px box; "
+                       "the automatic rule uses a disc of %.0f Å", 2 * inner * apix, box,
+                       2 * widest * apix)
+        inner = widest
+    disc = radius < inner
+    annulus = (radius >= inner) & (radius < outer)
+    sector = ((np.arctan2(y, x) + np.pi) / (2 * np.pi) * N_SECTORS).astype(np.int64) % N_SECTORS
+    flat = np.asarray(images, np.float64).reshape(len(images), -1)
+    centred = flat - np.median(flat[:, annulus.ravel()], axis=1, keepdims=True)
+    power = centred ** 2
+    in_disc = power[:, disc.ravel()].mean(axis=1)
+    sectors = np.stack([power[:, (annulus & (sector == s)).ravel()].mean(axis=1)
+                        for s in range(N_SECTORS)], axis=1)
+    quiet, loud = sectors.min(axis=1), sectors.max(axis=1)
+    excess = in_disc - quiet
+    with np.errstate(divide="ignore", invalid="ignore"):
+        edge_ratio = np.where(excess > 0, (loud - quiet) / excess, np.inf)
+    weight = np.abs(centred) * (radius < outer).ravel()
+    total = weight.sum(axis=1)
+    com = np.stack([weight @ x.ravel(), weight @ y.ravel()], axis=1)
+    offcentre = np.where(total > 0, np.hypot(*com.T) / np.maximum(total, 1e-300) / box, 0.0)
+    return pd.DataFrame({"contrast": np.sqrt(np.maximum(excess, 0.0)),
+                         "edge_ratio": edge_ratio, "offcentre": offcentre})
+
+
+def auto_choice(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add ``quality``, ``auto`` (bool) and ``reasons`` (why junk) to a class summary."""
+    summary = summary.copy()
+    weights = summary["particles"].to_numpy(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        margins = {"signal at the mask edge": EDGE_RATIO_MAX / summary["edge_ratio"].to_numpy(),
+                   "off-centre": OFFCENTRE_MAX / summary["offcentre"].to_numpy()}
+        shape_ok = (weights > 0) & (np.minimum(*margins.values()) >= 1)
+        reference = _weighted_median(summary["contrast"].to_numpy(), weights * shape_ok)
+        margins["faint"] = summary["contrast"].to_numpy() / (CONTRAST_MIN * reference)
+        resolution = summary["resolution_A"].to_numpy(np.float64)
+        if np.isfinite(resolution).any():
+            good = (weights > 0) & (np.min(np.stack(list(margins.values())), axis=0) >= 1)
+            best = _weighted_median(resolution, weights * good * np.isfinite(resolution))
+            margins["low resolution"] = np.where(np.isfinite(resolution),
+                                                 RESOLUTION_FACTOR * best / resolution, np.inf)
+    table = np.nan_to_num(np.stack(list(margins.values())), nan=0.0, posinf=1e9)
+    summary["quality"] = table.min(axis=0)
+    summary["auto"] = (summary["quality"] >= 1) & (weights > 0)
+    reasons = [", ".join(name for name, row in zip(margins, table[:, k]) if row < 1)
+               for k in range(len(summary))]
+    summary["reasons"] = ["empty" if w == 0 else r for w, r in zip(weights, reasons)]
+    return summary
+
+
+def threshold_mask(summary: pd.DataFrame, source: str, min_particles: int | None = None,
+                   max_resolution_A: float | None = None, min_posterior: float | None = None,
+                   max_eca: float | None = None) -> np.ndarray:
+    """(K,) bool: classes passing every threshold given (``None``: not applied)."""
+    passes = np.ones(len(summary), bool)
+    tests = (("particles", min_particles, np.greater_equal, "particle counts"),
+             ("resolution_A", max_resolution_A, np.less_equal, "rlnEstimatedResolution"),
+             ("posterior", min_posterior, np.greater_equal, "c2dMeanPosterior"),
+             ("eca", max_eca, np.less_equal, "c2dEffectiveClasses"))
+    for column, limit, compare, label in tests:
+        if limit is None:
+            continue
+        values = summary[column].to_numpy(np.float64)
+        if np.isnan(values).all():
+            raise InputError(source, f"no {label}: cannot apply a threshold on it")
+        passes &= compare(np.nan_to_num(values, nan=np.inf if compare is np.less_equal
+                                        else -np.inf), limit)
+    return passes
+
+
+def read_selection(path: str | os.PathLike) -> list[int]:
+    """Class numbers from a selection file: JSON ``{"selected": [1, 4, ...]}``."""
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+        selected = content["selected"]
+        return [int(number) for number in selected]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f'not a selection file (JSON {{"selected": [class numbers]}}): '
+                               f"{type(err).__name__}: {err}") from err
+
+
+def _in_list(summary: pd.DataFrame, numbers, source) -> np.ndarray:
+    known = summary["rlnClassNumber"].to_numpy()
+    unknown = sorted(set(int(n) for n in numbers) - set(known.tolist()))
+    if unknown:
+        raise InputError(source, f"class {unknown[0]} does not exist (classes are "
+                                 f"{known.min()}–{known.max()})")
+    return np.isin(known, list(numbers))
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    keep = (weights > 0) & np.isfinite(values)
+    if not keep.any():
+        return np.nan
+    order = np.argsort(values[keep])
+    cumulative = np.cumsum(weights[keep][order])
+    return float(values[keep][order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def read_classes(path: str | os.PathLike) -> ClassSet:
+    """Read class averages from a ``classes.star`` (or RELION ``run_itNNN_model.star``).
+
+    The block is ``data_classes`` or else the first with ``rlnReferenceImage``
+    (``k@stack.mrcs``, 1-based, relative to the STAR's directory or an ancestor);
+    ``rlnClassNumber`` defaults to the row number; the pixel size is ``rlnImagePixelSize``
+    or else the stack header's.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(path, "file not found")
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except Exception as err:  # starfile raises whatever pandas raises on malformed text
+        raise InputError(path, f"not a readable STAR file ({type(err).__name__}: {err})") from err
+    candidates = [blocks["classes"]] if "classes" in blocks else []
+    candidates += [b for name, b in blocks.items() if name != "classes"]
+    candidates = [pd.DataFrame([b]) if isinstance(b, dict) else b for b in candidates]
+    found = [b for b in candidates if isinstance(b, pd.DataFrame) and "rlnReferenceImage" in b]
+    if not found or len(found[0]) == 0:
+        raise InputError(path, "no class averages (no data block with rlnReferenceImage rows)")
+    table = found[0].reset_index(drop=True)
+    if "rlnClassNumber" not in table:
+        table.insert(0, "rlnClassNumber", np.arange(1, len(table) + 1))
+    if table["rlnClassNumber"].duplicated().any():
+        raise InputError(path, "rlnClassNumber repeats a class")
+    numbers, stacks = split_image_names(table["rlnReferenceImage"].to_numpy())
+    base = find_base_dir(os.path.dirname(os.path.abspath(path)), stacks[0])
+    stacks = resolve_paths(stacks, base)
+    images = np.zeros((len(table),) + _box_of(stacks[0], path), np.float32)
+    unique, which = factorize(stacks)
+    for k, stack_path in enumerate(unique):
+        rows = np.flatnonzero(which == k)
+        stack = read_stack(stack_path) if os.path.isfile(stack_path) else None
+        if stack is None or stack.shape[1:] != images.shape[1:]:
+            problem = "not found" if stack is None else f"holds {stack.shape[-1]} px images"
+            raise InputError(path, f"class average stack {stack_path} {problem}")
+        index = np.maximum(numbers[rows], 1) - 1
+        if index.max() >= stack.shape[0]:
+            raise InputError(path, f"{stack_path} has {stack.shape[0]} images, not "
+                                   f"{index.max() + 1}")
+        images[rows] = stack[index]
+    header_apix = read_header(stacks[0]).header_apix
+    if "rlnImagePixelSize" in table:
+        apix = float(table["rlnImagePixelSize"].iloc[0])
+    elif header_apix > 0:
+        apix = header_apix
+    else:
+        raise InputError(path, "no pixel size (no rlnImagePixelSize, none in the stack header)")
+    return ClassSet(table, np.stack(images), apix, path)
+
+
+def _box_of(stack_path: str, source: str) -> tuple[int, int]:
+    if not os.path.isfile(stack_path):
+        raise InputError(source, f"class average stack {stack_path} not found")
+    header = read_header(stack_path)
+    return header.ny, header.nx
+
+
+def write_classes(class_set: ClassSet, rows: np.ndarray, out_dir: str | os.PathLike,
+                  stem: str = "classes", images: np.ndarray | None = None,
+                  apix: float | None = None) -> dict[str, str]:
+    """Write the given rows as ``{stem}.mrcs`` and ``{stem}.star`` (block ``data_classes``).
+
+    ``images``/``apix`` replace the averages (one per row) and their pixel size.
+    """
+    out_dir = os.fspath(out_dir)
+    rows = np.asarray(rows, np.int64)
+    images = class_set.images[rows] if images is None else images
+    apix = class_set.apix if apix is None else apix
+    stack, star = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("mrcs", "star"))
+    table = class_set.table.iloc[rows].reset_index(drop=True)
+    table["rlnReferenceImage"] = [f"{k + 1}@{stem}.mrcs" for k in range(len(rows))]
+    table["rlnImagePixelSize"] = apix
+    write_stack(stack, images, apix)
+    write_star_blocks({"classes": table}, star)
+    return {f"{stem}.mrcs": stack, f"{stem}.star": star}
+
+
+def write_star_blocks(blocks: dict[str, pd.DataFrame], path: str) -> None:
+    """Write loop blocks ``data_{name}`` (floats in full), atomically."""
+    writer = starfile.writer.StarWriter(blocks, float_format=None, separator="\t")
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as handle:
+            handle.write("\n".join(["# written by class2d", "",
+                                    *writer.data_block_generator()]) + "\n")
+
+
+def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: str,
+                       template: ParticleTable) -> dict[str, str]:
+    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows.
+
+    ``template`` (≥ 1 row, same columns) gives an empty ``.cs`` its fields:
+    ``class2d.io.write_cs`` cannot write 0 rows that have pick locations.
+    """
+    star, cs = (os.path.join(os.fspath(out_dir), f"{stem}.{ext}") for ext in ("star", "cs"))
+    write_particles(table, star)
+    if table.n:
+        write_particles(table, cs)
+    else:
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(cs))) as scratch:
+            proxy = os.path.join(scratch, os.path.basename(cs))
+            write_particles(template.subset([0]), proxy)
+            dtype = np.load(proxy).dtype
+        with atomic_path(cs) as tmp:
+            with open(tmp, "wb") as handle:
+                np.save(handle, np.zeros(0, dtype))
+        logger.warning("no particles for %s", star)
+    return {f"{stem}.star": star, f"{stem}.cs": cs}
