@@ -1,0 +1,68 @@
+"""CUDA kernels (Numba CUDA): the GPU twin of ``class2d.kernels.cpu``.
+
+    >>> from class2d.kernels import get_backend
+    >>> backend = get_backend("cuda")                     # this module; RuntimeError without a GPU
+    >>> arot = backend.rotate_references(grids, fx, fy, psi, pad)         # (K, R, F) complex64
+    >>> top_s, top_i, lse, nsig, refine, ratio = backend.score_class(p_stack, ctf2, arot[k],
+    ...                                                               phase, alpha, 1.0, side,
+    ...                                                               6.9, 8)
+
+Every public function has the signature and the semantics of its CPU twin (shapes and
+meanings are documented once, in ``cpu.py``): inputs are host NumPy arrays, outputs host
+arrays, and ``backproject`` updates ``num``/``den`` in place, so the E- and M-step code
+swaps backends freely.  Device memory is sized from the inputs; where a call would not fit
+in the free device memory it runs in chunks of particles, entries or classes.
+
+Where the work happens:
+- ``cuda_score``: the fused, tiled scoring kernel and its reduction over poses;
+  tunables TILE_N, TILE_Q, TILE_F, MICRO_N, MICRO_Q, MERGE_THREADS;
+- ``cuda_insert``: rotation of references, back-insertion (float64 atomics), residuals;
+- ``cuda_device``: scalar maths of ``scalar.py`` compiled for the device, THREADS,
+  MAX_BLOCKS, MEMORY_FRACTION;
+- ``cuda_ptx``: compiles every kernel for a GPU architecture without a GPU (the simulator
+  cannot catch CUDA compile errors): ``python -m class2d.kernels.cuda_ptx 9.0``.
+"""
+
+from __future__ import annotations
+
+from class2d.kernels import cuda_insert, cuda_score
+
+
+def rotate_references(grids, fx, fy, psi, pad):
+    """Every class at every rotation: (K, R, F) complex64, out[k, r, f] = A_k(R(−ψ_r) f).
+
+    grids: (K, G, G) complex64;  fx, fy: (F,) float32 Fourier px;  psi: (R,) rad;  pad: G/d
+    """
+    return cuda_insert.rotate_references(grids, fx, fy, psi, pad)
+
+
+def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+    """Score one class at every pose q = r·side² + t and reduce over poses per particle.
+
+    p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (R, F) complex64
+    phase: (side², F) complex64;  alpha: (N,) float32;  inv_temp: 1/τ
+    returns (top_s (N, P) float32, top_i (N, P) int64, lse (N,) float32, nsig (N,) int32,
+    refine (N, 3) float32, ratio (N,) float32), P = n_top
+    """
+    return cuda_score.score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log,
+                                  n_top)
+
+
+def backproject(num, den, offsets, rows, psi, tx, ty, weight,
+                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+    """Insert weighted particles into ``num`` (K, G, G) complex128 and ``den`` (K, G, G)
+    float64, in place.  offsets: (K+1,) entry ranges per class;  rows, psi, tx, ty,
+    weight: (E,);  x: (N, F) complex64;  ctf: (N, F);  alpha: (N,);  inv_sigma2, fx, fy,
+    wf: (F,)."""
+    cuda_insert.backproject(num, den, offsets, rows, psi, tx, ty, weight,
+                            x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+
+
+def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
+                    x, ctf, alpha, fx, fy, wf, shell, pad, box, n_shells):
+    """(E, S) float64: per entry and resolution shell, Σ w·|X − α·CTF·S_t R_ψ A|².
+
+    grids: (K, G, G) complex64;  classes, rows, psi, tx, ty, weight: (E,);  shell: (F,) int
+    """
+    return cuda_insert.noise_residuals(grids, classes, rows, psi, tx, ty, weight,
+                                       x, ctf, alpha, fx, fy, wf, shell, pad, box, n_shells)

@@ -1,0 +1,201 @@
+"""Element-wise CUDA kernels: rotated references, back-insertion, noise residuals.
+
+    >>> arot = rotate_references(grids, fx, fy, psi, pad)                 # (K, R, F) complex64
+    >>> backproject(num, den, offsets, rows, psi, tx, ty, weight, x, ctf, alpha,
+    ...             inv_sigma2, fx, fy, wf, pad, box)                     # in place
+    >>> resid = noise_residuals(grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha,
+    ...                         fx, fy, wf, shell, pad, box, n_shells)    # (E, S) float64
+
+One thread per (class, rotation, frequency) or (entry, frequency), grid-stride; the sums of
+the CPU twins become float64 atomic adds.  Shapes and meanings are those of
+``class2d.kernels.cpu``; the launch shape is ``cuda_device.THREADS`` / ``MAX_BLOCKS``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import cuda
+
+from class2d.kernels import cuda_device as dev
+from class2d.kernels.cuda_device import coords, phase_angle, sample
+
+
+@cuda.jit
+def _rotate_kernel(grids, fx, fy, psi, pad, out):
+    """out[k, r, f] = A_k(R(−ψ_r) f).  grids: (K, G, G) complex64;  out: (K, R, F) complex64."""
+    n_class, n_rot, n_freq = out.shape
+    center = grids.shape[1] // 2
+    for item in range(cuda.grid(1), n_class * n_rot * n_freq, cuda.gridsize(1)):
+        f = item % n_freq
+        r = (item // n_freq) % n_rot
+        k = item // (n_freq * n_rot)
+        y, x = coords(fx[f], fy[f], math.cos(psi[r]), math.sin(psi[r]), pad, center)
+        out[k, r, f] = sample(grids[k], y, x)
+
+
+@cuda.jit
+def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
+                        spectra, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+    """Atomic bilinear insertion of (entry, frequency) pairs, with Hermitian mirrors.
+
+    num: (K, G, 2G) float64, the complex128 sums viewed as [re, im] pairs;  den: (K, G, G)
+    entry_class: (E,) class of each entry in num/den;  rows: (E,) row in spectra/ctf/alpha
+    """
+    size = den.shape[1]
+    center = size // 2
+    n_freq = fx.shape[0]
+    for item in range(cuda.grid(1), rows.shape[0] * n_freq, cuda.gridsize(1)):
+        e = item // n_freq
+        f = item % n_freq
+        k = entry_class[e]
+        i = rows[e]
+        a = alpha[i]
+        g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
+        ang = -phase_angle(fx[f], fy[f], tx[e], ty[e], box)
+        val = g * a * spectra[i, f] * complex(math.cos(ang), math.sin(ang))
+        wden = g * a * a * ctf[i, f]
+        y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
+        for mirror in range(2):
+            if mirror == 1:
+                y = 2.0 * center - y
+                x = 2.0 * center - x
+                val = val.conjugate()
+            y0 = int(math.floor(y))          # math.floor gives a float on CUDA
+            x0 = int(math.floor(x))
+            if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+                continue
+            dy = y - y0
+            dx = x - x0
+            for oy in range(2):
+                wy = dy if oy else 1.0 - dy
+                for ox in range(2):
+                    wxy = wy * (dx if ox else 1.0 - dx)
+                    cuda.atomic.add(num, (k, y0 + oy, 2 * (x0 + ox)), wxy * val.real)
+                    cuda.atomic.add(num, (k, y0 + oy, 2 * (x0 + ox) + 1), wxy * val.imag)
+                    cuda.atomic.add(den, (k, y0 + oy, x0 + ox), wxy * wden)
+
+
+@cuda.jit
+def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
+                  spectra, ctf, alpha, fx, fy, wf, shell, pad, box, out):
+    """out[e, shell[f]] += w·wf·|X − α·CTF·A(R(−ψ)f)·exp(−2πi f·t/d)|² (atomic, float64)."""
+    center = grids.shape[1] // 2
+    n_freq = fx.shape[0]
+    for item in range(cuda.grid(1), rows.shape[0] * n_freq, cuda.gridsize(1)):
+        e = item // n_freq
+        f = item % n_freq
+        i = rows[e]
+        y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
+        ang = phase_angle(fx[f], fy[f], tx[e], ty[e], box)
+        model = alpha[i] * ctf[i, f] * sample(grids[classes[e]], y, x) * complex(
+            math.cos(ang), math.sin(ang))
+        diff = spectra[i, f] - model
+        cuda.atomic.add(out, (e, shell[f]),
+                        weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag))
+
+
+def rotate_references(grids, fx, fy, psi, pad):
+    """Every class at every rotation: (K, R, F) complex64 (see ``cpu.rotate_references``)."""
+    n_class, size = grids.shape[0], grids.shape[1]
+    n_rot, n_freq = psi.shape[0], fx.shape[0]
+    out = np.empty((n_class, n_rot, n_freq), np.complex64)
+    if out.size == 0:
+        return out
+    freq = (dev.upload(fx, np.float32), dev.upload(fy, np.float32), dev.upload(psi, np.float32))
+    step = dev.chunk_size(n_class, 8 * n_freq + 4 * n_rot, 8 * (size * size + n_rot * n_freq),
+                          "class")
+    for k0 in range(0, n_class, step):
+        k1 = min(n_class, k0 + step)
+        d_out = cuda.device_array((k1 - k0, n_rot, n_freq), np.complex64)
+        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS](
+            dev.upload(grids[k0:k1], np.complex64), *freq, int(pad), d_out)
+        d_out.copy_to_host(out[k0:k1])
+    return out
+
+
+def _entry_arrays(rows, psi, tx, ty, weight):
+    return (np.ascontiguousarray(rows, np.int64), np.ascontiguousarray(psi, np.float32),
+            np.ascontiguousarray(tx, np.float32), np.ascontiguousarray(ty, np.float32),
+            np.ascontiguousarray(weight, np.float32))
+
+
+def _particle_data(rows, spectra, ctf, alpha):
+    """Device copies of the particle rows that ``rows`` use, and ``rows`` renumbered to them."""
+    used, local = np.unique(rows, return_inverse=True)
+    return (dev.upload(local, np.int64), dev.upload(spectra[used], np.complex64),
+            dev.upload(ctf[used], np.float32), dev.upload(alpha[used], np.float32))
+
+
+def backproject(num, den, offsets, rows, psi, tx, ty, weight,
+                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+    """Insert entries into ``num`` (complex128) and ``den`` (float64) in place.
+
+    Classes are processed in chunks that fit the device (their grids go there and back);
+    within a chunk, entries in pieces whose particle rows fit.
+    """
+    if num.dtype != np.complex128 or den.dtype != np.float64:
+        raise TypeError("backproject: num must be complex128 and den float64 (updated in place)")
+    n_class, size = num.shape[0], num.shape[1]
+    n_freq = fx.shape[0]
+    rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
+    offsets = np.asarray(offsets, np.int64)
+    freq = tuple(dev.upload(a, np.float32) for a in (inv_sigma2, fx, fy, wf))
+    entry_bytes = 60 + 12 * n_freq                 # entry arrays + its particle row, at most
+    classes = dev.chunk_size(n_class, 16 * n_freq + entry_bytes, 24 * size * size, "class")
+    for k0 in range(0, n_class, classes):
+        k1 = min(n_class, k0 + classes)
+        e0, e1 = int(offsets[k0]), int(offsets[k1])
+        if e1 <= e0:
+            continue
+        part_num = num[k0:k1]
+        contiguous = part_num.flags.c_contiguous
+        d_num = cuda.to_device(part_num.view(np.float64) if contiguous
+                               else np.ascontiguousarray(part_num).view(np.float64))
+        d_den = dev.upload(den[k0:k1], np.float64)
+        entry_class = np.repeat(np.arange(k1 - k0), np.diff(offsets[k0:k1 + 1]))
+        step = dev.chunk_size(e1 - e0, 0, entry_bytes, "entry")     # grids already there
+        for a in range(e0, e1, step):
+            b = min(e1, a + step)
+            local, d_x, d_ctf, d_alpha = _particle_data(rows[a:b], x, ctf, alpha)
+            _backproject_kernel[dev.blocks((b - a) * n_freq), dev.THREADS](
+                d_num, d_den, dev.upload(entry_class[a - e0:b - e0], np.int64), local,
+                cuda.to_device(psi[a:b]), cuda.to_device(tx[a:b]), cuda.to_device(ty[a:b]),
+                cuda.to_device(weight[a:b]), d_x, d_ctf, d_alpha, *freq, int(pad), int(box))
+        if contiguous:
+            d_num.copy_to_host(part_num.view(np.float64))
+        else:
+            part_num[...] = d_num.copy_to_host().view(np.complex128)
+        part_den = den[k0:k1]
+        if part_den.flags.c_contiguous:
+            d_den.copy_to_host(part_den)
+        else:
+            part_den[...] = d_den.copy_to_host()
+
+
+def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
+                    x, ctf, alpha, fx, fy, wf, shell, pad, box, n_shells):
+    """(E, S) float64: per entry and shell, Σ w·|X − model|² (see ``cpu.noise_residuals``).
+
+    The class grids stay on the device; entries go in chunks that fit beside them.
+    """
+    n_entry, n_freq = rows.shape[0], fx.shape[0]
+    out = np.zeros((n_entry, n_shells), np.float64)
+    if n_entry == 0 or n_freq == 0:
+        return out
+    rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
+    classes = np.ascontiguousarray(classes, np.int64)
+    d_grids = dev.upload(grids, np.complex64)
+    freq = tuple(dev.upload(a, np.float32) for a in (fx, fy, wf)) + (dev.upload(shell, np.int64),)
+    step = dev.chunk_size(n_entry, 0, 8 * n_shells + 36 + 12 * n_freq, "entry")  # grids are there
+    for a in range(0, n_entry, step):
+        b = min(n_entry, a + step)
+        local, d_x, d_ctf, d_alpha = _particle_data(rows[a:b], x, ctf, alpha)
+        d_out = cuda.to_device(out[a:b])
+        _noise_kernel[dev.blocks((b - a) * n_freq), dev.THREADS](
+            d_grids, cuda.to_device(classes[a:b]), local, cuda.to_device(psi[a:b]),
+            cuda.to_device(tx[a:b]), cuda.to_device(ty[a:b]), cuda.to_device(weight[a:b]),
+            d_x, d_ctf, d_alpha, *freq, int(pad), int(box), d_out)
+        d_out.copy_to_host(out[a:b])
+    return out

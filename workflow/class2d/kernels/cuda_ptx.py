@@ -1,0 +1,125 @@
+"""Compile every CUDA kernel for a GPU architecture, without a GPU.
+
+The simulator runs the kernels as Python, so it cannot see what Numba's CUDA compiler
+rejects (typing and lowering differ from the CPU target).  This compiles each kernel, with
+the production tunables and the argument types the drivers pass, to PTX through NVVM, and
+assembles it with ``ptxas`` when that is installed (registers, shared memory, spills).
+
+    >>> ptx = compile_all((9, 0))                  # {kernel: PTX text}; needs libNVVM
+
+    $ NUMBA_ENABLE_CUDASIM=0 python -m class2d.kernels.cuda_ptx 9.0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+
+import numpy as np
+from numba import cuda, typeof
+
+from class2d.kernels import cuda_insert, cuda_score
+
+#: exit status of the command line when it cannot run here (no NVVM, or the simulator)
+CANNOT_RUN = 3
+
+
+def _array(ndim: int, dtype) -> object:
+    return typeof(np.zeros((1,) * ndim, dtype))
+
+
+def signatures() -> dict[str, tuple[object, tuple]]:
+    """{name: (kernel, argument types)} as the drivers launch them."""
+    f32, c64 = np.float32, np.complex64
+    scalar_f32, integer = typeof(np.float32(1)), typeof(1)
+    k = cuda_score.kernels(cuda_score.TILE_N, cuda_score.TILE_Q, cuda_score.TILE_F,
+                           cuda_score.MICRO_N, cuda_score.MICRO_Q, cuda_score.MERGE_THREADS)
+    common = (_array(2, f32), _array(2, c64), _array(2, c64), _array(2, f32), _array(1, f32),
+              scalar_f32)
+    parts = (_array(3, f32), _array(3, np.int32), _array(2, np.float64), _array(2, np.int32))
+    entries = (_array(1, np.int64), _array(1, np.int64)) + (_array(1, f32),) * 4
+    particles = (_array(2, c64), _array(2, f32), _array(1, f32))
+    return {
+        "norm": (cuda_score._norm_kernel, (_array(2, f32),) * 3),
+        "partials": (k.partials, common + (integer, scalar_f32) + parts),
+        "merge": (k.merge, common + (integer, scalar_f32) + parts + (
+            _array(2, f32), _array(2, np.int32), _array(1, f32), _array(1, np.int32),
+            _array(1, f32), _array(2, np.uint8), _array(2, f32), _array(1, f32))),
+        "recount": (k.recount, common + (integer, _array(1, np.int32), _array(2, np.int32),
+                                         _array(1, f32), _array(1, np.int32))),
+        "rotate": (cuda_insert._rotate_kernel, (_array(3, c64),) + (_array(1, f32),) * 3 + (
+            integer, _array(3, c64))),
+        "backproject": (cuda_insert._backproject_kernel, (
+            _array(3, np.float64), _array(3, np.float64)) + entries + particles
+            + (_array(1, f32),) * 4 + (integer, integer)),
+        "noise": (cuda_insert._noise_kernel, (_array(3, c64),) + entries + particles
+                  + (_array(1, f32),) * 3 + (_array(1, np.int64), integer, integer,
+                                               _array(2, np.float64))),
+    }
+
+
+@contextlib.contextmanager
+def _target(cc: tuple[int, int]):
+    """Device functions ask the current device for its compute capability: answer ``cc``."""
+    from numba.cuda import dispatcher
+
+    current = dispatcher.get_current_device
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    try:
+        yield
+    finally:
+        dispatcher.get_current_device = current
+
+
+def compile_all(cc: tuple[int, int]) -> dict[str, str]:
+    """PTX of every kernel for compute capability ``cc``."""
+    if not hasattr(cuda, "compile_ptx") or os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        raise RuntimeError("compiling needs Numba's CUDA target, not the simulator")
+    with _target(cc):
+        return {name: cuda.compile_ptx(kernel.py_func, args, cc=cc)[0]
+                for name, (kernel, args) in signatures().items()}
+
+
+def ptxas_report(ptx: dict[str, str], cc: tuple[int, int]) -> dict[str, str] | None:
+    """``ptxas -v`` resource lines per kernel, or None without ptxas; raises on errors."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+    ptxas = shutil.which("ptxas") or os.path.join(home, "bin", "ptxas")
+    if not os.path.isfile(ptxas):
+        return None
+    report = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in ptx.items():
+            path = os.path.join(tmp, f"{name}.ptx")
+            with open(path, "w") as handle:
+                handle.write(text)
+            done = subprocess.run([ptxas, f"-arch=sm_{cc[0]}{cc[1]}", "-v", path, "-o",
+                                   os.devnull], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"ptxas rejected {name}: {done.stderr}")
+            lines = [line.split(":", 1)[-1].strip() for line in done.stderr.splitlines()
+                     if "Used" in line or "spill" in line]
+            report[name] = "; ".join(lines[:2])
+    return report
+
+
+def main(argv: list[str]) -> int:
+    cc = tuple(int(part) for part in (argv[0] if argv else "9.0").split("."))
+    from numba.cuda.cudadrv import nvvm
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or not nvvm.is_available():
+        print("cannot compile here: needs libNVVM (CUDA toolkit) and NUMBA_ENABLE_CUDASIM unset")
+        return CANNOT_RUN
+    ptx = compile_all(cc)
+    report = ptxas_report(ptx, cc) or {}
+    for name in ptx:
+        print(f"{name:12s} sm_{cc[0]}{cc[1]}  {report.get(name, 'PTX ok (no ptxas)')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
