@@ -46,6 +46,12 @@ class BatchData:
                    alpha=np.ascontiguousarray(alpha, np.float32),
                    inv_sigma2=(1.0 / sigma2[freqs.shell]).astype(np.float32), freqs=freqs)
 
+    def subset(self, index: np.ndarray, freqs: FrequencySet) -> "BatchData":
+        """The same particles on ``freqs``, the coefficients at ``index`` of this set."""
+        return BatchData(x=np.ascontiguousarray(self.x[:, index]),
+                         ctf=np.ascontiguousarray(self.ctf[:, index]), alpha=self.alpha,
+                         inv_sigma2=self.inv_sigma2[index], freqs=freqs)
+
     def products(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_stack (N, 2F) = [Re P | Im P], ctf2 (N, F) = w·CTF²/σ²), float32."""
         g = self.ctf * (self.freqs.wf * self.inv_sigma2)[None, :]

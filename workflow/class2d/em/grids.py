@@ -46,6 +46,16 @@ class FrequencySet:
     def size(self) -> int:
         return self.iy.size
 
+    @property
+    def radius(self) -> np.ndarray:
+        return np.hypot(self.fx, self.fy)
+
+    def subset(self, index: np.ndarray) -> "FrequencySet":
+        """The coefficients at ``index`` (positions in this set)."""
+        return FrequencySet(iy=self.iy[index], ix=self.ix[index], fx=self.fx[index],
+                            fy=self.fy[index], wf=self.wf[index], shell=self.shell[index],
+                            box=self.box)
+
     def take(self, spectra: np.ndarray) -> np.ndarray:
         """(n, d, d//2+1) spectra -> (n, F) complex64."""
         return np.ascontiguousarray(spectra[:, self.iy, self.ix], dtype=np.complex64)

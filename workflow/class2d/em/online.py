@@ -28,7 +28,7 @@ from class2d.prepare import PreparedStack
 logger = logging.getLogger(__name__)
 
 #: a class holding less than this share of an even split is replaced (see _split_largest)
-SPLIT_SHARE = 0.1
+SPLIT_SHARE = 0.25
 #: a class is split only into groups of at least this many batch particles
 MIN_SPLIT = 10
 
@@ -39,12 +39,14 @@ class PassContext:
 
     poses: the global search (particles not seen before);
     local: shifts around each seen particle's last shift, all rotations
+    align_index: positions of the alignment coefficients within the reconstruction set
     """
 
     stack: PreparedStack
     ctf_params: object
     align: FrequencySet
     recon: FrequencySet
+    align_index: np.ndarray
     poses: PoseGrid
     local: PoseGrid
     n_shells: int
@@ -58,9 +60,10 @@ def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float) -> 
     side, step = params.shift_grid(res_A, box, apix)
     psi_step = params.psi_step(res_A, box, apix)
     local_side = min(side, 2 * params.local_shift_steps + 1)
+    recon = FrequencySet.within(box, r_recon, 1.0)
+    align_index = np.flatnonzero((recon.radius >= r_min) & (recon.radius <= r_align))
     return PassContext(stack=stack, ctf_params=stack.table().ctf_params(),
-                       align=FrequencySet.within(box, r_align, r_min),
-                       recon=FrequencySet.within(box, r_recon, 1.0),
+                       align=recon.subset(align_index), recon=recon, align_index=align_index,
                        poses=PoseGrid.make(psi_step, side, step),
                        local=PoseGrid.make(psi_step, local_side, step),
                        n_shells=box // 2 + 1)
@@ -201,13 +204,13 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
             spectra = load_spectra(stack, chunk, prev)
             ctf_chunk = ctx.ctf_params.take(chunk)
             alpha = state.alpha[chunk]
-            data = BatchData.build(spectra, ctf_chunk, alpha, ctx.align, state.sigma2, stack.apix)
+            recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
+                                    stack.apix)
+            data = recon.subset(ctx.align_index, ctx.align)
             scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
                                  force_max)
             flops += chunk.size * state.n_classes * poses.size * 4.0 * ctx.align.size
             entries = select_entries(scores, poses, hard=hard)
-            recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
-                                    stack.apix)
             total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
                                        (chunk % 2).astype(np.int64))
             best = scores.best_class

@@ -10,6 +10,7 @@ A backend module provides ``rotate_references``, ``score_class``, ``backproject`
 from __future__ import annotations
 
 import logging
+import os
 import types
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ def get_backend(name: str = "auto") -> types.ModuleType:
     """The kernel module for ``name`` (auto, cuda, cpu)."""
     if name not in ("auto", "cuda", "cpu"):
         raise ValueError(f"backend must be auto, cuda or cpu, not {name!r}")
+    if name == "auto" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        logger.info("backend auto: using the CPU because the CUDA simulator is on "
+                    "(NUMBA_ENABLE_CUDASIM=1); ask for backend cuda to run on it")
+        name = "cpu"
     if name != "cpu":
         usable, why = cuda_available()
         if usable:

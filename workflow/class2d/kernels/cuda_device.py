@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import types
 
 import numpy as np
 from numba import cuda
@@ -22,45 +21,10 @@ from class2d.kernels import scalar
 
 logger = logging.getLogger(__name__)
 
-
-
-@cuda.jit(device=True)
-def _min(a, b):
-    """Python's two-argument ``min``."""
-    return b if b < a else a
-
-
-@cuda.jit(device=True)
-def _max(a, b):
-    """Python's two-argument ``max``."""
-    return b if b > a else a
-
-
-@cuda.jit(device=True)
-def _floor(x):
-    """Python's ``math.floor``: an int (Numba CUDA's returns a float, unusable as an index)."""
-    return int(math.floor(x))
-
-
-#: what ``scalar.py`` sees as ``math`` on the device
-_device_math = types.ModuleType("device_math")
-_device_math.floor = _floor
-
-
-def _rebound(func, **names):
-    """``func`` (same code, so the same maths) with some of its global names rebound."""
-    return types.FunctionType(func.__code__, {**func.__globals__, **names}, func.__name__,
-                              func.__defaults__, func.__closure__)
-
-
-# Two differences between Numba's CPU and CUDA targets would stop scalar.py from compiling
-# for the GPU, so those functions see device versions of the builtins they use:
-# math.floor returns a float on CUDA, and Numba ≥ 0.66 cannot compile the two-argument
-# min/max there (numba issue #10753: they became *args overloads).
-sample = cuda.jit(device=True)(_rebound(scalar.sample_bilinear, math=_device_math))
+sample = cuda.jit(device=True)(scalar.sample_bilinear)
 coords = cuda.jit(device=True)(scalar.reference_coords)
 phase_angle = cuda.jit(device=True)(scalar.phase_angle)
-parabola = cuda.jit(device=True)(_rebound(scalar.parabola_offset, min=_min, max=_max))
+parabola = cuda.jit(device=True)(scalar.parabola_offset)
 
 #: threads per block of the grid-stride kernels (rotation, insertion, residuals, norms)
 THREADS = 256

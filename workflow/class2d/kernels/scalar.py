@@ -19,8 +19,9 @@ import math
 def sample_bilinear(grid, y, x):
     """Bilinear interpolation of a complex grid at (y, x); 0 outside."""
     size = grid.shape[0]
-    y0 = math.floor(y)
-    x0 = math.floor(x)
+    # int(): math.floor returns a float on the CUDA target
+    y0 = int(math.floor(y))
+    x0 = int(math.floor(x))
     if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
         return 0j
     dy = y - y0
@@ -48,4 +49,9 @@ def parabola_offset(left, mid, right):
     if curvature >= 0.0:
         return 0.0
     offset = 0.5 * (left - right) / curvature
-    return min(0.5, max(-0.5, offset))
+    # explicit comparisons: the two-argument min/max do not compile for CUDA (numba #10753)
+    if offset > 0.5:
+        return 0.5
+    if offset < -0.5:
+        return -0.5
+    return offset
