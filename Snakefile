@@ -16,6 +16,10 @@ include: "rules/common.smk"
 include: "rules/demo.smk"
 include: "rules/prepare.smk"
 include: "rules/classify.smk"
+include: "rules/dedup.smk"
+include: "rules/select.smk"
+include: "rules/rebalance.smk"
+include: "rules/templates.smk"
 
 
 rule all:

@@ -22,7 +22,14 @@ def shard_paths():
 
 
 def final_outputs():
-    return [out("classify/classes.star"), out("classify/gallery.png")]
+    targets = [out("classify/classes.star"), out("classify/gallery.png")]
+    stage_targets = {
+        "dedup": "dedup/particles.star",
+        "select": "select/selection.html",
+        "rebalance": "rebalance/superclasses.star",
+        "templates": "templates/templates.star",
+    }
+    return targets + [out(path) for stage, path in stage_targets.items() if active(stage)]
 
 
 # ---- classification: iteration numbering fixed by the config (no checkpoint needed)
@@ -59,3 +66,26 @@ def numbers(values):
 def prepared_dir(wildcards, input):
     """The prepared-stack folder, derived from the rule's input (no hard-coded prefix)."""
     return os.path.dirname(input.meta)
+
+
+# ---- after classification: each optional stage passes its particles to the next
+def active(stage):
+    return config[stage]["activate"]
+
+
+def particles_after(stage):
+    """The particle file that the stage after ``stage`` reads (skipping inactive stages)."""
+    order = ["classify", "dedup", "select"]
+    for name in reversed(order[: order.index(stage) + 1]):
+        if name == "classify" or active(name):
+            return out(f"{name}/particles.star")
+
+
+def classes_for_templates():
+    return out("select/classes.star") if active("select") else out("classify/classes.star")
+
+
+def selection_file():
+    """The page's saved selection, when the user has saved one."""
+    path = out("select/selection.json")
+    return [path] if os.path.exists(path) else []

@@ -1,0 +1,21 @@
+rule rebalance_classes:
+    input:
+        classes=classes_for_templates(),
+        particles=particles_after("select"),
+    output:
+        particles=out("rebalance/particles.star"),
+        particles_cs=out("rebalance/particles.cs"),
+        excluded=out("rebalance/excluded.star"),
+        excluded_cs=out("rebalance/excluded.cs"),
+        superclasses=out("rebalance/superclasses.star"),
+        picture=report(out("rebalance/superclasses.png"), category="View rebalancing"),
+    params:
+        n_superclasses=config["rebalance"]["n_superclasses"],
+        rebalance_factor=config["rebalance"]["rebalance_factor"],
+        seed=config["seed"],
+    conda:
+        CONDA_ENV
+    log:
+        out("logs/rebalance_classes.log"),
+    script:
+        "../scripts/rebalance_classes.py"

@@ -1,0 +1,11 @@
+"""Snakemake script of rule remove_duplicates: thin wrapper around class2d.dedup."""
+import os
+
+from class2d.dedup import remove_duplicates
+from class2d.runner import run_step
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+run_step(remove_duplicates, sm.input.particles, os.path.dirname(sm.output.particles),
+         min_separation_A=sm.params.min_separation_A, score=sm.params.score,
+         micrograph_apix=sm.params.micrograph_apix,
+         pass_through_without_locations=sm.params.pass_through, log=sm.log[0])
