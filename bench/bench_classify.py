@@ -24,6 +24,7 @@ import numpy as np
 from class2d import io
 from class2d.classify import classify_all
 from class2d.em.state import ClassState
+from class2d.metrics import adjusted_rand
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
 
@@ -45,19 +46,6 @@ def _timed(func) -> float:
     tic = time.perf_counter()
     func()
     return time.perf_counter() - tic
-
-
-def adjusted_rand(truth: np.ndarray, labels: np.ndarray) -> float:
-    from scipy.special import comb
-
-    _, t = np.unique(truth, return_inverse=True)
-    _, l = np.unique(labels, return_inverse=True)
-    table = np.zeros((t.max() + 1, l.max() + 1))
-    np.add.at(table, (t, l), 1)
-    sum_cells = comb(table, 2).sum()
-    sum_rows, sum_cols = comb(table.sum(1), 2).sum(), comb(table.sum(0), 2).sum()
-    expected = sum_rows * sum_cols / comb(t.size, 2)
-    return float((sum_cells - expected) / (0.5 * (sum_rows + sum_cols) - expected))
 
 
 def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float, np.ndarray]:

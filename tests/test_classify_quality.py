@@ -17,26 +17,12 @@ import pytest
 
 from class2d import io
 from class2d.classify import classify_all
+from class2d.metrics import adjusted_rand
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
 
 CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 120.0,
             "mask_diameter_A": 150.0}
-
-
-def adjusted_rand(truth: np.ndarray, labels: np.ndarray) -> float:
-    """Adjusted Rand index (Hubert & Arabie), written out from the contingency table."""
-    _, t = np.unique(truth, return_inverse=True)
-    _, l = np.unique(labels, return_inverse=True)
-    table = np.zeros((t.max() + 1, l.max() + 1))
-    np.add.at(table, (t, l), 1)
-
-    def pairs(x):
-        return (x * (x - 1) / 2).sum()
-
-    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
-    expected = rows * cols / (t.size * (t.size - 1) / 2)
-    return float((index - expected) / (0.5 * (rows + cols) - expected))
 
 
 def test_adjusted_rand_reference_values():

@@ -5,11 +5,11 @@ import pytest
 
 from class2d.ctf import CTFParams
 from class2d.em import mstep
-from class2d.em.estep import BatchData, score_batch, select_entries
+from class2d.em.estep import BatchData, Entries, score_batch
 from class2d.em.grids import FrequencySet, PoseGrid
 from class2d.em.online import accumulate
 from class2d.em.params import ClassifyParams
-from class2d.fourier import centered_rfft2, circular_mask
+from class2d.fourier import circular_mask
 from class2d.kernels import cpu
 
 BOX, PAD = 48, 2
@@ -69,7 +69,6 @@ def test_back_insertion_at_the_true_poses_rebuilds_the_class(references):
     data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, np.ones(25), 2.0)
     # the particles carry no CTF: insert them as if CTF = 1
     data.ctf[:] = 1.0
-    from class2d.em.estep import Entries
     entries = Entries.build(np.arange(n), np.ones(n, int), psi, shifts[:, 0], shifts[:, 1],
                             np.ones(n), 4)
     grids = mstep.reference_grids(references, PAD)

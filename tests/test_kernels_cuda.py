@@ -341,3 +341,28 @@ def test_cuda_kernels_compile_for_a_gpu_target():
         pytest.skip(done.stdout.strip())
     assert done.returncode == 0, done.stdout + done.stderr
     assert "partials" in done.stdout and "backproject" in done.stdout
+
+
+@pytest.mark.slow
+def test_cuda_and_cpu_backends_classify_alike(gpu, tmp_path):
+    """A whole small classification on both backends: the same classes (Rand index ≥ 0.99)."""
+    from class2d.em import online
+    from class2d.metrics import adjusted_rand
+    from class2d.em.params import ClassifyParams
+    from class2d.prepare import prepare_stack
+    from class2d.simulate import simulate, write_dataset
+
+    data = simulate(24, box=16, apix=8.0, snr=2.0, n_objects=2, junk_fraction=0.0,
+                    duplicate_fraction=0.0, seed=4)
+    stack = prepare_stack(write_dataset(data, tmp_path / "data"), tmp_path / "prep")
+    params = ClassifyParams(n_classes=2, max_res_A=24.0, online_iterations=1,
+                            batch_per_class=12, psi_step_deg=45.0, shift_range_A=8.0,
+                            local_shift_steps=1, seed=1)
+    labels = []
+    for backend in (cpu, gpu.backend):
+        state = online.init_classes(stack, params, backend)
+        for _ in range(params.online_iterations):
+            state = online.online_iteration(stack, state, params, backend)
+        part = online.full_pass_shard(stack, state, params, backend, 0, last=True)
+        labels.append(online.gather_full_pass(stack, state, [part], params)[1]["best_class"])
+    assert adjusted_rand(labels[0], labels[1]) >= 0.99

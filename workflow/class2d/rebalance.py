@@ -34,11 +34,10 @@ from scipy import sparse
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from class2d.errors import InputError
 from class2d.fourier import circular_mask, fourier_crop
 from class2d.io import read_particles
 from class2d.io.atomic import atomic_path
-from class2d.select import read_classes, write_particle_set, write_star_blocks
+from class2d.select import particle_classes, read_classes, write_particle_set, write_star_blocks
 from class2d.templates import centre_images
 
 logger = logging.getLogger(__name__)
@@ -68,15 +67,7 @@ def rebalance_classes(classes_star: str | os.PathLike, particles_path: str | os.
         raise ValueError(f"n_superclasses must be ≥ 1, got {n_superclasses}")
     class_set = read_classes(classes_star)
     table = read_particles(particles_path)
-    if "rlnClassNumber" not in table.particles.columns:
-        raise InputError(table.source, "no rlnClassNumber: particles are not classified")
-    numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
-    assigned = table.particles["rlnClassNumber"].to_numpy(np.int64)
-    unknown = np.setdiff1d(assigned, numbers)
-    if unknown.size:
-        raise InputError(table.source, f"particles of class {unknown[0]}, which is not in "
-                                       f"{class_set.path}")
-    class_index = pd.Series(np.arange(len(numbers)), index=numbers).loc[assigned].to_numpy()
+    numbers, class_index = particle_classes(class_set, table)
     counts = np.bincount(class_index, minlength=len(numbers))
 
     similarity = view_similarity(class_set.images)

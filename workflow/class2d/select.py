@@ -140,9 +140,9 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     return paths
 
 
-def summarize(class_set: ClassSet, table: ParticleTable,
-              particle_diameter_A: float | None = None) -> pd.DataFrame:
-    """Per class: number, particle count and share, statistics, features, automatic choice."""
+def particle_classes(class_set: ClassSet, table: ParticleTable) -> tuple[np.ndarray, np.ndarray]:
+    """(class numbers (K,), each particle's row in the class table (n,)); InputError when a
+    particle's class is missing from the class set."""
     if "rlnClassNumber" not in table.particles.columns:
         raise InputError(table.source, "no rlnClassNumber: particles are not classified")
     numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
@@ -151,7 +151,14 @@ def summarize(class_set: ClassSet, table: ParticleTable,
     if unknown.size:
         raise InputError(table.source, f"particles of class {unknown[0]}, which is not in "
                                        f"{class_set.path}")
-    counts = pd.Series(assigned).value_counts().reindex(numbers, fill_value=0).to_numpy()
+    return numbers, pd.Series(np.arange(len(numbers)), index=numbers).loc[assigned].to_numpy()
+
+
+def summarize(class_set: ClassSet, table: ParticleTable,
+              particle_diameter_A: float | None = None) -> pd.DataFrame:
+    """Per class: number, particle count and share, statistics, features, automatic choice."""
+    numbers, class_index = particle_classes(class_set, table)
+    counts = np.bincount(class_index, minlength=len(numbers))
     summary = pd.DataFrame({"rlnClassNumber": numbers, "particles": counts,
                             "share": counts / max(counts.sum(), 1)})
     columns = {"resolution_A": "rlnEstimatedResolution", "posterior": "c2dMeanPosterior",

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: a class holding less than this share of an even split is replaced (see _split_largest)
 SPLIT_SHARE = 0.25
+#: a class this many times the median class size has likely merged several views
+MERGED = float("inf")
 #: a class is split only into groups of at least this many batch particles
 MIN_SPLIT = 10
 
@@ -263,6 +265,13 @@ def _split_largest(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     k_count = stats.counts.size
     even = stats.counts.sum() / k_count
     small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
+    median = np.median(stats.counts)
+    if small.size == 0 and stats.counts.max() > MERGED * median:
+        # a class twice the typical size has likely merged views: the smallest class
+        # gives way when it is well below the typical size
+        smallest = int(np.argmin(stats.counts))
+        if stats.counts[smallest] < 0.5 * median:
+            small = np.array([smallest])
     if small.size == 0:
         return stats
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
