@@ -110,3 +110,15 @@ def test_vertical_alignment_turns_a_rod_upright_and_keeps_images_consistent():
     particle = ndimage.rotate(tilted[0], -np.degrees(0.4), reshape=False, order=1)
     again = ndimage.rotate(turned[0], -np.degrees(psi[0]), reshape=False, order=1)
     assert np.corrcoef(particle.ravel(), again.ravel())[0, 1] > 0.98
+
+
+def test_duplicate_classes_are_found_up_to_rotation(references):
+    from scipy import ndimage
+
+    from class2d.em.online import duplicate_classes
+
+    twin = ndimage.rotate(references[2], 70, reshape=False, order=1)
+    refs = np.concatenate([references, twin[None]])
+    counts = np.array([10.0, 10.0, 30.0, 10.0, 12.0])
+    assert duplicate_classes(refs, counts).tolist() == [4]       # the smaller of the pair
+    assert duplicate_classes(references, counts[:4]).tolist() == []

@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 
 #: a class holding less than this share of an even split is replaced (see _split_largest)
 SPLIT_SHARE = 0.25
-#: a class this many times the median class size has likely merged several views
-MERGED = float("inf")
+#: two class averages this alike (up to rotation) are one view: the smaller class is refilled
+DUPLICATE_CORRELATION = 0.92
 #: a class is split only into groups of at least this many batch particles
 MIN_SPLIT = 10
 
@@ -257,21 +257,40 @@ def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
     return score > np.median(score)
 
 
+def duplicate_classes(references: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Classes whose average is the same view as a larger class's, up to an in-plane
+    rotation (normalised correlation ≥ DUPLICATE_CORRELATION): the smaller of each pair."""
+    from scipy import ndimage
+
+    k_count, box, _ = references.shape
+    angles = np.arange(0.0, 360.0, 5.0)
+
+    def unit(images: np.ndarray) -> np.ndarray:
+        flat = images.reshape(len(images), -1) - images.reshape(len(images), -1).mean(1)[:, None]
+        return flat / np.maximum(np.linalg.norm(flat, axis=1), 1e-12)[:, None]
+
+    plain = unit(references)
+    turned = unit(np.stack([ndimage.rotate(ref, a, reshape=False, order=1)
+                            for ref in references for a in angles]))
+    best = (plain @ turned.T).reshape(k_count, k_count, angles.size).max(axis=2)
+    best = np.maximum(best, best.T)
+    np.fill_diagonal(best, 0.0)
+    out = set()
+    for a, b in zip(*np.nonzero(np.triu(best >= DUPLICATE_CORRELATION))):
+        if counts[a] > 0 and counts[b] > 0:
+            out.add(int(a if counts[a] < counts[b] else b))
+    return np.array(sorted(out), np.int64)
+
+
 def _split_largest(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
                    ctx: PassContext, params: ClassifyParams, backend) -> Statistics:
-    """Replace classes that emptied out by halves of the largest class, split along the first
-    principal component of its aligned particles in this batch (a class that merged
-    several views splits into them)."""
+    """Replace classes that emptied out, or that repeat a larger class's view, by halves of
+    the largest class, split along the first principal component of its aligned particles
+    in this batch (a class that merged several views splits into them)."""
     k_count = stats.counts.size
     even = stats.counts.sum() / k_count
-    small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
-    median = np.median(stats.counts)
-    if small.size == 0 and stats.counts.max() > MERGED * median:
-        # a class twice the typical size has likely merged views: the smallest class
-        # gives way when it is well below the typical size
-        smallest = int(np.argmin(stats.counts))
-        if stats.counts[smallest] < 0.5 * median:
-            small = np.array([smallest])
+    small = np.union1d(np.flatnonzero(stats.counts < SPLIT_SHARE * even),
+                       duplicate_classes(state.references, stats.counts))
     if small.size == 0:
         return stats
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
