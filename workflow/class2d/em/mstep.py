@@ -81,6 +81,15 @@ def shell_power(images: np.ndarray) -> np.ndarray:
     return power / np.maximum(counts, 1)
 
 
+def shell_mean(grids: np.ndarray, pad: int, n_shells: int) -> np.ndarray:
+    """Mean of (K, G, G) centred grids over each shell of the d-box: (K, n_shells)."""
+    shells = np.rint(grid_radius(grids.shape[-1], pad)).astype(np.int64).ravel()
+    keep = shells < n_shells
+    counts = np.maximum(np.bincount(shells[keep], minlength=n_shells), 1)
+    return np.stack([np.bincount(shells[keep], g.ravel()[keep], n_shells) / counts
+                     for g in grids])
+
+
 def half_set_resolution(half_a: np.ndarray, half_b: np.ndarray, apix: float,
                         threshold: float = 0.143) -> np.ndarray:
     """Per class, the resolution (Å) where the FRC of two half-set averages falls below

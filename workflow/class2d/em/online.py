@@ -27,6 +27,8 @@ from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
 
+#: online iterations insert coefficients up to this multiple of the alignment radius
+INSERT_MARGIN = 1.5
 #: a class holding less than this share of an even split is replaced (see _split_largest)
 SPLIT_SHARE = 0.25
 #: two class averages this alike (up to rotation) are one view: the smaller class is refilled
@@ -54,10 +56,16 @@ class PassContext:
     n_shells: int
 
 
-def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float) -> PassContext:
+def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
+                 full: bool = False) -> PassContext:
+    """Frequencies and poses at alignment resolution ``res_A``.  Online iterations insert
+    only up to INSERT_MARGIN × the alignment radius (the classes sharpen as the resolution
+    rises, as CryoSPARC's do); full passes insert up to the maximum resolution."""
     box, apix = stack.box, stack.apix
     r_recon = min(box / 2, box * apix / params.max_res_A)
     r_align = min(r_recon, box * apix / res_A)
+    if not full:
+        r_recon = min(r_recon, INSERT_MARGIN * r_align)
     r_min = box * apix / params.min_align_res_A if params.min_align_res_A else 1.0
     side, step = params.shift_grid(res_A, box, apix)
     psi_step = params.psi_step(res_A, box, apix)
@@ -142,6 +150,10 @@ def _finish_mstep(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
         stats = dataclasses.replace(stats, num=num)
     refs[stats.counts <= 0] = 0.0
     tau2 = np.maximum(mstep.shell_power(refs), 1e-12)
+    # shells that no particle has reached yet get a weak prior (SNR 1 per coefficient), so
+    # that the first data inserted there are not smothered by an empty class's zero power
+    reached = mstep.shell_mean(stats.den.sum(axis=1), pad, tau2.shape[1]) > 0
+    tau2 = np.where(reached, tau2, sigma2[None, :])
     return refs, stats, sigma2, tau2
 
 
@@ -197,7 +209,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     n_top = 1 if force_max else params.max_poses
     total = Statistics.zeros(state.n_classes, grids.shape[-1], ctx.n_shells)
     results = {key: [] for key in RESULT_KEYS}
-    flops = 0.0
+    flops = e_seconds = 0.0
     seen = state.classes[rows] >= 0
     for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
         for start in range(0, group.size, params.batch_size):
@@ -209,8 +221,10 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
             recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
                                     stack.apix)
             data = recon.subset(ctx.align_index, ctx.align)
+            tic = time.perf_counter()
             scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
                                  force_max)
+            e_seconds += time.perf_counter() - tic
             flops += chunk.size * state.n_classes * poses.size * 4.0 * ctx.align.size
             entries = select_entries(scores, poses, hard=hard)
             total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
@@ -230,6 +244,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     order = np.argsort(out["rows"], kind="stable")
     out = {key: value[order] for key, value in out.items()}
     out["flops"] = flops
+    out["estep_seconds"] = e_seconds
     return total, out
 
 
@@ -365,14 +380,15 @@ def _history_row(n, kind, res, ctx, out, stats, changed, seconds) -> dict:
             "particles": int(out["best_class"].size),
             "loglik": float(np.mean(out["loglik"])), "changed": changed,
             "class_sizes": [round(float(c), 2) for c in stats.counts],
-            "gflops": out["flops"] / 1e9, "seconds": round(seconds, 3)}
+            "gflops": out["flops"] / 1e9, "estep_seconds": round(float(out["estep_seconds"]), 3),
+            "seconds": round(seconds, 3)}
 
 
 def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
                     shard: int, last: bool) -> dict:
     """E-step over every particle of one shard: statistics and per-particle results."""
     a, b = stack.shard_rows[shard]
-    ctx = make_context(stack, params, params.align_res_A)
+    ctx = make_context(stack, params, params.align_res_A, full=True)
     tic = time.perf_counter()
     stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
                             hard=last and params.hard_last_iteration)
@@ -388,11 +404,12 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
                          for f in dataclasses.fields(Statistics)))
     out = {key: np.concatenate([p[key] for p in parts]) for key in RESULT_KEYS}
     out["flops"] = float(sum(float(p["flops"]) for p in parts))
+    out["estep_seconds"] = float(sum(float(p["estep_seconds"]) for p in parts))
     refs, stats, sigma2, tau2 = _finish_mstep(stats, state.tau2, state.sigma2, params,
                                               stack.box, stack.apix, state.pad, recenter=False)
     n = state.iteration + 1
     classes, shifts, changed = _updated(state, out)
-    ctx = make_context(stack, params, params.align_res_A)
+    ctx = make_context(stack, params, params.align_res_A, full=True)
     row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed,
                        sum(float(p["seconds"]) for p in parts))
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "

@@ -75,25 +75,31 @@ def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log,
         for j in range(n_top):
             top_s[i, j] = -np.inf
             top_i[i, j] = -1
-        for q in range(n_pose):
-            s = _score(cross[i], norm[i], q, n_shift, a, inv_temp)
-            if s > top_s[i, n_top - 1]:
-                j = n_top - 1
-                while j > 0 and top_s[i, j - 1] < s:
-                    top_s[i, j] = top_s[i, j - 1]
-                    top_i[i, j] = top_i[i, j - 1]
-                    j -= 1
-                top_s[i, j] = s
-                top_i[i, j] = q
+        floor = -np.inf          # the n_top-th best so far, kept in a register
+        for r in range(n_rot):
+            norm_term = a * a * norm[i, r]
+            for q in range(r * n_shift, (r + 1) * n_shift):
+                s = (2.0 * a * cross[i, q] - norm_term) * inv_temp
+                if s > floor:
+                    j = n_top - 1
+                    while j > 0 and top_s[i, j - 1] < s:
+                        top_s[i, j] = top_s[i, j - 1]
+                        top_i[i, j] = top_i[i, j - 1]
+                        j -= 1
+                    top_s[i, j] = s
+                    top_i[i, j] = q
+                    floor = top_s[i, n_top - 1]
         best = top_s[i, 0]
         total = 0.0
         count = 0
-        for q in range(n_pose):
-            s = _score(cross[i], norm[i], q, n_shift, a, inv_temp)
-            if s > best - NEGLIGIBLE:
-                total += math.exp(s - best)
-                if s > best - sig_log:
-                    count += 1
+        for r in range(n_rot):
+            norm_term = a * a * norm[i, r]
+            for q in range(r * n_shift, (r + 1) * n_shift):
+                s = (2.0 * a * cross[i, q] - norm_term) * inv_temp
+                if s > best - NEGLIGIBLE:
+                    total += math.exp(s - best)
+                    if s > best - sig_log:
+                        count += 1
         lse[i] = best + math.log(total)
         nsig[i] = count
         qb = top_i[i, 0]
