@@ -18,7 +18,7 @@ rule init_classes:
     log:
         out("logs/classify/init_classes.log"),
     resources:
-        gpu=1 if config["backend"] == "cuda" else 0,
+        gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/init_classes.py"
 
@@ -43,7 +43,7 @@ rule classify_iteration:
     log:
         out("logs/classify/iteration_{n}.log"),
     resources:
-        gpu=1 if config["backend"] == "cuda" else 0,
+        gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_iteration.py"
 
@@ -69,7 +69,7 @@ rule classify_full_shard:
     log:
         out("logs/classify/full_{n}_shard_{s}.log"),
     resources:
-        gpu=1 if config["backend"] == "cuda" else 0,
+        gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_full_shard.py"
 

@@ -23,6 +23,8 @@ def shard_paths():
 
 def final_outputs():
     targets = [out("classify/classes.star"), out("classify/gallery.png")]
+    if config["particles"] == "demo":
+        targets.append(out("classify/truth_frc.tsv"))
     stage_targets = {
         "dedup": "dedup/particles.star",
         "select": "select/selection.html",

@@ -13,3 +13,17 @@ rule simulate_demo:
         out("logs/simulate_demo.log"),
     script:
         "../scripts/simulate_demo.py"
+
+
+rule compare_with_truth:
+    input:
+        classes=out("classify/classes.mrcs"),
+        references=out("demo/references.mrcs"),
+    output:
+        out("classify/truth_frc.tsv"),
+    conda:
+        CONDA_ENV
+    log:
+        out("logs/compare_with_truth.log"),
+    script:
+        "../scripts/compare_with_truth.py"

@@ -140,3 +140,26 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path):
     errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(bad) in errors[0], run.stderr[-2000:]
     assert not (outdir / "prepare" / "prepared.yaml").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.relion
+@pytest.mark.skipif(shutil.which("relion_star_handler") is None, reason="RELION is not installed")
+def test_every_stage_output_opens_in_relion_and_our_reader(finished_run, tmp_path):
+    for stage in ("dedup", "select", "rebalance"):
+        star = finished_run / stage / "particles.star"
+        ours = io.read_particles(star)
+        assert io.read_particles(finished_run / stage / "particles.cs").n == ours.n
+        out = subprocess.run(["relion_star_handler", "--i", str(star), "--o",
+                              str(tmp_path / f"{stage}.star"), "--select", "rlnClassNumber",
+                              "--minval", "1"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert len(starfile.read(tmp_path / f"{stage}.star")["particles"]) == ours.n
+    for stack in ("select/classes.mrcs", "templates/templates.mrcs"):
+        assert mrcfile.validate(str(finished_run / stack))
+        out = subprocess.run(["relion_image_handler", "--i", str(finished_run / stack),
+                              "--stats"], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    kept = io.read_particles(finished_run / "dedup/particles.star").n
+    rejected = len(starfile.read(finished_run / "dedup/rejected.star")["particles"])
+    assert kept + rejected == 240 and rejected > 0
