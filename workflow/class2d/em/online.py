@@ -304,8 +304,9 @@ def _split_largest(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     in this batch (a class that merged several views splits into them)."""
     k_count = stats.counts.size
     even = stats.counts.sum() / k_count
-    small = np.union1d(np.flatnonzero(stats.counts < SPLIT_SHARE * even),
-                       duplicate_classes(state.references, stats.counts))
+    small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
+    if params.refill_duplicate_views:
+        small = np.union1d(small, duplicate_classes(state.references, stats.counts))
     if small.size == 0:
         return stats
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()

@@ -40,6 +40,7 @@ class ClassifyParams:
     shift_range_A: float = 0.0            # 0: 10 % of the box
     shift_step_A: float = 0.0             # 0: a quarter of the alignment resolution, ≥ 1 px
     particle_diameter_A: float = 0.0      # 0: the mask diameter
+    refill_duplicate_views: bool = False  # refill classes repeating a larger class's view
     local_shift_steps: int = 2            # a seen particle searches ±this many shift steps
     max_poses: int = 8                    # poses kept per particle and class when marginalising
     tau2_fudge: float = 2.0               # RELION's regularisation T
