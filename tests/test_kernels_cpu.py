@@ -13,6 +13,7 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
+from kernel_inputs import random_complex, random_entries, random_particles
 
 SIG_LOG = np.float32(np.log(1000.0))
 RTOL = 1e-4
@@ -24,8 +25,6 @@ def _close(got, want, rtol=RTOL):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
 
 
-def _complex(rng, shape):
-    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
 
 
 # ---------------------------------------------------------------------------- the oracle
@@ -147,7 +146,7 @@ def oracle_noise(grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha,
 def test_rotate_references_matches_oracle():
     rng = np.random.default_rng(1)
     freqs = FrequencySet.within(10, 4.5)
-    grids = _complex(rng, (3, 20, 20))
+    grids = random_complex(rng, (3, 20, 20))
     psi = rng.uniform(0, 2 * np.pi, 5).astype(np.float32)
     got = cpu.rotate_references(grids, freqs.fx, freqs.fy, psi, 2)
     assert got.shape == (3, 5, freqs.size) and got.dtype == np.complex64
@@ -155,7 +154,7 @@ def test_rotate_references_matches_oracle():
 
 
 def test_rotation_by_zero_samples_the_grid_itself():
-    grids = _complex(np.random.default_rng(2), (1, 16, 16))
+    grids = random_complex(np.random.default_rng(2), (1, 16, 16))
     freqs = FrequencySet.within(8, 3.0)
     got = cpu.rotate_references(grids, freqs.fx, freqs.fy, np.zeros(1, np.float32), 2)
     np.testing.assert_array_equal(got[0, 0], grids[0, 8 + 2 * freqs.fy.astype(int),
@@ -168,7 +167,7 @@ def test_score_class_matches_oracle(inv_temp, n_top):
     n, n_freq, n_rot, side = 9, 11, 4, 3
     p_stack = rng.standard_normal((n, 2 * n_freq)).astype(np.float32)
     ctf2 = rng.uniform(0.1, 1.0, (n, n_freq)).astype(np.float32)
-    arot = _complex(rng, (n_rot, n_freq))
+    arot = random_complex(rng, (n_rot, n_freq))
     phase = np.exp(1j * rng.uniform(0, 2 * np.pi, (side * side, n_freq))).astype(np.complex64)
     alpha = rng.uniform(0.5, 1.5, n).astype(np.float32)
     got = cpu.score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, SIG_LOG, n_top)
@@ -206,27 +205,17 @@ def test_reduction_matches_oracle_on_exact_scores():
         _close(out[5], want[5])
 
 
-def _entries(rng, n_class, n_entry, n_particles):
-    classes = np.sort(rng.choice([k for k in range(n_class) if k != 1], n_entry))
-    offsets = np.searchsorted(classes, np.arange(n_class + 1)).astype(np.int64)
-    rows = rng.integers(0, n_particles, n_entry).astype(np.int64)
-    poses = [rng.uniform(0, 2 * np.pi, n_entry), rng.uniform(-2, 2, n_entry),
-             rng.uniform(-2, 2, n_entry), rng.uniform(0.1, 1.0, n_entry)]
-    return classes, offsets, rows, [a.astype(np.float32) for a in poses]
 
 
-def _particles(rng, n, n_freq):
-    return (_complex(rng, (n, n_freq)), rng.uniform(-1, 1, (n, n_freq)).astype(np.float32),
-            rng.uniform(0.5, 1.5, n).astype(np.float32))
 
 
 def test_backproject_matches_oracle():
     rng = np.random.default_rng(5)
     freqs = FrequencySet.within(10, 4.5)
-    _, offsets, rows, (psi, tx, ty, weight) = _entries(rng, 4, 9, 5)
-    x, ctf, alpha = _particles(rng, 5, freqs.size)
+    _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
+    x, ctf, alpha = random_particles(rng, 5, freqs.size)
     inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
-    num = _complex(rng, (4, 20, 20)).astype(np.complex128)
+    num = random_complex(rng, (4, 20, 20)).astype(np.complex128)
     den = rng.uniform(0, 1, (4, 20, 20))
     want_num, want_den = num.copy(), den.copy()
     args = (offsets, rows, psi, tx, ty, weight, x, ctf, alpha, inv_sigma2,
@@ -243,7 +232,7 @@ def test_backproject_is_hermitian():
     rng = np.random.default_rng(6)
     freqs = FrequencySet.within(10, 4.5)
     num, den = np.zeros((1, 20, 20), np.complex128), np.zeros((1, 20, 20))
-    x, ctf, alpha = _particles(rng, 1, freqs.size)
+    x, ctf, alpha = random_particles(rng, 1, freqs.size)
     one = np.ones(1, np.float32)
     cpu.backproject(num, den, np.array([0, 1]), np.zeros(1, np.int64), one * 0.3, one, -one,
                     one, x, ctf, alpha, one.repeat(freqs.size), freqs.fx, freqs.fy, freqs.wf,
@@ -256,10 +245,10 @@ def test_backproject_is_hermitian():
 def test_noise_residuals_match_oracle():
     rng = np.random.default_rng(7)
     freqs = FrequencySet.within(10, 4.5)
-    classes, _, rows, (psi, tx, ty, weight) = _entries(rng, 3, 7, 6)
+    classes, _, rows, (psi, tx, ty, weight) = random_entries(rng, 3, 7, 6)
     rng.shuffle(classes)
-    x, ctf, alpha = _particles(rng, 6, freqs.size)
-    grids = _complex(rng, (3, 20, 20))
+    x, ctf, alpha = random_particles(rng, 6, freqs.size)
+    grids = random_complex(rng, (3, 20, 20))
     args = (grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha, freqs.fx, freqs.fy,
             freqs.wf, freqs.shell, 2, freqs.box, 6)
     got = cpu.noise_residuals(*args)
@@ -271,7 +260,7 @@ def test_noise_residuals_vanish_for_the_model_itself():
     """A particle equal to its model (rotated, scaled, CTF'd, shifted class) has no residual."""
     rng = np.random.default_rng(8)
     freqs = FrequencySet.within(10, 4.0)
-    grids = _complex(rng, (2, 20, 20))
+    grids = random_complex(rng, (2, 20, 20))
     psi, tx, ty = np.float32([0.7]), np.float32([1.5]), np.float32([-0.5])
     ctf = rng.uniform(-1, 1, (1, freqs.size)).astype(np.float32)
     alpha = np.float32([1.3])

@@ -22,6 +22,7 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
+from kernel_inputs import random_complex, random_entries, random_particles
 
 SIG_LOG = np.float32(np.log(1000.0))
 #: the brief's tolerance: relative error in float32
@@ -126,14 +127,12 @@ def _freqs(box=10, r_max=4.5):
     return FrequencySet.within(box, r_max)
 
 
-def _complex(rng, shape):
-    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
 
 
 def _score_inputs(rng, n, n_freq, n_rot, side):
     p_stack = rng.standard_normal((n, 2 * n_freq)).astype(np.float32)
     ctf2 = rng.uniform(0.1, 1.0, (n, n_freq)).astype(np.float32)
-    arot = _complex(rng, (n_rot, n_freq))
+    arot = random_complex(rng, (n_rot, n_freq))
     phase = np.exp(1j * rng.uniform(0, 2 * np.pi, (side * side, n_freq))).astype(np.complex64)
     alpha = rng.uniform(0.5, 1.5, n).astype(np.float32)
     return p_stack, ctf2, arot, phase, alpha
@@ -219,7 +218,7 @@ def test_cuda_recount_blocks_groups_pairs_by_tile(gpu):
 def test_cuda_rotate_references_matches_cpu(tiny, monkeypatch, chunked):
     rng = np.random.default_rng([3, chunked])
     freqs = _freqs()
-    grids = _complex(rng, (3, 20, 20))
+    grids = random_complex(rng, (3, 20, 20))
     psi = rng.uniform(0, 2 * np.pi, 5).astype(np.float32)
     if chunked:                                     # one class per chunk
         splits = _small_memory(monkeypatch, tiny, 20 * 20 * 8 + 5 * freqs.size * 8 + 1000)
@@ -230,29 +229,18 @@ def test_cuda_rotate_references_matches_cpu(tiny, monkeypatch, chunked):
     assert not chunked or splits == [(3, 1)]
 
 
-def _entries(rng, n_class, n_entry, n_particles):
-    """Entries sorted by class (class 1 left empty) with their offsets."""
-    classes = np.sort(rng.choice([k for k in range(n_class) if k != 1], n_entry))
-    offsets = np.searchsorted(classes, np.arange(n_class + 1)).astype(np.int64)
-    rows = rng.integers(0, n_particles, n_entry).astype(np.int64)
-    poses = [rng.uniform(0, 2 * np.pi, n_entry), rng.uniform(-2, 2, n_entry),
-             rng.uniform(-2, 2, n_entry), rng.uniform(0.1, 1.0, n_entry)]
-    return classes, offsets, rows, [a.astype(np.float32) for a in poses]
 
 
-def _particles(rng, n, freqs):
-    return (_complex(rng, (n, freqs.size)), rng.uniform(-1, 1, (n, freqs.size)).astype(np.float32),
-            rng.uniform(0.5, 1.5, n).astype(np.float32))
 
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_cuda_backproject_matches_cpu(tiny, monkeypatch, chunked):
     rng = np.random.default_rng([5, chunked])
     freqs = _freqs()
-    _, offsets, rows, (psi, tx, ty, weight) = _entries(rng, 4, 9, 5)
-    x, ctf, alpha = _particles(rng, 5, freqs)
+    _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
+    x, ctf, alpha = random_particles(rng, 5, freqs.size)
     inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
-    num = _complex(rng, (4, 20, 20)).astype(np.complex128)
+    num = random_complex(rng, (4, 20, 20)).astype(np.complex128)
     den = rng.uniform(0, 1, (4, 20, 20))
     want_num, want_den = num.copy(), den.copy()
     entry_bytes = 60 + 12 * freqs.size
@@ -274,10 +262,10 @@ def test_cuda_noise_residuals_matches_cpu(tiny, monkeypatch, chunked):
     rng = np.random.default_rng([9, chunked])
     freqs = _freqs()
     n_shells = freqs.box // 2 + 1
-    classes, _, rows, (psi, tx, ty, weight) = _entries(rng, 3, 7, 6)
+    classes, _, rows, (psi, tx, ty, weight) = random_entries(rng, 3, 7, 6)
     rng.shuffle(classes)
-    x, ctf, alpha = _particles(rng, 6, freqs)
-    grids = _complex(rng, (3, 20, 20))
+    x, ctf, alpha = random_particles(rng, 6, freqs.size)
+    grids = random_complex(rng, (3, 20, 20))
     if chunked:                                     # three entries per chunk
         splits = _small_memory(monkeypatch, tiny, 3 * (8 * n_shells + 36 + 12 * freqs.size))
     args = (grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha, freqs.fx, freqs.fy,

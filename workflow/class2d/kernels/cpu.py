@@ -21,6 +21,7 @@ _sample = numba.njit(inline="always", cache=True)(scalar.sample_bilinear)
 _coords = numba.njit(inline="always", cache=True)(scalar.reference_coords)
 _phase = numba.njit(inline="always", cache=True)(scalar.phase_angle)
 _parabola = numba.njit(inline="always", cache=True)(scalar.parabola_offset)
+_corner = numba.njit(inline="always", cache=True)(scalar.splat_corner)
 
 #: poses scoring this far below the best add < e⁻⁴⁰ to the sum and are skipped
 NEGLIGIBLE = 40.0
@@ -159,12 +160,9 @@ def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
                         y = 2.0 * center - y
                         x = 2.0 * center - x
                         val = val.conjugate()
-                    y0 = math.floor(y)
-                    x0 = math.floor(x)
-                    if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+                    y0, x0, dy, dx = _corner(y, x, size)
+                    if y0 < 0:
                         continue
-                    dy = y - y0
-                    dx = x - x0
                     for oy in range(2):
                         wy = dy if oy else 1.0 - dy
                         for ox in range(2):

@@ -25,6 +25,7 @@ sample = cuda.jit(device=True)(scalar.sample_bilinear)
 coords = cuda.jit(device=True)(scalar.reference_coords)
 phase_angle = cuda.jit(device=True)(scalar.phase_angle)
 parabola = cuda.jit(device=True)(scalar.parabola_offset)
+corner = cuda.jit(device=True)(scalar.splat_corner)
 
 #: threads per block of the grid-stride kernels (rotation, insertion, residuals, norms)
 THREADS = 256

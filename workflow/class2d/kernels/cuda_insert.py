@@ -19,7 +19,7 @@ import numpy as np
 from numba import cuda
 
 from class2d.kernels import cuda_device as dev
-from class2d.kernels.cuda_device import coords, phase_angle, sample
+from class2d.kernels.cuda_device import coords, corner, phase_angle, sample
 
 
 @cuda.jit
@@ -62,12 +62,9 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                 y = 2.0 * center - y
                 x = 2.0 * center - x
                 val = val.conjugate()
-            y0 = int(math.floor(y))          # math.floor gives a float on CUDA
-            x0 = int(math.floor(x))
-            if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+            y0, x0, dy, dx = corner(y, x, size)
+            if y0 < 0:
                 continue
-            dy = y - y0
-            dx = x - x0
             for oy in range(2):
                 wy = dy if oy else 1.0 - dy
                 for ox in range(2):

@@ -31,6 +31,16 @@ def sample_bilinear(grid, y, x):
     return top * (1.0 - dy) + bottom * dy
 
 
+def splat_corner(y, x, size):
+    """Lower corner (y0, x0) and fractions (dy, dx) of a bilinear splat at (y, x) on a
+    (size, size) grid; y0 = −1 when the 2×2 footprint leaves the grid."""
+    y0 = int(math.floor(y))
+    x0 = int(math.floor(x))
+    if y0 < 0 or x0 < 0 or y0 + 1 >= size or x0 + 1 >= size:
+        return -1, -1, 0.0, 0.0
+    return y0, x0, y - y0, x - x0
+
+
 def reference_coords(fx, fy, cos_psi, sin_psi, pad, center):
     """Grid position (y, x) of particle frequency (fx, fy) in the reference frame: R(−ψ) f."""
     rx = cos_psi * fx + sin_psi * fy
