@@ -49,15 +49,18 @@ def _timed(func) -> float:
 
 
 def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float, np.ndarray]:
-    """relion_refine 2D classification with the GUI's default EM settings, 25 iterations."""
-    out = os.path.join(work, "relion", "run")
+    """relion_refine 2D classification with the GUI's default EM settings, 25 iterations.
+
+    RELION resolves image names against its working directory: it runs in the STAR's."""
+    out = os.path.abspath(os.path.join(work, "relion", "run"))
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    cmd = ["relion_refine", "--i", star, "--o", out, "--K", str(n_classes), "--iter", "25",
+    cmd = ["relion_refine", "--i", os.path.basename(star), "--o", out, "--K", str(n_classes), "--iter", "25",
            "--tau2_fudge", "2", "--particle_diameter", str(CLASSIFY["mask_diameter_A"]),
            "--ctf", "--flatten_solvent", "--zero_mask", "--oversampling", "1",
            "--psi_step", "12", "--offset_range", "5", "--offset_step", "2", "--norm", "--scale",
            "--j", str(cores), "--pool", "30", "--dont_combine_weights_via_disc"]
-    seconds = _timed(lambda: subprocess.run(cmd, check=True, capture_output=True))
+    seconds = _timed(lambda: subprocess.run(cmd, check=True, capture_output=True,
+                                             cwd=os.path.dirname(os.path.abspath(star))))
     data = io.read_particles(f"{out}_it025_data.star").particles
     return seconds, data["rlnClassNumber"].to_numpy()
 

@@ -77,9 +77,13 @@ def evaluate(params: CTFParams, fx: np.ndarray, fy: np.ndarray,
     cs_a = per_particle(params.cs) * 1e7
     q0 = per_particle(params.amplitude_contrast)
     s2 = fx * fx + fy * fy
-    angle = np.arctan2(fy, fx) - np.deg2rad(per_particle(params.defocus_angle))
+    # cos 2(θ − φ) = cos 2θ cos 2φ + sin 2θ sin 2φ: trigonometry per frequency and per
+    # particle, not per pair
+    theta = 2.0 * np.arctan2(fy, fx)
+    phi = 2.0 * np.deg2rad(per_particle(params.defocus_angle))
     du, dv = per_particle(params.defocus_u), per_particle(params.defocus_v)
-    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * np.cos(2.0 * angle)
+    defocus = 0.5 * (du + dv) + 0.5 * (du - dv) * (np.cos(theta) * np.cos(phi)
+                                                   + np.sin(theta) * np.sin(phi))
     chi = (np.pi * lam * defocus * s2 - 0.5 * np.pi * cs_a * lam ** 3 * s2 * s2
            + np.deg2rad(per_particle(params.phase_shift))
            + np.arctan(q0 / np.sqrt(1.0 - q0 * q0)))

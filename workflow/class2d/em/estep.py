@@ -84,30 +84,66 @@ class BatchScores:
 
 
 def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
-                log_prior: np.ndarray, inv_temp: float, n_top: int,
-                force_max: bool) -> BatchScores:
-    """Score a batch against all classes; class posteriors from max (force_max) or marginal."""
+                log_prior: np.ndarray, inv_temp: float, n_top: int, force_max: bool,
+                prepass: np.ndarray | None = None, margin: float = np.inf) -> BatchScores:
+    """Score a batch against all classes; class posteriors from max (force_max) or marginal.
+
+    With ``prepass`` (positions in ``data.freqs`` of the coefficients within half the
+    alignment radius), every class is first scored on those alone, at every other rotation
+    (the angular step suited to half the resolution), and a class is scored at full
+    resolution only for
+    the particles whose low-resolution log-evidence for it is within ``margin`` (tempered
+    log units) of their best class's; the others get posterior 0, as RELION's coarse pass
+    and CryoSPARC's branch-and-bound skip hopeless classes.
+    """
     n, k_count = data.x.shape[0], grids.shape[0]
+    candidates = np.ones((n, k_count), bool)
+    if prepass is not None and k_count > 1:
+        coarse_poses = dataclasses.replace(poses, psi=np.ascontiguousarray(poses.psi[::2]))
+        coarse = _score_classes(backend, data.subset(prepass, data.freqs.subset(prepass)),
+                                grids, coarse_poses, inv_temp, 1, candidates)
+        evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior[None, :]
+        candidates = evidence >= evidence.max(axis=1, keepdims=True) - margin
+    fields = _score_classes(backend, data, grids, poses, inv_temp, n_top, candidates)
+    logp = _evidence(fields[0], fields[2], force_max, poses) + log_prior[None, :]
+    logp -= logp.max(axis=1, keepdims=True)
+    gamma = np.exp(logp)
+    gamma /= gamma.sum(axis=1, keepdims=True)
+    loglik = fields[0][:, :, 0].max(axis=1) / inv_temp
+    return BatchScores(*fields, gamma=gamma, loglik=loglik)
+
+
+def _evidence(top_s: np.ndarray, lse: np.ndarray, force_max: bool, poses: PoseGrid) -> np.ndarray:
+    """(N, K) float64 log-evidence per class: best pose, or mean over poses."""
+    return (top_s[:, :, 0] if force_max else lse - np.log(poses.size)).astype(np.float64)
+
+
+def _score_classes(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
+                   inv_temp: float, n_top: int, candidates: np.ndarray) -> list[np.ndarray]:
+    """Per class, score the particles where ``candidates`` (N, K) is true: the fields of
+    BatchScores up to ``ratio``; other particles get score −inf and pose −1."""
+    n, k_count = candidates.shape
     p_stack, ctf2 = data.products()
     arot = backend.rotate_references(grids, data.freqs.fx, data.freqs.fy, poses.psi,
                                      grids.shape[-1] // data.freqs.box)
     phase = data.freqs.phases(poses.shifts)
-    fields = [np.empty((n, k_count, n_top), np.float32), np.empty((n, k_count, n_top), np.int64),
-              np.empty((n, k_count), np.float32), np.empty((n, k_count), np.int32),
-              np.empty((n, k_count, 3), np.float32), np.empty((n, k_count), np.float32)]
+    fields = [np.full((n, k_count, n_top), -np.inf, np.float32),
+              np.full((n, k_count, n_top), -1, np.int64), np.full((n, k_count), -np.inf, np.float32),
+              np.zeros((n, k_count), np.int32), np.zeros((n, k_count, 3), np.float32),
+              np.ones((n, k_count), np.float32)]
+    every = np.arange(n)
     for k in range(k_count):
-        result = backend.score_class(p_stack, ctf2, arot[k], phase, data.alpha, inv_temp,
+        rows = every if candidates[:, k].all() else np.flatnonzero(candidates[:, k])
+        if rows.size == 0:
+            continue
+        whole = rows.size == n
+        result = backend.score_class(p_stack if whole else p_stack[rows],
+                                     ctf2 if whole else ctf2[rows], arot[k], phase,
+                                     data.alpha if whole else data.alpha[rows], inv_temp,
                                      poses.side, SIG_LOG, n_top)
         for field, value in zip(fields, result):
-            field[:, k] = value
-    top_s, _, lse, *_ = fields
-    evidence = (top_s[:, :, 0] if force_max else lse - np.log(poses.size)).astype(np.float64)
-    logp = evidence + log_prior[None, :]
-    logp -= logp.max(axis=1, keepdims=True)
-    gamma = np.exp(logp)
-    gamma /= gamma.sum(axis=1, keepdims=True)
-    loglik = top_s[:, :, 0].max(axis=1) / inv_temp
-    return BatchScores(*fields, gamma=gamma, loglik=loglik)
+            field[rows, k] = value
+    return fields
 
 
 @dataclasses.dataclass
@@ -152,9 +188,11 @@ def select_entries(scores: BatchScores, poses: PoseGrid, hard: bool) -> Entries:
     keep_class = gamma >= MIN_WEIGHT * gamma.max(axis=1, keepdims=True)
     gamma = np.where(keep_class, gamma, 0.0)
     gamma /= gamma.sum(axis=1, keepdims=True)
-    pose_w = np.exp(scores.top_s - scores.top_s[:, :, :1])
-    pose_w = np.where((pose_w >= MIN_WEIGHT) & (scores.top_i >= 0), pose_w, 0.0)
-    pose_w /= pose_w.sum(axis=2, keepdims=True)
+    scored = scores.top_i >= 0
+    with np.errstate(invalid="ignore"):      # −inf − −inf where a class was not scored
+        pose_w = np.exp(scores.top_s - scores.top_s[:, :, :1])
+    pose_w = np.where(scored & (pose_w >= MIN_WEIGHT), pose_w, 0.0)
+    pose_w /= np.maximum(pose_w.sum(axis=2, keepdims=True), 1e-30)
     weight = gamma[:, :, None] * pose_w
     refine = np.zeros(scores.top_s.shape + (3,), np.float32)
     refine[:, :, 0] = scores.refine

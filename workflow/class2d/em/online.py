@@ -35,6 +35,10 @@ SPLIT_SHARE = 0.25
 DUPLICATE_CORRELATION = 0.92
 #: a class is split only into groups of at least this many batch particles
 MIN_SPLIT = 10
+#: the class-pruning prepass scores classes up to half the alignment radius …
+PREPASS_FRACTION = 0.5
+#: … when that is at least this many Fourier px (below, the full search is cheap anyway)
+PREPASS_MIN_RADIUS = 6.0
 
 
 @dataclasses.dataclass
@@ -44,6 +48,8 @@ class PassContext:
     poses: the global search (particles not seen before);
     local: shifts around each seen particle's last shift, all rotations
     align_index: positions of the alignment coefficients within the reconstruction set
+    prepass: positions within the alignment set of the class-pruning prepass's
+    coefficients, or None for no prepass
     """
 
     stack: PreparedStack
@@ -54,6 +60,7 @@ class PassContext:
     poses: PoseGrid
     local: PoseGrid
     n_shells: int
+    prepass: np.ndarray | None
 
 
 def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
@@ -72,23 +79,29 @@ def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
     local_side = min(side, 2 * params.local_shift_steps + 1)
     recon = FrequencySet.within(box, r_recon, 1.0)
     align_index = np.flatnonzero((recon.radius >= r_min) & (recon.radius <= r_align))
+    align = recon.subset(align_index)
+    r_pre = PREPASS_FRACTION * r_align
+    prepass = None
+    if params.class_prune_margin > 0 and r_pre >= max(PREPASS_MIN_RADIUS, r_min):
+        prepass = np.flatnonzero(align.radius <= r_pre)
     return PassContext(stack=stack, ctf_params=stack.table().ctf_params(),
-                       align=recon.subset(align_index), recon=recon, align_index=align_index,
+                       align=align, recon=recon, align_index=align_index,
                        poses=PoseGrid.make(psi_step, side, step),
                        local=PoseGrid.make(psi_step, local_side, step),
-                       n_shells=box // 2 + 1)
+                       n_shells=box // 2 + 1, prepass=prepass)
 
 
 def load_spectra(stack: PreparedStack, rows: np.ndarray,
                  shifts: np.ndarray | None = None) -> np.ndarray:
     """Spectra (n, d, d//2+1) complex64 of prepared images, moved back by ``shifts`` (n, 2)
     px first when given (so that a search around 0 is a search around those shifts)."""
-    spectra = centered_rfft2(stack.images(rows))
+    spectra = centered_rfft2(stack.images(rows).astype(np.float32, copy=False))
     if shifts is not None:
         fy, fx = rfft_frequencies(stack.box)
-        spectra = spectra * np.exp(2j * np.pi * (fx[None] * shifts[:, 0, None, None]
-                                                 + fy[None] * shifts[:, 1, None, None]))
-    return spectra.astype(np.complex64)
+        ex = np.exp(2j * np.pi * fx * shifts[:, :1]).astype(np.complex64)      # (n, d//2+1)
+        ey = np.exp(2j * np.pi * fy[:, 0] * shifts[:, 1:]).astype(np.complex64)  # (n, d)
+        spectra = spectra * ey[:, :, None] * ex[:, None, :]
+    return spectra.astype(np.complex64, copy=False)
 
 
 def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
@@ -223,7 +236,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
             data = recon.subset(ctx.align_index, ctx.align)
             tic = time.perf_counter()
             scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
-                                 force_max)
+                                 force_max, ctx.prepass, params.class_prune_margin)
             e_seconds += time.perf_counter() - tic
             flops += chunk.size * state.n_classes * poses.size * 4.0 * ctx.align.size
             entries = select_entries(scores, poses, hard=hard)
@@ -267,8 +280,10 @@ def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
 
     smooth = ndimage.gaussian_filter(images, (0, blur_px, blur_px)).reshape(len(images), -1)
     smooth = smooth - smooth.mean(axis=0)
-    _, _, vt = np.linalg.svd(smooth, full_matrices=False)
-    score = smooth @ vt[0]
+    # the first principal component's scores are the top eigenvector of the (m, m) Gram
+    # matrix (times its singular value): much cheaper than an SVD of the (m, d²) data
+    _, vectors = np.linalg.eigh(smooth.astype(np.float64) @ smooth.T.astype(np.float64))
+    score = vectors[:, -1]
     return score > np.median(score)
 
 

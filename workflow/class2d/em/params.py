@@ -43,8 +43,9 @@ class ClassifyParams:
     refill_duplicate_views: bool = False  # refill classes repeating a larger class's view
     local_shift_steps: int = 2            # a seen particle searches ±this many shift steps
     max_poses: int = 8                    # poses kept per particle and class when marginalising
+    class_prune_margin: float = 20.0      # skip classes this far behind at low res (0: off)
     tau2_fudge: float = 2.0               # RELION's regularisation T
-    batch_size: int = 1024                # particles per E-step chunk (memory)
+    batch_size: int = 2048                # particles per E-step chunk (memory)
     seed: int = 0
 
     @classmethod

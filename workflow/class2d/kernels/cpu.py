@@ -127,6 +127,14 @@ def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log,
         ratio[i] = cross[i, qb] / nb if nb > 0 else 1.0
 
 
+@numba.njit(inline="always", cache=True)
+def _shift_table(t, box, table, middle):
+    """table[middle + m] = exp(+2πi·m·t/d) for every integer m the table holds."""
+    for j in range(table.shape[0]):
+        angle = 2.0 * math.pi * (j - middle) * t / box
+        table[j] = complex(math.cos(angle), math.sin(angle))
+
+
 @numba.njit(parallel=True, cache=True)
 def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
                 X, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
@@ -138,21 +146,30 @@ def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
     rows: (E,) int, particle row in X/ctf/alpha;  psi, tx, ty, weight: (E,) pose and weight
     X: (N, F) complex64;  ctf: (N, F) float32;  alpha: (N,) float32
     inv_sigma2, fx, fy, wf: (F,) float32 (wf: half-plane weight, ½ on the kx = 0 column)
+    Frequencies are whole Fourier px, so each entry's shift phase is the product of two
+    per-axis tables (a few dozen sines instead of one per frequency).
     """
     n_class = num.shape[0]
     size = num.shape[1]
     center = size // 2
     n_freq = fx.shape[0]
+    reach = 0
+    for f in range(n_freq):
+        reach = max(reach, int(abs(fx[f])), int(abs(fy[f])))
     for k in numba.prange(n_class):
+        ex = np.empty(2 * reach + 1, np.complex128)
+        ey = np.empty(2 * reach + 1, np.complex128)
         for e in range(offsets[k], offsets[k + 1]):
             i = rows[e]
             c = math.cos(psi[e])
             s = math.sin(psi[e])
             a = alpha[i]
+            _shift_table(tx[e], box, ex, reach)
+            _shift_table(ty[e], box, ey, reach)
             for f in range(n_freq):
                 g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
-                ang = -_phase(fx[f], fy[f], tx[e], ty[e], box)
-                val = g * a * X[i, f] * complex(math.cos(ang), math.sin(ang))
+                shift = ex[reach + int(fx[f])] * ey[reach + int(fy[f])]
+                val = g * a * X[i, f] * shift
                 wden = g * a * a * ctf[i, f]
                 y, x = _coords(fx[f], fy[f], c, s, pad, center)
                 for mirror in range(2):
@@ -197,17 +214,32 @@ def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
             out[e, shell[f]] += weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)
 
 
-@numba.njit(parallel=True, cache=True)
-def _pose_matrix(arot, phase, out):
-    """out[r·T + t] = [Re | Im] of arot[r]·phase[t]: (R·T, 2F) float32, one pass."""
-    n_shift, n_freq = phase.shape
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _pose_matrix(a_re, a_im, p_re, p_im, out):
+    """out[r·T + t] = [Re | Im] of arot[r]·phase[t]: (R·T, 2F) float32, one pass.
+
+    a_re, a_im: (R, F) float32 parts of arot;  p_re, p_im: (T, F) float32 parts of phase
+    """
+    n_shift, n_freq = p_re.shape
     for q in numba.prange(out.shape[0]):
         r = q // n_shift
         t = q % n_shift
         for f in range(n_freq):
-            value = arot[r, f] * phase[t, f]
-            out[q, f] = value.real
-            out[q, n_freq + f] = value.imag
+            out[q, f] = a_re[r, f] * p_re[t, f] - a_im[r, f] * p_im[t, f]
+            out[q, n_freq + f] = a_re[r, f] * p_im[t, f] + a_im[r, f] * p_re[t, f]
+
+
+_scratch: dict[str, np.ndarray] = {}
+
+
+def _buffer(name: str, shape: tuple, dtype) -> np.ndarray:
+    """A scratch array kept between calls: touching freshly mapped pages costs more than
+    the arithmetic that fills them (40 ms for the 20 MB pose matrix, ~1 ms to compute)."""
+    size = math.prod(shape)
+    held = _scratch.get(name)
+    if held is None or held.size < size or held.dtype != dtype:
+        held = _scratch[name] = np.empty(size, dtype)
+    return held[:size].reshape(shape)
 
 
 def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
@@ -220,10 +252,13 @@ def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_to
     """
     n = p_stack.shape[0]
     n_rot, n_freq = arot.shape
-    m_stack = np.empty((n_rot * phase.shape[0], 2 * n_freq), np.float32)
-    _pose_matrix(arot, phase, m_stack)
-    cross = p_stack @ m_stack.T
-    norm = ctf2 @ (arot.real ** 2 + arot.imag ** 2).T.astype(np.float32)
+    n_pose = n_rot * phase.shape[0]
+    m_stack = _buffer("poses", (n_pose, 2 * n_freq), np.float32)
+    parts = [np.ascontiguousarray(a, np.float32) for a in (arot.real, arot.imag, phase.real,
+                                                           phase.imag)]
+    _pose_matrix(*parts, m_stack)
+    cross = np.matmul(p_stack, m_stack.T, out=_buffer("cross", (n, n_pose), np.float32))
+    norm = ctf2 @ (parts[0] ** 2 + parts[1] ** 2).T
     out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),
            np.empty(n, np.float32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
            np.empty(n, np.float32))
@@ -241,9 +276,12 @@ def rotate_references(grids, fx, fy, psi, pad):
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,
                 x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert entries into ``num`` and ``den`` in place (see ``_backproject_kernel``)."""
-    _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
-                        x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+    """Insert entries into ``num`` and ``den`` in place (see ``_backproject_kernel``).
+
+    Classes are dealt to threads one at a time, as their entry counts differ widely."""
+    with numba.parallel_chunksize(1):
+        _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
+                            x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
