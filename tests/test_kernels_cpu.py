@@ -114,17 +114,18 @@ def oracle_backproject(num, den, offsets, rows, psi, tx, ty, weight,
             value = g * alpha[i] * x[i] * shift
             weight_den = g * alpha[i] ** 2 * ctf[i]
             y, xx = (v[0] for v in rotated_positions(fx, fy, psi[e:e + 1], pad, center))
-            for yy, xm, val in ((y, xx, value), (2 * center - y, 2 * center - xx,
-                                                 np.conj(value))):
-                y0, x0 = np.floor(yy).astype(int), np.floor(xm).astype(int)
-                inside = (y0 >= 0) & (x0 >= 0) & (y0 + 1 < size) & (x0 + 1 < size)
-                for oy in (0, 1):
-                    for ox in (0, 1):
-                        wy = (yy - y0) if oy else 1 - (yy - y0)
-                        wx = (xm - x0) if ox else 1 - (xm - x0)
-                        at = (y0[inside] + oy, x0[inside] + ox)
-                        np.add.at(num[k], at, (wy * wx * val)[inside])
-                        np.add.at(den[k], at, (wy * wx * weight_den)[inside])
+            y0, x0 = np.floor(y).astype(int), np.floor(xx).astype(int)
+            inside = (y0 >= 0) & (x0 >= 0) & (y0 + 1 < size) & (x0 + 1 < size)
+            for oy in (0, 1):
+                for ox in (0, 1):
+                    wxy = ((y - y0) if oy else 1 - (y - y0)) * ((xx - x0) if ox else 1 - (xx - x0))
+                    ny, nx = y0[inside] + oy, x0[inside] + ox
+                    np.add.at(num[k], (ny, nx), (wxy * value)[inside])
+                    np.add.at(den[k], (ny, nx), (wxy * weight_den)[inside])
+                    mirrored = (ny > 0) & (nx > 0)       # node j's mirror is G − j
+                    at = (size - ny[mirrored], size - nx[mirrored])
+                    np.add.at(num[k], at, np.conj(wxy * value)[inside][mirrored])
+                    np.add.at(den[k], at, (wxy * weight_den)[inside][mirrored])
 
 
 def oracle_noise(grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha,
@@ -211,7 +212,7 @@ def test_reduction_matches_oracle_on_exact_scores():
 
 def test_backproject_matches_oracle():
     rng = np.random.default_rng(5)
-    freqs = FrequencySet.within(10, 4.5)
+    freqs = FrequencySet.within(10, 5.0)      # to Nyquist: footprints reach the grid's edge
     _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
     x, ctf, alpha = random_particles(rng, 5, freqs.size)
     inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)

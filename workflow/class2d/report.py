@@ -28,8 +28,12 @@ def gallery(images: np.ndarray, labels: list[str], path: str | os.PathLike,
     count = max(1, images.shape[0])
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows + 0.4),
-                             squeeze=False)
+    height = 1.8 * rows + 0.6          # inches; the top 0.6 for the title and first labels
+    # a fixed layout: tight_layout measured every title and took longer than the drawing
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, height), squeeze=False,
+                             gridspec_kw={"left": 0.01, "right": 0.99, "bottom": 0.01,
+                                          "top": 1.0 - 0.6 / height, "wspace": 0.05,
+                                          "hspace": 0.25})
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, label in zip(axes.flat, images, labels):
@@ -37,8 +41,7 @@ def gallery(images: np.ndarray, labels: list[str], path: str | os.PathLike,
         ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
         ax.set_title(label, fontsize=7)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=9, y=1.0 - 0.1 / height, va="top")
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)

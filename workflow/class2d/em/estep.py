@@ -67,6 +67,8 @@ class BatchScores:
     top_s, top_i: (N, K, P) best poses per class;  lse: (N, K);  nsig: (N, K)
     refine: (N, K, 3) sub-step offsets of each class's best pose;  ratio: (N, K)
     gamma: (N, K) class posteriors;  loglik: (N,) untempered best score over classes
+    flops: floating-point operations of the products actually done (4F per particle,
+    class and pose, prepass included)
     """
 
     top_s: np.ndarray
@@ -77,6 +79,7 @@ class BatchScores:
     ratio: np.ndarray
     gamma: np.ndarray
     loglik: np.ndarray
+    flops: float = 0.0
 
     @property
     def best_class(self) -> np.ndarray:
@@ -89,8 +92,8 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
     """Score a batch against all classes; class posteriors from max (force_max) or marginal.
 
     With ``prepass`` (positions in ``data.freqs`` of the coefficients within half the
-    alignment radius), every class is first scored on those alone, at every other rotation
-    (the angular step suited to half the resolution), and a class is scored at full
+    alignment radius), every class is first scored on those alone, on the pose grid suited
+    to half the resolution (``poses.coarser()``), and a class is scored at full
     resolution only for
     the particles whose low-resolution log-evidence for it is within ``margin`` (tempered
     log units) of their best class's; the others get posterior 0, as RELION's coarse pass
@@ -98,19 +101,22 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
     """
     n, k_count = data.x.shape[0], grids.shape[0]
     candidates = np.ones((n, k_count), bool)
+    flops = 0.0
     if prepass is not None and k_count > 1:
-        coarse_poses = dataclasses.replace(poses, psi=np.ascontiguousarray(poses.psi[::2]))
+        coarse_poses = poses.coarser()
         coarse = _score_classes(backend, data.subset(prepass, data.freqs.subset(prepass)),
                                 grids, coarse_poses, inv_temp, 1, candidates)
         evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior[None, :]
         candidates = evidence >= evidence.max(axis=1, keepdims=True) - margin
+        flops += n * k_count * coarse_poses.size * 4.0 * prepass.size
     fields = _score_classes(backend, data, grids, poses, inv_temp, n_top, candidates)
+    flops += candidates.sum() * poses.size * 4.0 * data.freqs.size
     logp = _evidence(fields[0], fields[2], force_max, poses) + log_prior[None, :]
     logp -= logp.max(axis=1, keepdims=True)
     gamma = np.exp(logp)
     gamma /= gamma.sum(axis=1, keepdims=True)
     loglik = fields[0][:, :, 0].max(axis=1) / inv_temp
-    return BatchScores(*fields, gamma=gamma, loglik=loglik)
+    return BatchScores(*fields, gamma=gamma, loglik=loglik, flops=float(flops))
 
 
 def _evidence(top_s: np.ndarray, lse: np.ndarray, force_max: bool, poses: PoseGrid) -> np.ndarray:

@@ -83,6 +83,12 @@ class PoseGrid:
         return cls(psi=np.deg2rad(np.arange(n_rot) * 360.0 / n_rot).astype(np.float32),
                    side=side, step_px=step_px)
 
+    def coarser(self) -> "PoseGrid":
+        """Every other rotation and a shift grid of twice the step over the same range: the
+        grid suited to half the resolution."""
+        return PoseGrid(psi=np.ascontiguousarray(self.psi[::2]), side=(self.side + 1) // 2,
+                        step_px=2 * self.step_px)
+
     @property
     def psi_step(self) -> float:
         return 2 * np.pi / self.psi.size

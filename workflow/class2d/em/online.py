@@ -238,7 +238,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
             scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
                                  force_max, ctx.prepass, params.class_prune_margin)
             e_seconds += time.perf_counter() - tic
-            flops += chunk.size * state.n_classes * poses.size * 4.0 * ctx.align.size
+            flops += scores.flops
             entries = select_entries(scores, poses, hard=hard)
             total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
                                        (chunk % 2).astype(np.int64))

@@ -138,9 +138,10 @@ def _shift_table(t, box, table, middle):
 @numba.njit(parallel=True, cache=True)
 def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
                 X, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert weighted particles into class sums (bilinear, with Hermitian mirrors).
+    """Insert weighted particles into class sums (bilinear), without the Hermitian mirrors
+    (``backproject`` adds those to the sums afterwards, node by node).
 
-    num: (K, G, G) complex128 += w·α·CTF·X·exp(+2πi f·t/d)/σ² at R(−ψ) f (and conj at −);
+    num: (K, G, G) complex128 += w·α·CTF·X·exp(+2πi f·t/d)/σ² at R(−ψ) f;
     den: (K, G, G) float64 += w·α²·CTF²/σ² likewise.
     offsets: (K+1,) entries of class k are offsets[k]:offsets[k+1] (sorted by class)
     rows: (E,) int, particle row in X/ctf/alpha;  psi, tx, ty, weight: (E,) pose and weight
@@ -168,24 +169,18 @@ def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
             _shift_table(ty[e], box, ey, reach)
             for f in range(n_freq):
                 g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
-                shift = ex[reach + int(fx[f])] * ey[reach + int(fy[f])]
-                val = g * a * X[i, f] * shift
+                val = g * a * X[i, f] * ex[reach + int(fx[f])] * ey[reach + int(fy[f])]
                 wden = g * a * a * ctf[i, f]
                 y, x = _coords(fx[f], fy[f], c, s, pad, center)
-                for mirror in range(2):
-                    if mirror == 1:
-                        y = 2.0 * center - y
-                        x = 2.0 * center - x
-                        val = val.conjugate()
-                    y0, x0, dy, dx = _corner(y, x, size)
-                    if y0 < 0:
-                        continue
-                    for oy in range(2):
-                        wy = dy if oy else 1.0 - dy
-                        for ox in range(2):
-                            wxy = wy * (dx if ox else 1.0 - dx)
-                            num[k, y0 + oy, x0 + ox] += wxy * val
-                            den[k, y0 + oy, x0 + ox] += wxy * wden
+                y0, x0, dy, dx = _corner(y, x, size)
+                if y0 < 0:
+                    continue
+                for oy in range(2):
+                    wy = dy if oy else 1.0 - dy
+                    for ox in range(2):
+                        wxy = wy * (dx if ox else 1.0 - dx)
+                        num[k, y0 + oy, x0 + ox] += wxy * val
+                        den[k, y0 + oy, x0 + ox] += wxy * wden
 
 
 @numba.njit(parallel=True, cache=True)
@@ -276,12 +271,22 @@ def rotate_references(grids, fx, fy, psi, pad):
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,
                 x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert entries into ``num`` and ``den`` in place (see ``_backproject_kernel``).
+    """Insert entries into ``num`` and ``den`` in place, each node's value also at its
+    Hermitian mirror (node j ↔ G − j; row and column 0 have none on the grid).
 
-    Classes are dealt to threads one at a time, as their entry counts differ widely."""
+    The kernel inserts half-plane frequencies only, dealing classes to threads one at a
+    time (their entry counts differ widely); the mirrors are added here, in one pass."""
+    half_num = _buffer("num", num.shape, np.complex128)
+    half_den = _buffer("den", den.shape, np.float64)
+    half_num.fill(0)
+    half_den.fill(0)
     with numba.parallel_chunksize(1):
-        _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
+        _backproject_kernel(half_num, half_den, offsets, rows, psi, tx, ty, weight,
                             x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+    num += half_num
+    den += half_den
+    num[:, 1:, 1:] += np.conj(half_num[:, :0:-1, :0:-1])
+    den[:, 1:, 1:] += half_den[:, :0:-1, :0:-1]
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,

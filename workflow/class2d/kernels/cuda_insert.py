@@ -38,7 +38,8 @@ def _rotate_kernel(grids, fx, fy, psi, pad, out):
 @cuda.jit
 def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                         spectra, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Atomic bilinear insertion of (entry, frequency) pairs, with Hermitian mirrors.
+    """Atomic bilinear insertion of (entry, frequency) pairs; every node's value also at its
+    Hermitian mirror, node j ↔ G − j (as ``cpu.backproject``).
 
     num: (K, G, 2G) float64, the complex128 sums viewed as [re, im] pairs;  den: (K, G, G)
     entry_class: (E,) class of each entry in num/den;  rows: (E,) row in spectra/ctf/alpha
@@ -57,21 +58,25 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
         val = g * a * spectra[i, f] * complex(math.cos(ang), math.sin(ang))
         wden = g * a * a * ctf[i, f]
         y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
-        for mirror in range(2):
-            if mirror == 1:
-                y = 2.0 * center - y
-                x = 2.0 * center - x
-                val = val.conjugate()
-            y0, x0, dy, dx = corner(y, x, size)
-            if y0 < 0:
-                continue
-            for oy in range(2):
-                wy = dy if oy else 1.0 - dy
-                for ox in range(2):
-                    wxy = wy * (dx if ox else 1.0 - dx)
-                    cuda.atomic.add(num, (k, y0 + oy, 2 * (x0 + ox)), wxy * val.real)
-                    cuda.atomic.add(num, (k, y0 + oy, 2 * (x0 + ox) + 1), wxy * val.imag)
-                    cuda.atomic.add(den, (k, y0 + oy, x0 + ox), wxy * wden)
+        y0, x0, dy, dx = corner(y, x, size)
+        if y0 < 0:
+            continue
+        for oy in range(2):
+            wy = dy if oy else 1.0 - dy
+            for ox in range(2):
+                wxy = wy * (dx if ox else 1.0 - dx)
+                ny = y0 + oy
+                nx = x0 + ox
+                for mirror in range(2):
+                    if mirror == 1:          # node j's Hermitian mirror is G − j (none for 0)
+                        if ny == 0 or nx == 0:
+                            break
+                        ny = size - ny
+                        nx = size - nx
+                    im = wxy * val.imag if mirror == 0 else -wxy * val.imag
+                    cuda.atomic.add(num, (k, ny, 2 * nx), wxy * val.real)
+                    cuda.atomic.add(num, (k, ny, 2 * nx + 1), im)
+                    cuda.atomic.add(den, (k, ny, nx), wxy * wden)
 
 
 @cuda.jit
