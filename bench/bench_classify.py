@@ -54,7 +54,8 @@ def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float,
     RELION resolves image names against its working directory: it runs in the STAR's."""
     out = os.path.abspath(os.path.join(work, "relion", "run"))
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    cmd = ["relion_refine", "--i", os.path.basename(star), "--o", out, "--K", str(n_classes), "--iter", "25",
+    cmd = ["relion_refine", "--i", os.path.basename(star), "--o", out, "--K", str(n_classes),
+           "--iter", "25",
            "--tau2_fudge", "2", "--particle_diameter", str(CLASSIFY["mask_diameter_A"]),
            "--ctf", "--flatten_solvent", "--zero_mask", "--oversampling", "1",
            "--psi_step", "12", "--offset_range", "5", "--offset_step", "2", "--norm", "--scale",
@@ -100,7 +101,8 @@ def main() -> None:
         dense = sum(row["particles"] * row["local_poses"] * 4.0 * row["frequencies"]
                     for row in history) * CLASSIFY["n_classes"]
         print(f"particles {args.particles}, classes {CLASSIFY['n_classes']}, iterations "
-              f"{len(history)}, particle-poses (all classes, local search) {poses * CLASSIFY['n_classes']:.3g}")
+              f"{len(history)}, particle-poses (all classes, local search) "
+              f"{poses * CLASSIFY['n_classes']:.3g}")
         print(f"E-step products done {flops / 1e12:.2f} TFLOP (prepass + candidate classes; "
               f"scoring every class would be ≈ {dense / 1e12:.2f} TFLOP) in {e_seconds:.1f} s: "
               f"{rate:.1f} GFLOP/s = {rate / peak:.0%} of the measured peak; "

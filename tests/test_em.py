@@ -59,6 +59,37 @@ def test_scoring_finds_class_rotation_and_subpixel_shift(references):
         assert (tx, ty) == (pytest.approx(shifts[i, 0], abs=0.15), pytest.approx(shifts[i, 1], abs=0.15))
 
 
+def test_class_pruning_prepass_keeps_the_posteriors(references):
+    """Noisy particles (SNR 0.1) of four classes: scoring the full resolution only for the
+    classes a low-resolution prepass keeps gives the posteriors of scoring every class, to
+    1e-4, while most (particle, class) pairs are skipped."""
+    freqs = FrequencySet.within(BOX, 20)
+    rng = np.random.default_rng(3)
+    n = 24
+    classes = np.arange(n) % 4
+    psi = rng.uniform(0, 2 * np.pi, n)
+    shifts = rng.uniform(-2, 2, (n, 2))
+    spectra, ctf = particles(references, classes, psi, shifts, freqs)
+    noise = rng.standard_normal(spectra.shape) + 1j * rng.standard_normal(spectra.shape)
+    power = np.mean(np.abs(spectra[:, freqs.iy, freqs.ix]) ** 2)
+    spectra = (spectra + np.sqrt(5 * power) * noise).astype(np.complex64)      # SNR 0.1
+    sigma2 = np.full(25, 10 * power)
+    data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, sigma2, 2.0)
+    data.ctf[:] = 1.0
+    poses = PoseGrid.make(10.0, 5, 1.0)
+    grids = mstep.reference_grids(references, PAD)
+    prepass = np.flatnonzero(freqs.radius <= 10)
+    every = score_batch(cpu, data, grids, poses, np.zeros(4), 1.0, 4, False)
+    pruned = score_batch(cpu, data, grids, poses, np.zeros(4), 1.0, 4, False, prepass, 20.0)
+    np.testing.assert_allclose(pruned.gamma, every.gamma, atol=1e-4)
+    np.testing.assert_array_equal(pruned.best_class, classes)
+    scored = pruned.top_i[:, :, 0] >= 0
+    assert scored.sum() < 0.5 * scored.size
+    assert np.all(pruned.gamma[~scored] == 0)
+    dense = n * 4 * poses.size * 4.0 * freqs.size
+    assert every.flops == dense and pruned.flops < 0.5 * dense
+
+
 def test_back_insertion_at_the_true_poses_rebuilds_the_class(references):
     freqs = FrequencySet.within(BOX, BOX / 2)
     rng = np.random.default_rng(0)

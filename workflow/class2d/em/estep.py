@@ -1,11 +1,15 @@
-"""E-step of one batch: score every class at every pose, reduce, and pick what the M-step inserts.
+"""E-step of one batch: score the classes at every pose, reduce, and pick what the M-step inserts.
 
     >>> data = BatchData.build(images, ctf_params, alpha, freqs, sigma2, apix)
-    >>> scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top)
-    >>> entries = select_entries(scores, poses, force_max=True, hard=False)
+    >>> scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
+    ...                      force_max=False, prepass=low_index, margin=20.0)
+    >>> entries = select_entries(scores, poses, hard=False)
 
 Scores are ℓ = 2α·Σ Re(conj(P)·M) − α²·Σ CTF²|A_rot|²/σ² with P = w·CTF·X/σ² and
-M = A(R(−ψ)f)·exp(−2πi f·t/d): two GEMM-shaped products per class (DESIGN §3).
+M = A(R(−ψ)f)·exp(−2πi f·t/d): two GEMM-shaped products per class (DESIGN §3).  A
+prepass at half the alignment radius, on the coarser pose grid, scores every class; the
+full-resolution products then run only for each particle's candidate classes (those
+within ``margin`` of its best), which late in a run is 2 of 20.
 """
 
 from __future__ import annotations
@@ -134,7 +138,8 @@ def _score_classes(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
                                      grids.shape[-1] // data.freqs.box)
     phase = data.freqs.phases(poses.shifts)
     fields = [np.full((n, k_count, n_top), -np.inf, np.float32),
-              np.full((n, k_count, n_top), -1, np.int64), np.full((n, k_count), -np.inf, np.float32),
+              np.full((n, k_count, n_top), -1, np.int64),
+              np.full((n, k_count), -np.inf, np.float32),
               np.zeros((n, k_count), np.int32), np.zeros((n, k_count, 3), np.float32),
               np.ones((n, k_count), np.float32)]
     every = np.arange(n)
