@@ -97,11 +97,10 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
 
     With ``prepass`` (positions in ``data.freqs`` of the coefficients within half the
     alignment radius), every class is first scored on those alone, on the pose grid suited
-    to half the resolution (``poses.coarser()``), and a class is scored at full
-    resolution only for
-    the particles whose low-resolution log-evidence for it is within ``margin`` (tempered
-    log units) of their best class's; the others get posterior 0, as RELION's coarse pass
-    and CryoSPARC's branch-and-bound skip hopeless classes.
+    to half the resolution (``poses.coarser()``), and a class is scored at full resolution
+    only for the particles whose low-resolution log-evidence for it is within ``margin``
+    (tempered log units) of their best class's; the others get posterior 0, as RELION's
+    coarse pass and CryoSPARC's branch-and-bound skip hopeless classes.
     """
     n, k_count = data.x.shape[0], grids.shape[0]
     candidates = np.ones((n, k_count), bool)
