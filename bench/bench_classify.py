@@ -1,6 +1,6 @@
 """End-to-end CPU benchmark: 3,000 particles of 64 px (16 objects + junk) into 20 classes.
 
-    python bench/bench_classify.py [--particles 3000] [--relion]
+    python bench/bench_classify.py [--particles 3000] [--exhaustive] [--relion]
 
 Prints the work done (particles, classes, poses searched, FLOPs), the seconds of
 prepare and classify, the achieved E-step GFLOP/s and its ratio to the float32 matmul
@@ -69,6 +69,8 @@ def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=3000)
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="score every class at every pose (class_prune_margin 0)")
     parser.add_argument("--relion", action="store_true", help="also time relion_refine")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -84,7 +86,8 @@ def main() -> None:
         prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"])
         t_prepare = time.perf_counter() - tic
         tic = time.perf_counter()
-        classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), CLASSIFY,
+        config = {**CLASSIFY, "class_prune_margin": 0.0} if args.exhaustive else CLASSIFY
+        classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
                      backend="cpu")
         t_classify = time.perf_counter() - tic
         last = sorted(d for d in os.listdir(os.path.join(work, "classify")) if d.startswith("iter_"))[-1]
