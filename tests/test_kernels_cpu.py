@@ -13,7 +13,7 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
-from kernel_inputs import random_complex, random_entries, random_particles
+from kernel_inputs import backproject_inputs, random_complex, random_entries, random_particles
 
 SIG_LOG = np.float32(np.log(1000.0))
 RTOL = 1e-4
@@ -211,16 +211,8 @@ def test_reduction_matches_oracle_on_exact_scores():
 
 
 def test_backproject_matches_oracle():
-    rng = np.random.default_rng(5)
-    freqs = FrequencySet.within(10, 5.0)      # to Nyquist: footprints reach the grid's edge
-    _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
-    x, ctf, alpha = random_particles(rng, 5, freqs.size)
-    inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
-    num = random_complex(rng, (4, 20, 20)).astype(np.complex128)
-    den = rng.uniform(0, 1, (4, 20, 20))
+    num, den, args, _ = backproject_inputs(np.random.default_rng(5))
     want_num, want_den = num.copy(), den.copy()
-    args = (offsets, rows, psi, tx, ty, weight, x, ctf, alpha, inv_sigma2,
-            freqs.fx, freqs.fy, freqs.wf, 2, freqs.box)
     cpu.backproject(num, den, *args)
     oracle_backproject(want_num, want_den, *args)
     _close(num, want_num)

@@ -22,7 +22,7 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
-from kernel_inputs import random_complex, random_entries, random_particles
+from kernel_inputs import backproject_inputs, random_complex, random_entries, random_particles
 
 SIG_LOG = np.float32(np.log(1000.0))
 #: the brief's tolerance: relative error in float32
@@ -235,20 +235,12 @@ def test_cuda_rotate_references_matches_cpu(tiny, monkeypatch, chunked):
 
 @pytest.mark.parametrize("chunked", [False, True])
 def test_cuda_backproject_matches_cpu(tiny, monkeypatch, chunked):
-    rng = np.random.default_rng([5, chunked])
-    freqs = _freqs(r_max=5.0)                 # to Nyquist: footprints reach the grid's edge
-    _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
-    x, ctf, alpha = random_particles(rng, 5, freqs.size)
-    inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
-    num = random_complex(rng, (4, 20, 20)).astype(np.complex128)
-    den = rng.uniform(0, 1, (4, 20, 20))
+    num, den, args, freqs = backproject_inputs(np.random.default_rng([5, chunked]))
     want_num, want_den = num.copy(), den.copy()
     entry_bytes = 60 + 12 * freqs.size
     if chunked:                                     # one class, then two entries per chunk
         splits = _small_memory(monkeypatch, tiny,
                                20 * 20 * 24 + 16 * freqs.size + entry_bytes, 2 * entry_bytes)
-    args = (offsets, rows, psi, tx, ty, weight, x, ctf, alpha, inv_sigma2,
-            freqs.fx, freqs.fy, freqs.wf, 2, freqs.box)
     tiny.backend.backproject(num, den, *args)
     cpu.backproject(want_num, want_den, *args)
     _close(num, want_num)

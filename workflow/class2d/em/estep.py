@@ -141,9 +141,8 @@ def _score_classes(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
               np.full((n, k_count), -np.inf, np.float32),
               np.zeros((n, k_count), np.int32), np.zeros((n, k_count, 3), np.float32),
               np.ones((n, k_count), np.float32)]
-    every = np.arange(n)
     for k in range(k_count):
-        rows = every if candidates[:, k].all() else np.flatnonzero(candidates[:, k])
+        rows = np.flatnonzero(candidates[:, k])
         if rows.size == 0:
             continue
         whole = rows.size == n

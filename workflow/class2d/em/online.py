@@ -12,6 +12,7 @@ resumed run repeats exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -53,7 +54,6 @@ class PassContext:
     """
 
     stack: PreparedStack
-    ctf_params: object
     align: FrequencySet
     recon: FrequencySet
     align_index: np.ndarray
@@ -61,6 +61,11 @@ class PassContext:
     local: PoseGrid
     n_shells: int
     prepass: np.ndarray | None
+
+    @functools.cached_property
+    def ctf_params(self):
+        """The particles' CTF parameters, read from the STAR file when a pass first needs them."""
+        return self.stack.table().ctf_params()
 
 
 def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
@@ -84,8 +89,7 @@ def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
     prepass = None
     if params.class_prune_margin > 0 and r_pre >= max(PREPASS_MIN_RADIUS, r_min):
         prepass = np.flatnonzero(align.radius <= r_pre)
-    return PassContext(stack=stack, ctf_params=stack.table().ctf_params(),
-                       align=align, recon=recon, align_index=align_index,
+    return PassContext(stack=stack, align=align, recon=recon, align_index=align_index,
                        poses=PoseGrid.make(psi_step, side, step),
                        local=PoseGrid.make(psi_step, local_side, step),
                        n_shells=box // 2 + 1, prepass=prepass)
