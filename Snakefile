@@ -3,6 +3,8 @@
 #   snakemake --cores all --config particles=run_data.star outdir=myrun
 from snakemake.utils import min_version, validate
 
+import class2d  # noqa: F401  sets how idle threads wait, for every job (see its docstring)
+
 min_version("8.0")
 
 

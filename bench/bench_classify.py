@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 
+import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS reads on load
 import numpy as np
 
 from class2d import io

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS reads on load
 import numpy as np
 
 #: FMAs per thread and loop trip of the peak kernel: 8 independent chains × 8 unrolled steps

@@ -59,9 +59,12 @@ class BatchData:
     def products(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_stack (N, 2F) = [Re P | Im P], ctf2 (N, F) = w·CTF²/σ²), float32."""
         g = self.ctf * (self.freqs.wf * self.inv_sigma2)[None, :]
-        p = g * self.x
-        p_stack = np.concatenate([p.real, p.imag], axis=1).astype(np.float32)
-        return p_stack, np.ascontiguousarray(g * self.ctf, np.float32)
+        n_freq = g.shape[1]
+        p_stack = np.empty((g.shape[0], 2 * n_freq), np.float32)
+        np.multiply(g, self.x.real, out=p_stack[:, :n_freq])
+        np.multiply(g, self.x.imag, out=p_stack[:, n_freq:])
+        g *= self.ctf
+        return p_stack, g
 
 
 @dataclasses.dataclass
@@ -104,15 +107,19 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
     """
     n, k_count = data.x.shape[0], grids.shape[0]
     candidates = np.ones((n, k_count), bool)
+    p_stack, ctf2 = data.products()
     flops = 0.0
     if prepass is not None and k_count > 1:
         coarse_poses = poses.coarser()
-        coarse = _score_classes(backend, data.subset(prepass, data.freqs.subset(prepass)),
-                                grids, coarse_poses, inv_temp, 1, candidates)
+        columns = np.concatenate([prepass, prepass + data.freqs.size])
+        coarse = _score_classes(backend, p_stack[:, columns], ctf2[:, prepass], data.alpha,
+                                data.freqs.subset(prepass), grids, coarse_poses, inv_temp, 1,
+                                candidates)
         evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior[None, :]
         candidates = evidence >= evidence.max(axis=1, keepdims=True) - margin
         flops += n * k_count * coarse_poses.size * 4.0 * prepass.size
-    fields = _score_classes(backend, data, grids, poses, inv_temp, n_top, candidates)
+    fields = _score_classes(backend, p_stack, ctf2, data.alpha, data.freqs, grids, poses,
+                            inv_temp, n_top, candidates)
     flops += candidates.sum() * poses.size * 4.0 * data.freqs.size
     logp = _evidence(fields[0], fields[2], force_max, poses) + log_prior[None, :]
     logp -= logp.max(axis=1, keepdims=True)
@@ -127,15 +134,16 @@ def _evidence(top_s: np.ndarray, lse: np.ndarray, force_max: bool, poses: PoseGr
     return (top_s[:, :, 0] if force_max else lse - np.log(poses.size)).astype(np.float64)
 
 
-def _score_classes(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
-                   inv_temp: float, n_top: int, candidates: np.ndarray) -> list[np.ndarray]:
-    """Per class, score the particles where ``candidates`` (N, K) is true: the fields of
-    BatchScores up to ``ratio``; other particles get score −inf and pose −1."""
+def _score_classes(backend, p_stack: np.ndarray, ctf2: np.ndarray, alpha: np.ndarray,
+                   freqs: FrequencySet, grids: np.ndarray, poses: PoseGrid, inv_temp: float,
+                   n_top: int, candidates: np.ndarray) -> list[np.ndarray]:
+    """Per class, score the particles where ``candidates`` (N, K) is true, from the
+    products of ``BatchData.products`` on ``freqs``: the fields of BatchScores up to
+    ``ratio``; other particles get score −inf and pose −1."""
     n, k_count = candidates.shape
-    p_stack, ctf2 = data.products()
-    arot = backend.rotate_references(grids, data.freqs.fx, data.freqs.fy, poses.psi,
-                                     grids.shape[-1] // data.freqs.box)
-    phase = data.freqs.phases(poses.shifts)
+    arot = backend.rotate_references(grids, freqs.fx, freqs.fy, poses.psi,
+                                     grids.shape[-1] // freqs.box)
+    phase = freqs.phases(poses.shifts)
     fields = [np.full((n, k_count, n_top), -np.inf, np.float32),
               np.full((n, k_count, n_top), -1, np.int64),
               np.full((n, k_count), -np.inf, np.float32),
@@ -148,7 +156,7 @@ def _score_classes(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
         whole = rows.size == n
         result = backend.score_class(p_stack if whole else p_stack[rows],
                                      ctf2 if whole else ctf2[rows], arot[k], phase,
-                                     data.alpha if whole else data.alpha[rows], inv_temp,
+                                     alpha if whole else alpha[rows], inv_temp,
                                      poses.side, SIG_LOG, n_top)
         for field, value in zip(fields, result):
             field[rows, k] = value
