@@ -163,23 +163,27 @@ def test_rotation_by_zero_samples_the_grid_itself():
 
 
 @pytest.mark.parametrize("inv_temp, n_top", [(1.0, 4), (0.05, 1)])
-def test_score_class_matches_oracle(inv_temp, n_top):
+def test_score_classes_matches_oracle(monkeypatch, inv_temp, n_top):
+    """Three classes in groups of two per matrix product (GROUP_BYTES made small)."""
     rng = np.random.default_rng([3, n_top])
     n, n_freq, n_rot, side = 9, 11, 4, 3
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 2 * 4 * 2 * n_freq * n_rot * side * side)
     p_stack = rng.standard_normal((n, 2 * n_freq)).astype(np.float32)
     ctf2 = rng.uniform(0.1, 1.0, (n, n_freq)).astype(np.float32)
-    arot = random_complex(rng, (n_rot, n_freq))
+    arot = random_complex(rng, (3, n_rot, n_freq))
     phase = np.exp(1j * rng.uniform(0, 2 * np.pi, (side * side, n_freq))).astype(np.complex64)
     alpha = rng.uniform(0.5, 1.5, n).astype(np.float32)
-    got = cpu.score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, SIG_LOG, n_top)
-    scores, cross, norm = oracle_scores(p_stack, ctf2, arot, phase, alpha, inv_temp)
-    want = oracle_reduce(scores, cross, norm, side, SIG_LOG, n_top)
-    _close(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])       # no near-ties in these scores
-    _close(got[2], want[2])
-    np.testing.assert_array_equal(got[3], want[3])
-    np.testing.assert_allclose(got[4], want[4], atol=RTOL)
-    _close(got[5], want[5])
+    got = cpu.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, SIG_LOG, n_top)
+    assert [value.shape[:2] for value in got] == [(n, 3)] * 6
+    for k in range(3):
+        scores, cross, norm = oracle_scores(p_stack, ctf2, arot[k], phase, alpha, inv_temp)
+        want = oracle_reduce(scores, cross, norm, side, SIG_LOG, n_top)
+        _close(got[0][:, k], want[0])
+        np.testing.assert_array_equal(got[1][:, k], want[1])       # no near-ties here
+        _close(got[2][:, k], want[2])
+        np.testing.assert_array_equal(got[3][:, k], want[3])
+        np.testing.assert_allclose(got[4][:, k], want[4], atol=RTOL)
+        _close(got[5][:, k], want[5])
 
 
 def test_reduction_matches_oracle_on_exact_scores():
@@ -191,10 +195,12 @@ def test_reduction_matches_oracle_on_exact_scores():
         cross = rng.integers(-6, 7, (n, n_rot * side * side)).astype(np.float32)
         norm = rng.integers(0, 4, (n, n_rot)).astype(np.float32)
         alpha = np.ones(n, np.float32)
-        out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),
-               np.empty(n, np.float32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
-               np.empty(n, np.float32))
-        cpu._reduce_kernel(cross, norm, alpha, np.float32(1.0), side, SIG_LOG, *out)
+        out = (np.empty((n, 1, n_top), np.float32), np.empty((n, 1, n_top), np.int64),
+               np.empty((n, 1), np.float32), np.empty((n, 1), np.int32),
+               np.empty((n, 1, 3), np.float32), np.empty((n, 1), np.float32))
+        cpu._reduce_kernel(cross[:, None], norm[:, None], alpha, np.float32(1.0), side, SIG_LOG,
+                           0, *out)
+        out = [value[:, 0] for value in out]
         scores = 2.0 * cross - np.repeat(norm, side * side, axis=1)
         want = oracle_reduce(scores, cross.astype(np.float64), norm.astype(np.float64), side,
                              SIG_LOG, n_top)

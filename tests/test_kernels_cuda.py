@@ -49,6 +49,42 @@ def _restore(gone: dict) -> None:
             setattr(sys.modules[parent], child, module)
 
 
+def _atomic_shared_arrays():
+    """Make the simulator's shared-array get-or-create atomic; returns the original method.
+
+    numba's FakeCUDAShared.array (numba/cuda/simulator/kernelapi.py) looks an allocation up
+    by (file, line) and, if absent, creates it with np.empty and stores it: an unlocked
+    check-then-set.  A thread switch between the two (likelier under setswitchinterval(1e-4))
+    lets two threads of the first block create different arrays: each then misses the
+    other's writes and reads np.empty garbage, e.g. the −inf of a padded pose in ``ss``
+    (partials), or a pose index in ``poses`` (merge).  Same lookup key, under a lock.
+    """
+    import threading
+
+    from numba.core import types as nb_types
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    original = kernelapi.FakeCUDAShared.array
+    lock = threading.Lock()
+
+    def array(self, shape, dtype):
+        if shape == 0:                          # dynamic shared memory: one buffer, no race
+            return original(self, shape, dtype)
+        if isinstance(dtype, nb_types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = sys._getframe(1)
+        key = (caller.f_code.co_filename, caller.f_lineno)
+        with lock:
+            res = self._allocations.get(key)
+            if res is None:
+                res = self._allocations[key] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+    return original
+
+
 @contextlib.contextmanager
 def _cuda_modules():
     """class2d's CUDA modules on the GPU, or on the simulator where there is none."""
@@ -63,14 +99,20 @@ def _cuda_modules():
         saved = _forget(prefixes)
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
         config.reload_config()
+    shared_array = None
     if config.ENABLE_CUDASIM:
         sys.setswitchinterval(1e-4)   # the simulator polls its threads; this makes it ~4× faster
     try:
         from class2d.kernels import cuda as backend, cuda_device, cuda_insert, cuda_score
+        if config.ENABLE_CUDASIM:
+            shared_array = _atomic_shared_arrays()
         yield types.SimpleNamespace(backend=backend, device=cuda_device, insert=cuda_insert,
                                     score=cuda_score)
     finally:
         sys.setswitchinterval(switch)
+        if shared_array is not None:
+            from numba.cuda.simulator import kernelapi
+            kernelapi.FakeCUDAShared.array = shared_array
         if simulate:
             _forget(prefixes)
             _restore(saved)
@@ -138,6 +180,14 @@ def _score_inputs(rng, n, n_freq, n_rot, side):
     return p_stack, ctf2, arot, phase, alpha
 
 
+def _one_class(backend, inputs, inv_temp, side, n_top):
+    """``backend.score_classes`` on the one class of ``inputs``, without the class axis."""
+    p_stack, ctf2, arot, phase, alpha = inputs
+    out = backend.score_classes(p_stack, ctf2, arot[None], phase, alpha, inv_temp, side, SIG_LOG,
+                                n_top)
+    return tuple(value[:, 0] for value in out)
+
+
 def _all_scores(p_stack, ctf2, arot, phase, alpha, inv_temp):
     """(N, R·T) float64 scores of every pose, for judging near-ties."""
     n_freq = arot.shape[1]
@@ -183,8 +233,8 @@ def test_cuda_score_class_matches_cpu(tiny, monkeypatch, inv_temp, n_top, chunke
 
     monkeypatch.setattr(tiny.score, "recount_blocks", spy)
     splits = _small_memory(monkeypatch, tiny, 4 * 1024) if chunked else []
-    got = tiny.backend.score_class(*inputs, inv_temp, 3, SIG_LOG, n_top)
-    want = cpu.score_class(*inputs, inv_temp, 3, SIG_LOG, n_top)
+    got = _one_class(tiny.backend, inputs, inv_temp, 3, n_top)
+    want = _one_class(cpu, inputs, inv_temp, 3, n_top)
     assert [a.dtype for a in got] == [a.dtype for a in want]
     assert [a.shape for a in got] == [a.shape for a in want]
     _assert_same_reduction(got, want, _all_scores(*inputs, inv_temp))
@@ -197,8 +247,8 @@ def test_cuda_score_class_matches_cpu(tiny, monkeypatch, inv_temp, n_top, chunke
 def test_cuda_score_class_fewer_poses_than_n_top(tiny):
     rng = np.random.default_rng(11)
     inputs = _score_inputs(rng, n=5, n_freq=4, n_rot=2, side=1)       # 2 poses, no neighbours
-    got = tiny.backend.score_class(*inputs, 1.0, 1, SIG_LOG, 3)
-    want = cpu.score_class(*inputs, 1.0, 1, SIG_LOG, 3)
+    got = _one_class(tiny.backend, inputs, 1.0, 1, 3)
+    want = _one_class(cpu, inputs, 1.0, 1, 3)
     np.testing.assert_array_equal(got[1][:, 2], -1)
     np.testing.assert_array_equal(got[4], 0.0)
     _assert_same_reduction(got, want, _all_scores(*inputs, 1.0))
@@ -273,7 +323,7 @@ def test_cuda_device_memory_too_small_raises(tiny, monkeypatch):
     _small_memory(monkeypatch, tiny, 100)
     rng = np.random.default_rng(1)
     with pytest.raises(MemoryError, match="too little free memory"):
-        tiny.backend.score_class(*_score_inputs(rng, 3, 5, 2, 1), 1.0, 1, SIG_LOG, 1)
+        _one_class(tiny.backend, _score_inputs(rng, 3, 5, 2, 1), 1.0, 1, 1)
 
 
 def test_get_backend_cuda_raises_and_auto_falls_back_without_gpu():

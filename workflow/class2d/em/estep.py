@@ -144,6 +144,9 @@ def _score_classes(backend, p_stack: np.ndarray, ctf2: np.ndarray, alpha: np.nda
     arot = backend.rotate_references(grids, freqs.fx, freqs.fy, poses.psi,
                                      grids.shape[-1] // freqs.box)
     phase = freqs.phases(poses.shifts)
+    if candidates.all():                 # every class shares each matrix product
+        return list(backend.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp,
+                                          poses.side, SIG_LOG, n_top))
     fields = [np.full((n, k_count, n_top), -np.inf, np.float32),
               np.full((n, k_count, n_top), -1, np.int64),
               np.full((n, k_count), -np.inf, np.float32),
@@ -153,13 +156,10 @@ def _score_classes(backend, p_stack: np.ndarray, ctf2: np.ndarray, alpha: np.nda
         rows = np.flatnonzero(candidates[:, k])
         if rows.size == 0:
             continue
-        whole = rows.size == n
-        result = backend.score_class(p_stack if whole else p_stack[rows],
-                                     ctf2 if whole else ctf2[rows], arot[k], phase,
-                                     alpha if whole else alpha[rows], inv_temp,
-                                     poses.side, SIG_LOG, n_top)
+        result = backend.score_classes(p_stack[rows], ctf2[rows], arot[k:k + 1], phase,
+                                       alpha[rows], inv_temp, poses.side, SIG_LOG, n_top)
         for field, value in zip(fields, result):
-            field[rows, k] = value
+            field[rows, k] = value[:, 0]
     return fields
 
 

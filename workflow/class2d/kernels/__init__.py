@@ -3,7 +3,7 @@
     >>> backend = get_backend("auto")       # the cuda module when a GPU is found, else cpu
     >>> backend.rotate_references(grids, fx, fy, psi, pad)
 
-A backend module provides ``rotate_references``, ``score_class``, ``backproject`` and
+A backend module provides ``rotate_references``, ``score_classes``, ``backproject`` and
 ``noise_residuals`` with the signatures documented in ``class2d.kernels.cpu``.
 """
 

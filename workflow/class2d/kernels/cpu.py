@@ -1,8 +1,8 @@
 """CPU kernels (NumPy BLAS + Numba): the reference implementation every backend matches.
 
     >>> arot = rotate_references(grids, fx, fy, psi, pad)          # (K, R, F) complex64
-    >>> top_s, top_i, lse, nsig, refine, ratio = score_class(p_stack, ctf2, arot[k], phase,
-    ...                                                       alpha, 1.0, side, 6.9, 8)
+    >>> top_s, top_i, lse, nsig, refine, ratio = score_classes(p_stack, ctf2, arot, phase,
+    ...                                                         alpha, 1.0, side, 6.9, 8)
 
 The public functions (no leading underscore) are the backend interface: every one has a twin of the same signature in ``class2d.kernels.cuda``; the
 shapes and meanings are documented once, here.  Scalar maths lives in ``scalar.py``.
@@ -66,77 +66,95 @@ def _score(cross_row, norm_row, q, n_shift, a, inv_temp):
 
 
 @numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
-def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log,
-                  top_s, top_i, lse, nsig, refine, ratio):
-    """Reduce one class's scores over poses, per particle, without keeping them.
+def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log, k0,
+                   top_s, top_i, lse, nsig, refine, ratio):
+    """Reduce the scores of G classes over poses, per particle, without keeping them.
 
-    Score of pose q = r·T + t (T = side², t = iy·side + ix):
-    s = (2α·cross[q] − α²·norm[r]) · inv_temp.
-    cross: (N, R·T) float32, Σ_f Re(conj(P) M);  norm: (N, R) float32
+    Score of pose q = r·T + t of class g (T = side², t = iy·side + ix):
+    s = (2α·cross[g, q] − α²·norm[g, r]) · inv_temp.
+    cross: (N, G, R·T) float32, Σ_f Re(conj(P) M);  norm: (N, G, R) float32
     alpha: (N,) float32 per-particle scale;  inv_temp: 1/τ
     side: shifts per axis;  sig_log: a pose is significant within sig_log of the best
-    outputs — top_s, top_i: (N, P) best scores and pose indices, best first;
-    lse: (N,) log Σ exp(s);  nsig: (N,) significant poses;
-    refine: (N, 3) sub-step offsets (rotation, x, y) of the best pose from parabolas;
-    ratio: (N,) cross/norm at the best pose (the least-squares scale there)
+    k0: class g's outputs go to class k0 + g of the output arrays —
+    top_s, top_i: (N, K, P) best scores and pose indices, best first;
+    lse: (N, K) log Σ exp(s);  nsig: (N, K) significant poses;
+    refine: (N, K, 3) sub-step offsets (rotation, x, y) of the best pose from parabolas;
+    ratio: (N, K) cross/norm at the best pose (the least-squares scale there)
     """
-    n, n_pose = cross.shape
+    n, n_group = cross.shape[:2]
+    for ig in numba.prange(n * n_group):
+        i = ig // n_group
+        g = ig % n_group
+        k = k0 + g
+        _reduce_row(cross[i, g], norm[i, g], alpha[i], inv_temp, side, sig_log, top_s[i, k],
+                    top_i[i, k], lse[i], nsig[i], refine[i, k], ratio[i], k)
+
+
+@numba.njit(fastmath={"reassoc", "contract"}, cache=True)
+def _reduce_row(cross, norm, a, inv_temp, side, sig_log, top_s, top_i, lse, nsig, refine,
+                ratio, k):
+    """One particle and class of ``_reduce_kernel``: cross (R·T,), norm (R,); writes
+    top_s, top_i (P,), refine (3,) and lse[k], nsig[k], ratio[k].  The scores go to a
+    buffer first, so that the passes over them are flat loops, which vectorize."""
     n_shift = side * side
-    n_rot = n_pose // n_shift
-    n_top = top_s.shape[1]
-    for i in numba.prange(n):
-        a = alpha[i]
-        for j in range(n_top):
-            top_s[i, j] = -np.inf
-            top_i[i, j] = -1
-        floor = -np.inf          # the n_top-th best so far, kept in a register
-        for r in range(n_rot):
-            norm_term = a * a * norm[i, r]
-            for q in range(r * n_shift, (r + 1) * n_shift):
-                s = (2.0 * a * cross[i, q] - norm_term) * inv_temp
-                if s > floor:
-                    j = n_top - 1
-                    while j > 0 and top_s[i, j - 1] < s:
-                        top_s[i, j] = top_s[i, j - 1]
-                        top_i[i, j] = top_i[i, j - 1]
-                        j -= 1
-                    top_s[i, j] = s
-                    top_i[i, j] = q
-                    floor = top_s[i, n_top - 1]
-        best = top_s[i, 0]
-        c1 = 2.0 * a * inv_temp
-        total = 0.0
-        count = 0
-        for r in range(n_rot):          # branch-free, so the inner loop runs in SIMD lanes
-            base = a * a * norm[i, r] * inv_temp + best
-            for q in range(r * n_shift, (r + 1) * n_shift):
-                x = c1 * cross[i, q] - base
-                total += _exp_negative(x)
-                count += x > -sig_log
-        lse[i] = best + math.log(total)
-        nsig[i] = count
-        qb = top_i[i, 0]
-        r = qb // n_shift
-        t = qb % n_shift
-        iy = t // side
-        ix = t % side
-        refine[i, 0] = 0.0
-        refine[i, 1] = 0.0
-        refine[i, 2] = 0.0
-        if n_rot >= 3:
-            left = ((r + n_rot - 1) % n_rot) * n_shift + t
-            right = ((r + 1) % n_rot) * n_shift + t
-            refine[i, 0] = _parabola(_score(cross[i], norm[i], left, n_shift, a, inv_temp), best,
-                                     _score(cross[i], norm[i], right, n_shift, a, inv_temp))
-        if 0 < ix < side - 1:
-            refine[i, 1] = _parabola(_score(cross[i], norm[i], qb - 1, n_shift, a, inv_temp), best,
-                                     _score(cross[i], norm[i], qb + 1, n_shift, a, inv_temp))
-        if 0 < iy < side - 1:
-            refine[i, 2] = _parabola(
-                _score(cross[i], norm[i], qb - side, n_shift, a, inv_temp), best,
-                _score(cross[i], norm[i], qb + side, n_shift, a, inv_temp))
-        nb = norm[i, r]
-        ratio[i] = cross[i, qb] / nb if nb > 0 else 1.0
+    n_rot = norm.shape[0]
+    n_pose = cross.shape[0]
+    n_top = top_s.shape[0]
+    s = np.empty(n_pose, np.float32)
+    for r in range(n_rot):
+        norm_term = a * a * norm[r]
+        for q in range(r * n_shift, (r + 1) * n_shift):
+            s[q] = norm_term
+    best = np.float32(-np.inf)
+    for q in range(n_pose):
+        value = np.float32((2.0 * a * cross[q] - s[q]) * inv_temp)
+        s[q] = value
+        best = max(best, value)
+    total = 0.0
+    count = 0
+    for q in range(n_pose):
+        x = s[q] - best
+        total += _exp_negative(x)
+        count += x > -sig_log
+    lse[k] = best + math.log(total)
+    nsig[k] = count
+    for j in range(n_top):
+        top_s[j] = -np.inf
+        top_i[j] = -1
+    floor = -np.inf          # the n_top-th best so far, kept in a register
+    for q in range(n_pose):
+        value = s[q]
+        if value > floor:
+            j = n_top - 1
+            while j > 0 and top_s[j - 1] < value:
+                top_s[j] = top_s[j - 1]
+                top_i[j] = top_i[j - 1]
+                j -= 1
+            top_s[j] = value
+            top_i[j] = q
+            floor = top_s[n_top - 1]
+    best = top_s[0]
+    qb = top_i[0]
+    r = qb // n_shift
+    t = qb % n_shift
+    iy = t // side
+    ix = t % side
+    refine[0] = 0.0
+    refine[1] = 0.0
+    refine[2] = 0.0
+    if n_rot >= 3:
+        left = ((r + n_rot - 1) % n_rot) * n_shift + t
+        right = ((r + 1) % n_rot) * n_shift + t
+        refine[0] = _parabola(_score(cross, norm, left, n_shift, a, inv_temp), best,
+                              _score(cross, norm, right, n_shift, a, inv_temp))
+    if 0 < ix < side - 1:
+        refine[1] = _parabola(_score(cross, norm, qb - 1, n_shift, a, inv_temp), best,
+                              _score(cross, norm, qb + 1, n_shift, a, inv_temp))
+    if 0 < iy < side - 1:
+        refine[2] = _parabola(_score(cross, norm, qb - side, n_shift, a, inv_temp), best,
+                              _score(cross, norm, qb + side, n_shift, a, inv_temp))
+    nb = norm[r]
+    ratio[k] = cross[qb] / nb if nb > 0 else 1.0
 
 
 @numba.njit(inline="always", cache=True)
@@ -249,28 +267,40 @@ def _buffer(name: str, shape: tuple, dtype) -> np.ndarray:
     return held[:size].reshape(shape)
 
 
-def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
-    """Score one class at every pose and reduce (BLAS products, then a Numba reduction).
+#: classes share one matrix product while their cross products and their pose matrices
+#: each fit in this many bytes (about the last-level cache)
+GROUP_BYTES = 32 * 2 ** 20
+
+
+def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+    """Score every class at every pose and reduce (BLAS products, then a Numba reduction).
 
     p_stack: (N, 2F) float32, [Re P | Im P] with P = w·CTF·X/σ²
     ctf2: (N, F) float32, w·CTF²/σ²
-    arot: (R, F) complex64, the class at every rotation;  phase: (T, F) complex64
-    returns (top_s (N, P), top_i (N, P), lse (N,), nsig (N,), refine (N, 3), ratio (N,))
+    arot: (K, R, F) complex64, the classes at every rotation;  phase: (T, F) complex64
+    returns (top_s (N, K, P), top_i (N, K, P), lse (N, K), nsig (N, K), refine (N, K, 3),
+    ratio (N, K)); pose q = r·T + t.  Classes go through one product in groups of up to
+    GROUP_BYTES of cross products and of pose matrices.
     """
     n = p_stack.shape[0]
-    n_rot, n_freq = arot.shape
+    k_count, n_rot, n_freq = arot.shape
     n_pose = n_rot * phase.shape[0]
-    m_stack = _buffer("poses", (n_pose, 2 * n_freq), np.float32)
-    parts = [np.ascontiguousarray(a, np.float32) for a in (arot.real, arot.imag, phase.real,
-                                                           phase.imag)]
-    _pose_matrix(*parts, m_stack)
-    cross = np.matmul(p_stack, m_stack.T, out=_buffer("cross", (n, n_pose), np.float32))
-    norm = ctf2 @ (parts[0] ** 2 + parts[1] ** 2).T
-    out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),
-           np.empty(n, np.float32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
-           np.empty(n, np.float32))
-    _reduce_kernel(cross, np.ascontiguousarray(norm), alpha, np.float32(inv_temp), side,
-                  np.float32(sig_log), *out)
+    out = (np.empty((n, k_count, n_top), np.float32), np.empty((n, k_count, n_top), np.int64),
+           np.empty((n, k_count), np.float32), np.empty((n, k_count), np.int32),
+           np.empty((n, k_count, 3), np.float32), np.empty((n, k_count), np.float32))
+    group = max(1, GROUP_BYTES // (4 * n_pose * max(n, 2 * n_freq)))
+    p_re, p_im = (np.ascontiguousarray(a, np.float32) for a in (phase.real, phase.imag))
+    for k0 in range(0, k_count, group):
+        a = arot[k0:k0 + group].reshape(-1, n_freq)
+        a_re, a_im = (np.ascontiguousarray(part, np.float32) for part in (a.real, a.imag))
+        m_stack = _buffer("poses", (a.shape[0] * phase.shape[0], 2 * n_freq), np.float32)
+        _pose_matrix(a_re, a_im, p_re, p_im, m_stack)
+        cross = np.matmul(p_stack, m_stack.T,
+                          out=_buffer("cross", (n, m_stack.shape[0]), np.float32))
+        norm = np.ascontiguousarray(ctf2 @ (a_re ** 2 + a_im ** 2).T)
+        n_group = a.shape[0] // n_rot
+        _reduce_kernel(cross.reshape(n, n_group, n_pose), norm.reshape(n, n_group, n_rot),
+                       alpha, np.float32(inv_temp), side, np.float32(sig_log), k0, *out)
     return out
 
 

@@ -3,9 +3,9 @@
     >>> from class2d.kernels import get_backend
     >>> backend = get_backend("cuda")                     # this module; RuntimeError without a GPU
     >>> arot = backend.rotate_references(grids, fx, fy, psi, pad)         # (K, R, F) complex64
-    >>> top_s, top_i, lse, nsig, refine, ratio = backend.score_class(p_stack, ctf2, arot[k],
-    ...                                                               phase, alpha, 1.0, side,
-    ...                                                               6.9, 8)
+    >>> top_s, top_i, lse, nsig, refine, ratio = backend.score_classes(p_stack, ctf2, arot,
+    ...                                                                 phase, alpha, 1.0, side,
+    ...                                                                 6.9, 8)
 
 Every public function has the signature and the semantics of its CPU twin (shapes and
 meanings are documented once, in ``cpu.py``): inputs are host NumPy arrays, outputs host
@@ -25,6 +25,8 @@ Where the work happens:
 
 from __future__ import annotations
 
+import numpy as np
+
 from class2d.kernels import cuda_insert, cuda_score
 
 
@@ -36,16 +38,18 @@ def rotate_references(grids, fx, fy, psi, pad):
     return cuda_insert.rotate_references(grids, fx, fy, psi, pad)
 
 
-def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
-    """Score one class at every pose q = r·side² + t and reduce over poses per particle.
+def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+    """Score every class at every pose q = r·side² + t and reduce over poses per particle.
 
-    p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (R, F) complex64
+    p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (K, R, F) complex64
     phase: (side², F) complex64;  alpha: (N,) float32;  inv_temp: 1/τ
-    returns (top_s (N, P) float32, top_i (N, P) int64, lse (N,) float32, nsig (N,) int32,
-    refine (N, 3) float32, ratio (N,) float32), P = n_top
+    returns (top_s (N, K, P) float32, top_i (N, K, P) int64, lse (N, K) float32,
+    nsig (N, K) int32, refine (N, K, 3) float32, ratio (N, K) float32), P = n_top.
+    The fused kernel scores one class per launch.
     """
-    return cuda_score.score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log,
-                                  n_top)
+    per_class = [cuda_score.score_class(p_stack, ctf2, a, phase, alpha, inv_temp, side,
+                                        sig_log, n_top) for a in arot]
+    return tuple(np.stack(values, axis=1) for values in zip(*per_class))
 
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,

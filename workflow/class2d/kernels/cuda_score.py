@@ -334,7 +334,8 @@ def recount_blocks(flags: np.ndarray, tile_n: int) -> tuple[np.ndarray, np.ndarr
 
 
 def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
-    """Score one class at every pose and reduce, on the GPU (see ``cpu.score_class``).
+    """Score one class at every pose and reduce, on the GPU: ``cpu.score_classes`` for one
+    class, arot (R, F), outputs without the class axis.
 
     p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (R, F) complex64
     phase: (T, F) complex64, T = side²;  alpha: (N,) float32
