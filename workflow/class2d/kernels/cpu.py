@@ -22,6 +22,7 @@ _coords = numba.njit(inline="always", cache=True)(scalar.reference_coords)
 _phase = numba.njit(inline="always", cache=True)(scalar.phase_angle)
 _parabola = numba.njit(inline="always", cache=True)(scalar.parabola_offset)
 _corner = numba.njit(inline="always", cache=True)(scalar.splat_corner)
+_insert = numba.njit(inline="always", cache=True)(scalar.insert_best)
 
 #: poses scoring this far below the best add < e⁻⁴⁰ to the sum and are skipped
 NEGLIGIBLE = 40.0
@@ -123,15 +124,8 @@ def _reduce_row(cross, norm, a, inv_temp, side, sig_log, top_s, top_i, lse, nsig
         top_i[j] = -1
     floor = -np.inf          # the n_top-th best so far, kept in a register
     for q in range(n_pose):
-        value = s[q]
-        if value > floor:
-            j = n_top - 1
-            while j > 0 and top_s[j - 1] < value:
-                top_s[j] = top_s[j - 1]
-                top_i[j] = top_i[j - 1]
-                j -= 1
-            top_s[j] = value
-            top_i[j] = q
+        if s[q] > floor:
+            _insert(top_s, top_i, s[q], q)
             floor = top_s[n_top - 1]
     best = top_s[0]
     qb = top_i[0]

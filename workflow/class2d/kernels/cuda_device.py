@@ -26,6 +26,7 @@ coords = cuda.jit(device=True)(scalar.reference_coords)
 phase_angle = cuda.jit(device=True)(scalar.phase_angle)
 parabola = cuda.jit(device=True)(scalar.parabola_offset)
 corner = cuda.jit(device=True)(scalar.splat_corner)
+insert_best = cuda.jit(device=True)(scalar.insert_best)
 
 #: threads per block of the grid-stride kernels (rotation, insertion, residuals, norms)
 THREADS = 256

@@ -33,7 +33,7 @@ from numba import complex64, cuda, float32, float64, int32, uint32
 
 from class2d.kernels import cuda_device as dev
 from class2d.kernels.cpu import NEGLIGIBLE
-from class2d.kernels.cuda_device import parabola
+from class2d.kernels.cuda_device import insert_best, parabola
 
 #: particles per block of the tiled kernels
 TILE_N = 64
@@ -54,21 +54,6 @@ _NEIGHBOURS = 7
 def _score(cross, norm, a, inv_temp):
     """The score of a pose, written as in ``cpu._score`` (so rounded the same way)."""
     return (2.0 * a * cross - a * a * norm) * inv_temp
-
-
-@cuda.jit(device=True)
-def _insert(top_s, top_i, s, q):
-    """Insert score s of pose q into a best-first list, as ``cpu._reduce_kernel`` does (so a
-    tie keeps the earlier pose first).  top_s, top_i: (P,) views."""
-    last = top_s.shape[0] - 1
-    if s > top_s[last]:
-        k = last
-        while k > 0 and top_s[k - 1] < s:
-            top_s[k] = top_s[k - 1]
-            top_i[k] = top_i[k - 1]
-            k -= 1
-        top_s[k] = s
-        top_i[k] = q
 
 
 @cuda.jit
@@ -177,7 +162,7 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
                 part_s[row, tile, j] = -math.inf
                 part_i[row, tile, j] = -1
             for j in range(tile_q):
-                _insert(part_s[row, tile], part_i[row, tile], ss[n, j], q0 + j)
+                insert_best(part_s[row, tile], part_i[row, tile], ss[n, j], q0 + j)
             best = part_s[row, tile, 0]
             threshold = best - sig_log
             total, count = 0.0, 0
@@ -209,7 +194,7 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
             for t in range(n_tiles):                 # tile by tile: poses in order
                 for jj in range(n_top):
                     if part_i[i, t, jj] >= 0:
-                        _insert(top_s[i], top_i[i], part_s[i, t, jj], part_i[i, t, jj])
+                        insert_best(top_s[i], top_i[i], part_s[i, t, jj], part_i[i, t, jj])
             best = top_s[i, 0]
             total = 0.0
             for t in range(n_tiles):

@@ -53,6 +53,20 @@ def phase_angle(fx, fy, tx, ty, box):
     return -2.0 * math.pi * (fx * tx + fy * ty) / box
 
 
+def insert_best(top_s, top_i, s, q):
+    """Insert score s of pose q into the best-first lists top_s, top_i (P,) if it beats the
+    last entry; a tie keeps the earlier pose first (every backend offers poses in order)."""
+    last = top_s.shape[0] - 1
+    if s > top_s[last]:
+        k = last
+        while k > 0 and top_s[k - 1] < s:
+            top_s[k] = top_s[k - 1]
+            top_i[k] = top_i[k - 1]
+            k -= 1
+        top_s[k] = s
+        top_i[k] = q
+
+
 def parabola_offset(left, mid, right):
     """Sub-step offset (−0.5…0.5) of a parabola's peak through three equally spaced scores."""
     curvature = left - 2.0 * mid + right
