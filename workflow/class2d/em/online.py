@@ -229,8 +229,9 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     flops = e_seconds = 0.0
     seen = state.classes[rows] >= 0
     for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
-        for start in range(0, group.size, params.batch_size):
-            chunk = group[start:start + params.batch_size]
+        # chunks of equal size: a small last chunk would make small, slow products
+        n_chunks = -(-group.size // params.batch_size)
+        for chunk in np.array_split(group, n_chunks) if n_chunks else ():
             prev = state.shifts[chunk] if poses is ctx.local else None
             spectra = load_spectra(stack, chunk, prev)
             ctf_chunk = ctx.ctf_params.take(chunk)
