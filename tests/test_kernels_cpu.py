@@ -270,3 +270,11 @@ def test_noise_residuals_vanish_for_the_model_itself():
                               np.ones(1, np.float32), x, ctf, alpha, freqs.fx, freqs.fy,
                               freqs.wf, freqs.shell, 2, freqs.box, 6)
     assert np.all(got < 1e-9 * np.sum(np.abs(x) ** 2))
+
+
+def test_branch_free_exp_matches_numpy():
+    """The reduction's e^x (x ≤ 0) against float64 NumPy; below −NEGLIGIBLE it holds e^−40."""
+    x = -np.linspace(0.0, cpu.NEGLIGIBLE, 20001)
+    got = np.array([cpu._exp_negative(v) for v in x])
+    np.testing.assert_allclose(got, np.exp(x), rtol=5e-8)
+    assert cpu._exp_negative(-1e4) == pytest.approx(np.exp(-cpu.NEGLIGIBLE), rel=5e-8)
