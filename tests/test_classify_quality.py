@@ -3,7 +3,8 @@
 16 distinct objects × 150 particles at SNR 0.05 plus 240 junk picks (pure noise, ice or
 carbon edges), classified into 20 classes: adjusted Rand index ≥ 0.9 on the good
 particles, circular spread of the in-plane angle error within a class ≤ 3°, origins right
-once rotated into the class frame, and ≥ 90 % of the junk in classes that are mostly junk.
+once rotated into the class frame, ≥ 90 % of the junk in classes that are mostly junk, and
+no class claiming a resolution its average does not reach against the true object.
 
 Two-particle aggregates are left out of the junk here: each holds a whole good particle,
 and the classifier (like RELION's and CryoSPARC's) puts most of them with that particle's
@@ -12,14 +13,18 @@ class; the selection stage is where they are caught.
 
 from __future__ import annotations
 
+import mrcfile
 import numpy as np
 import pytest
+import starfile
 
 from class2d import io
 from class2d.classify import classify_all
+from class2d.fourier import frc, frc_resolution
 from class2d.metrics import adjusted_rand
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
+from class2d.truth import best_match
 
 #: CryoSPARC's advice for small, low-SNR particles: more online-EM iterations (30, not 20);
 #: the data are a few distinct objects, so classes repeating a view are refilled
@@ -50,12 +55,12 @@ def classified(tmp_path_factory):
     prepare_stack(star, work / "prepare", max_res_A=6.0)
     classify_all(str(work / "prepare"), str(work / "classify"), CLASSIFY, seed=0, backend="cpu")
     table = io.read_particles(work / "classify" / "particles.star").particles
-    return data, table
+    return data, table, work / "classify"
 
 
 @pytest.mark.slow
 def test_good_particles_are_classified_like_the_truth(classified):
-    data, table = classified
+    data, table, _ = classified
     good = (data.truth["junk"] == "").to_numpy()
     assert good.sum() == 2400
     ari = adjusted_rand(data.truth["true_class"].to_numpy()[good],
@@ -68,7 +73,7 @@ def test_angles_and_origins_follow_relion_convention(classified):
     """Within a class, our ψ minus the true ψ is a constant (the class's own rotation), and
     our origin equals the true origin rotated by it: RELION's convention, pinned by the
     simulator against relion_project."""
-    data, table = classified
+    data, table, _ = classified
     good = (data.truth["junk"] == "").to_numpy()
     ours_psi = table["rlnAnglePsi"].to_numpy()
     true_psi = data.truth["rlnAnglePsi"].to_numpy()
@@ -102,7 +107,7 @@ def test_angles_and_origins_follow_relion_convention(classified):
 
 @pytest.mark.slow
 def test_junk_lands_in_junk_classes(classified):
-    data, table = classified
+    data, table, _ = classified
     junk = (data.truth["junk"] != "").to_numpy()
     classes = table["rlnClassNumber"].to_numpy()
     junk_classes = [k for k in np.unique(classes) if junk[classes == k].mean() > 0.5]
@@ -110,3 +115,31 @@ def test_junk_lands_in_junk_classes(classified):
     assert np.isin(classes[junk], junk_classes).mean() >= 0.90
     noise = (data.truth["junk"] == "noise").to_numpy()
     assert np.isin(classes[noise], junk_classes).mean() >= 0.95
+
+
+@pytest.mark.slow
+def test_class_resolution_is_not_better_than_against_the_truth(classified):
+    """rlnEstimatedResolution (spectral SNR 1) of every mostly-good class against the FRC of
+    its average with the true object: SNR 1 is FRC √½ against the truth, so the estimate
+    must not beat the FRC-0.5 resolution by more than a shell. The FRC of half-set averages
+    (aligned to one reference, so with correlated noise) claimed Nyquist here."""
+    data, table, folder = classified
+    with mrcfile.open(folder / "classes.mrcs") as mrc:
+        averages = np.asarray(mrc.data, np.float64)
+    estimated = starfile.read(folder / "classes.star")["rlnEstimatedResolution"].to_numpy()
+    classes = table["rlnClassNumber"].to_numpy()
+    truth = data.truth["true_class"].to_numpy()
+    good = (data.truth["junk"] == "").to_numpy()
+    checked = 0
+    for k in np.unique(classes):
+        members = classes == k
+        if good[members].mean() < 0.5:
+            continue
+        obj = np.bincount(truth[members & good]).argmax()
+        correlation, moved = best_match(averages[k - 1], data.references[obj])
+        average = averages[k - 1] / np.linalg.norm(averages[k - 1])
+        against_truth = frc_resolution(frc(average, moved), 64, 3.0, 0.5)
+        assert estimated[k - 1] >= 64 * 3.0 / (64 * 3.0 / against_truth + 1), (k, against_truth)
+        assert estimated[k - 1] > 6.0
+        checked += 1
+    assert checked >= 14

@@ -91,7 +91,8 @@ def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def frc_resolution(curve: np.ndarray, box: int, apix: float, threshold: float = 0.5) -> float:
-    """Resolution in Å where an FRC curve first drops below ``threshold`` (Nyquist if never)."""
+    """Resolution in Å where a per-shell curve (an FRC, a spectral SNR) first drops below
+    ``threshold`` (Nyquist if never)."""
     below = np.flatnonzero(curve[1:] < threshold)
     shell = box // 2 if below.size == 0 else max(int(below[0]), 1)
     return box * apix / shell

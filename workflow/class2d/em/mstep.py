@@ -16,7 +16,7 @@ import logging
 
 import numpy as np
 
-from class2d.fourier import centered_rfft2, circular_mask, frc, frc_resolution, shell_index
+from class2d.fourier import centered_rfft2, circular_mask, shell_index
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +88,6 @@ def shell_mean(grids: np.ndarray, pad: int, n_shells: int) -> np.ndarray:
     counts = np.maximum(np.bincount(shells[keep], minlength=n_shells), 1)
     return np.stack([np.bincount(shells[keep], g.ravel()[keep], n_shells) / counts
                      for g in grids])
-
-
-def half_set_resolution(half_a: np.ndarray, half_b: np.ndarray, apix: float,
-                        threshold: float = 0.143) -> np.ndarray:
-    """Per class, the resolution (Å) where the FRC of two half-set averages falls below
-    ``threshold`` (0.143: the half-set criterion for the full set).  (K,) float64."""
-    box = half_a.shape[-1]
-    return np.array([frc_resolution(frc(a, b), box, apix, threshold)
-                     for a, b in zip(half_a, half_b)])
 
 
 def center_of_mass_shift(image: np.ndarray, threshold: float) -> np.ndarray:
