@@ -4,10 +4,11 @@
                               [--classes 8] [--tile-n 64 --tile-q 64 --micro-n 4 --micro-q 4]
 
 Measures the float32 FMA peak (an FMA-chain kernel in registers) and the memory bandwidth
-(a copy kernel), then times ``score_class`` class by class (the E-step's loop) on particles
-that are noisy copies of one class at a random pose: sharp scores for that class, flat ones
-for the others.  For three scopes — the backend call with host inputs (what the E-step
-does: particles uploaded per class), the same with the particles kept on the device, and
+(a copy kernel), then times ``score_classes`` over every class on particles that are noisy
+copies of one class at a random pose: sharp scores for that class, flat ones for the
+others.  For three scopes — the backend call with host inputs (what the E-step does:
+particles uploaded once, references per class), the same with everything kept on the
+device, and
 the tiled ``partials`` kernel alone — it prints particles, classes, poses, FLOPs
 (N·K·R·T·4F + N·K·R·2F, DESIGN §3), seconds, TFLOP/s and the fraction of the FMA peak.
 Exits with a message, not a traceback, where there is no GPU.
@@ -159,9 +160,7 @@ def run(args) -> None:
                                                        or recount_blocks(flags, tile_n))
 
     def host_inputs():
-        for c in range(k):
-            cuda_score.score_class(p_stack, ctf2, arot[c], phase, alpha, 1.0, side, sig_log,
-                                   n_top)
+        cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, 1.0, side, sig_log, n_top)
 
     d_p, d_c2, d_alpha = (dev.upload(a, np.float32) for a in (p_stack, ctf2, alpha))
     d_phase = dev.upload(phase, np.complex64)
@@ -194,8 +193,8 @@ def run(args) -> None:
     fraction = float(np.mean(recounted))
     print(f"\n{'scope':28s} {'particles':>9s} {'classes':>7s} {'poses':>6s} {'freqs':>5s} "
           f"{'GFLOP':>9s} {'seconds':>8s} {'TFLOP/s':>8s} {'of peak':>7s}")
-    for scope, func in (("score_class, host inputs", host_inputs),
-                        ("score_class, device inputs", device_inputs),
+    for scope, func in (("score_classes, host inputs", host_inputs),
+                        ("score_classes, device inputs", device_inputs),
                         ("partials kernel alone", partials_only)):
         seconds = min(_wall(func) for _ in range(args.repeats))
         print(f"{scope:28s} {n:9d} {k:7d} {n_pose:6d} {n_freq:5d} {flops / 1e9:9.1f} "

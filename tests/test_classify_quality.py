@@ -136,7 +136,7 @@ def test_class_resolution_is_not_better_than_against_the_truth(classified):
         if good[members].mean() < 0.5:
             continue
         obj = np.bincount(truth[members & good]).argmax()
-        correlation, moved = best_match(averages[k - 1], data.references[obj])
+        _, moved = best_match(averages[k - 1], data.references[obj])
         average = averages[k - 1] / np.linalg.norm(averages[k - 1])
         against_truth = frc_resolution(frc(average, moved), 64, 3.0, 0.5)
         assert estimated[k - 1] >= 64 * 3.0 / (64 * 3.0 / against_truth + 1), (k, against_truth)

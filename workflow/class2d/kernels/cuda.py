@@ -25,8 +25,6 @@ Where the work happens:
 
 from __future__ import annotations
 
-import numpy as np
-
 from class2d.kernels import cuda_insert, cuda_score
 
 
@@ -45,11 +43,10 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     phase: (side², F) complex64;  alpha: (N,) float32;  inv_temp: 1/τ
     returns (top_s (N, K, P) float32, top_i (N, K, P) int64, lse (N, K) float32,
     nsig (N, K) int32, refine (N, K, 3) float32, ratio (N, K) float32), P = n_top.
-    The fused kernel scores one class per launch.
+    Particles are uploaded once per chunk; the fused kernel scores one class per launch.
     """
-    per_class = [cuda_score.score_class(p_stack, ctf2, a, phase, alpha, inv_temp, side,
-                                        sig_log, n_top) for a in arot]
-    return tuple(np.stack(values, axis=1) for values in zip(*per_class))
+    return cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side,
+                                    sig_log, n_top)
 
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,

@@ -1,9 +1,9 @@
-"""Fused scoring of one class on the GPU: tiled cross products, reduced over poses in-kernel.
+"""Fused scoring of classes on the GPU: tiled cross products, reduced over poses in-kernel.
 
-    >>> top_s, top_i, lse, nsig, refine, ratio = score_class(p_stack, ctf2, arot, phase,
-    ...                                                       alpha, 1.0, side, 6.9, 8)
+    >>> top_s, top_i, lse, nsig, refine, ratio = score_classes(p_stack, ctf2, arot, phase,
+    ...                                                         alpha, 1.0, side, 6.9, 8)
 
-Per chunk of particles (sized from the free device memory), four launches:
+Per chunk of particles (sized from the free device memory) and class, four launches:
 
 1. ``_norm_kernel``: norm[i, r] = Σ_f ctf2[i, f]·|A_r(f)|², the t-independent product (N, R).
 2. ``partials``: a block takes TILE_N particles × TILE_Q poses q = r·T + t; it streams the
@@ -318,47 +318,49 @@ def recount_blocks(flags: np.ndarray, tile_n: int) -> tuple[np.ndarray, np.ndarr
     return tiles[new_block].astype(np.int32), block_rows
 
 
-def score_class(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
-    """Score one class at every pose and reduce, on the GPU: ``cpu.score_classes`` for one
-    class, arot (R, F), outputs without the class axis.
+def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+    """``cpu.score_classes`` on the GPU: each chunk of particles is uploaded once and scored
+    against every class in turn, one fused launch per class.
 
-    p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (R, F) complex64
+    p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (K, R, F) complex64
     phase: (T, F) complex64, T = side²;  alpha: (N,) float32
-    returns (top_s (N, P), top_i (N, P) int64, lse (N,), nsig (N,) int32, refine (N, 3),
-    ratio (N,))
+    returns (top_s (N, K, P), top_i (N, K, P) int64, lse (N, K), nsig (N, K) int32,
+    refine (N, K, 3), ratio (N, K))
     """
     n = p_stack.shape[0]
-    n_rot, n_freq = arot.shape
+    k_count, n_rot, n_freq = arot.shape
     n_shift = int(side) * int(side)
     if phase.shape != (n_shift, n_freq) or p_stack.shape[1] != 2 * n_freq:
-        raise ValueError(f"score_class: phase {phase.shape} must be (side², F) = "
+        raise ValueError(f"score_classes: phase {phase.shape} must be (side², F) = "
                          f"({n_shift}, {n_freq}) and p_stack (N, 2F), not {p_stack.shape}")
     n_tiles = -(-n_rot * n_shift // TILE_Q)
     if n_tiles == 0 or n_tiles > 65535 or n_top < 1:
-        raise ValueError(f"score_class: {n_rot * n_shift} poses and n_top={n_top} not supported")
-    out = (np.empty((n, n_top), np.float32), np.empty((n, n_top), np.int64),
-           np.empty(n, np.float32), np.empty(n, np.int32), np.empty((n, 3), np.float32),
-           np.empty(n, np.float32))
+        raise ValueError(f"score_classes: {n_rot * n_shift} poses and n_top={n_top} not "
+                         f"supported")
+    out = (np.empty((n, k_count, n_top), np.float32), np.empty((n, k_count, n_top), np.int64),
+           np.empty((n, k_count), np.float32), np.empty((n, k_count), np.int32),
+           np.empty((n, k_count, 3), np.float32), np.empty((n, k_count), np.float32))
     if n == 0:
         return out
-    arot = np.ascontiguousarray(arot, np.complex64)
-    a2t = (arot.real ** 2 + arot.imag ** 2).astype(np.float32).T
-    reference = (cuda.to_device(arot), dev.upload(phase, np.complex64),
-                 dev.upload(a2t, np.float32))
+    d_phase = dev.upload(phase, np.complex64)
     per_particle = 12 * n_freq + 8 + 4 * n_rot + n_tiles * (8 * n_top + 13) + 20 * n_top + 40
     step = dev.chunk_size(n, 0, per_particle, "particle")
     scalars = (np.float32(inv_temp), int(side), np.float32(sig_log), int(n_top))
     for a in range(0, n, step):
         b = min(n, a + step)
-        particles = (dev.upload(array[a:b], np.float32) for array in (p_stack, ctf2, alpha))
-        chunk = _score_chunk(*particles, *reference, *scalars)
-        for dest, value in zip(out, chunk):
-            dest[a:b] = value
+        particles = [dev.upload(array[a:b], np.float32) for array in (p_stack, ctf2, alpha)]
+        for k in range(k_count):
+            class_rot = np.ascontiguousarray(arot[k], np.complex64)
+            a2t = (class_rot.real ** 2 + class_rot.imag ** 2).astype(np.float32).T
+            chunk = _score_chunk(*particles, cuda.to_device(class_rot), d_phase,
+                                 dev.upload(a2t, np.float32), *scalars)
+            for dest, value in zip(out, chunk):
+                dest[a:b, k] = value
     return out
 
 
 def _score_chunk(p_stack, ctf2, alpha, arot, phase, a2t, inv_temp, side, sig_log, n_top):
-    """score_class on device arrays of one chunk of particles; host outputs."""
+    """One class on device arrays of one chunk of particles; host outputs."""
     k = kernels(TILE_N, TILE_Q, TILE_F, MICRO_N, MICRO_Q, MERGE_THREADS)
     n, n_rot = p_stack.shape[0], arot.shape[0]
     n_shift = side * side
