@@ -162,9 +162,12 @@ def test_rotation_by_zero_samples_the_grid_itself():
                                                     8 + 2 * freqs.fx.astype(int)])
 
 
-@pytest.mark.parametrize("inv_temp, n_top", [(1.0, 4), (0.05, 1)])
-def test_score_classes_matches_oracle(monkeypatch, inv_temp, n_top):
-    """Three classes in groups of two per matrix product (GROUP_BYTES made small)."""
+@pytest.mark.parametrize("inv_temp, n_top, masked", [(1.0, 4, False), (0.05, 1, False),
+                                                     (1.0, 4, True)])
+def test_score_classes_matches_oracle(monkeypatch, inv_temp, n_top, masked):
+    """Three classes in groups of two per matrix product (GROUP_BYTES made small); masked:
+    each class scored only for its candidate particles (the third for none), on the worker
+    threads, and the other particles hold the unscored values."""
     rng = np.random.default_rng([3, n_top])
     n, n_freq, n_rot, side = 9, 11, 4, 3
     monkeypatch.setattr(cpu, "GROUP_BYTES", 2 * 4 * 2 * n_freq * n_rot * side * side)
@@ -173,24 +176,33 @@ def test_score_classes_matches_oracle(monkeypatch, inv_temp, n_top):
     arot = random_complex(rng, (3, n_rot, n_freq))
     phase = np.exp(1j * rng.uniform(0, 2 * np.pi, (side * side, n_freq))).astype(np.complex64)
     alpha = rng.uniform(0.5, 1.5, n).astype(np.float32)
-    got = cpu.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, SIG_LOG, n_top)
+    candidates = np.ones((n, 3), bool)
+    if masked:
+        candidates = rng.random((n, 3)) < 0.5
+        candidates[:, 2] = False
+        candidates[0, :2] = True
+    got = cpu.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, SIG_LOG, n_top,
+                            candidates)
     assert [value.shape[:2] for value in got] == [(n, 3)] * 6
     for k in range(3):
+        rows = candidates[:, k]
         scores, cross, norm = oracle_scores(p_stack, ctf2, arot[k], phase, alpha, inv_temp)
         want = oracle_reduce(scores, cross, norm, side, SIG_LOG, n_top)
-        _close(got[0][:, k], want[0])
-        np.testing.assert_array_equal(got[1][:, k], want[1])       # no near-ties here
-        _close(got[2][:, k], want[2])
-        np.testing.assert_array_equal(got[3][:, k], want[3])
-        np.testing.assert_allclose(got[4][:, k], want[4], atol=RTOL)
-        _close(got[5][:, k], want[5])
+        _close(got[0][rows, k], want[0][rows])
+        np.testing.assert_array_equal(got[1][rows, k], want[1][rows])    # no near-ties here
+        _close(got[2][rows, k], want[2][rows])
+        np.testing.assert_array_equal(got[3][rows, k], want[3][rows])
+        np.testing.assert_allclose(got[4][rows, k], want[4][rows], atol=RTOL)
+        _close(got[5][rows, k], want[5][rows])
+        for value, fill in zip(got, (-np.inf, -1, -np.inf, 0, 0.0, 1.0)):
+            assert np.all(value[~rows, k] == fill)
 
 
 def test_reduction_matches_oracle_on_exact_scores():
-    """Scores small integers (exact in float32): ties, edges of the shift grid, one rotation
-    and more poses asked for than there are."""
+    """Scores small integers (exact in float32): ties, edges of the shift grid, one rotation,
+    more poses asked for than there are, and the eight-maxima floor at n_top = 8."""
     rng = np.random.default_rng(4)
-    for n_rot, side, n_top in ((5, 3, 3), (1, 3, 12), (2, 1, 2), (4, 4, 1)):
+    for n_rot, side, n_top in ((5, 3, 3), (1, 3, 12), (2, 1, 2), (4, 4, 1), (7, 3, 8)):
         n = 8
         cross = rng.integers(-6, 7, (n, n_rot * side * side)).astype(np.float32)
         norm = rng.integers(0, 4, (n, n_rot)).astype(np.float32)
@@ -199,7 +211,7 @@ def test_reduction_matches_oracle_on_exact_scores():
                np.empty((n, 1), np.float32), np.empty((n, 1), np.int32),
                np.empty((n, 1, 3), np.float32), np.empty((n, 1), np.float32))
         cpu._reduce_kernel(cross[:, None], norm[:, None], alpha, np.float32(1.0), side, SIG_LOG,
-                           0, *out)
+                           np.arange(n), 0, *out)
         out = [value[:, 0] for value in out]
         scores = 2.0 * cross - np.repeat(norm, side * side, axis=1)
         want = oracle_reduce(scores, cross.astype(np.float64), norm.astype(np.float64), side,
@@ -273,8 +285,10 @@ def test_noise_residuals_vanish_for_the_model_itself():
 
 
 def test_branch_free_exp_matches_numpy():
-    """The reduction's e^x (x ≤ 0) against float64 NumPy; below −NEGLIGIBLE it holds e^−40."""
-    x = -np.linspace(0.0, cpu.NEGLIGIBLE, 20001)
+    """The reduction's float32 e^x (x ≤ 0) against float64 NumPy; below −NEGLIGIBLE it
+    holds e^−40."""
+    x = -np.linspace(0.0, cpu.NEGLIGIBLE, 20001).astype(np.float32)
     got = np.array([cpu._exp_negative(v) for v in x])
-    np.testing.assert_allclose(got, np.exp(x), rtol=5e-8)
-    assert cpu._exp_negative(-1e4) == pytest.approx(np.exp(-cpu.NEGLIGIBLE), rel=5e-8)
+    np.testing.assert_allclose(got, np.exp(x.astype(np.float64)), rtol=2e-5)
+    assert cpu._exp_negative(np.float32(-1e4)) == pytest.approx(np.exp(-cpu.NEGLIGIBLE),
+                                                                rel=2e-5)

@@ -244,6 +244,28 @@ def test_cuda_score_class_matches_cpu(tiny, monkeypatch, inv_temp, n_top, chunke
         assert sum(recounted) > 0, "the flat case should exercise the recount kernel"
 
 
+def test_cuda_score_classes_with_candidates_matches_cpu(tiny):
+    """Each class scored only on its candidate particles (the last on none): the CUDA
+    backend's per-class path against the CPU one's worker threads."""
+    rng = np.random.default_rng(12)
+    p_stack, ctf2, _, phase, alpha = _score_inputs(rng, n=8, n_freq=7, n_rot=3, side=3)
+    arot = random_complex(rng, (3, 3, 7))
+    candidates = rng.random((8, 3)) < 0.5
+    candidates[:, 2] = False
+    candidates[0, :2] = True
+    got = tiny.backend.score_classes(p_stack, ctf2, arot, phase, alpha, 0.5, 3, SIG_LOG, 4,
+                                     candidates)
+    want = cpu.score_classes(p_stack, ctf2, arot, phase, alpha, 0.5, 3, SIG_LOG, 4, candidates)
+    for k in range(3):
+        rows = candidates[:, k]
+        for value, fill in zip(got, (-np.inf, -1, -np.inf, 0, 0.0, 1.0)):
+            assert np.all(value[~rows, k] == fill)
+        if rows.any():
+            scores = _all_scores(p_stack[rows], ctf2[rows], arot[k], phase, alpha[rows], 0.5)
+            _assert_same_reduction([value[rows, k] for value in got],
+                                   [value[rows, k] for value in want], scores)
+
+
 def test_cuda_score_class_fewer_poses_than_n_top(tiny):
     rng = np.random.default_rng(11)
     inputs = _score_inputs(rng, n=5, n_freq=4, n_rot=2, side=1)       # 2 poses, no neighbours

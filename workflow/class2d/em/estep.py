@@ -140,27 +140,10 @@ def _score_classes(backend, p_stack: np.ndarray, ctf2: np.ndarray, alpha: np.nda
     """Per class, score the particles where ``candidates`` (N, K) is true, from the
     products of ``BatchData.products`` on ``freqs``: the fields of BatchScores up to
     ``ratio``; other particles get score −inf and pose −1."""
-    n, k_count = candidates.shape
     arot = backend.rotate_references(grids, freqs.fx, freqs.fy, poses.psi,
                                      grids.shape[-1] // freqs.box)
-    phase = freqs.phases(poses.shifts)
-    if candidates.all():                 # every class shares each matrix product
-        return list(backend.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp,
-                                          poses.side, SIG_LOG, n_top))
-    fields = [np.full((n, k_count, n_top), -np.inf, np.float32),
-              np.full((n, k_count, n_top), -1, np.int64),
-              np.full((n, k_count), -np.inf, np.float32),
-              np.zeros((n, k_count), np.int32), np.zeros((n, k_count, 3), np.float32),
-              np.ones((n, k_count), np.float32)]
-    for k in range(k_count):
-        rows = np.flatnonzero(candidates[:, k])
-        if rows.size == 0:
-            continue
-        result = backend.score_classes(p_stack[rows], ctf2[rows], arot[k:k + 1], phase,
-                                       alpha[rows], inv_temp, poses.side, SIG_LOG, n_top)
-        for field, value in zip(fields, result):
-            field[rows, k] = value[:, 0]
-    return fields
+    return list(backend.score_classes(p_stack, ctf2, arot, freqs.phases(poses.shifts), alpha,
+                                      inv_temp, poses.side, SIG_LOG, n_top, candidates))
 
 
 @dataclasses.dataclass

@@ -13,7 +13,19 @@ import logging
 import os
 import types
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
+
+
+def unscored(n: int, k_count: int, n_top: int) -> tuple[np.ndarray, ...]:
+    """The six outputs of ``score_classes`` for N particles, K classes and P poses, each
+    filled with what a class not scored for a particle gets: top_s −inf, top_i −1, lse
+    −inf, nsig 0, refine 0, ratio 1."""
+    return (np.full((n, k_count, n_top), -np.inf, np.float32),
+            np.full((n, k_count, n_top), -1, np.int64),
+            np.full((n, k_count), -np.inf, np.float32), np.zeros((n, k_count), np.int32),
+            np.zeros((n, k_count, 3), np.float32), np.ones((n, k_count), np.float32))
 
 
 def cuda_available() -> tuple[bool, str]:

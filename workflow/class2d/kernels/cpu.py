@@ -10,12 +10,15 @@ shapes and meanings are documented once, here.  Scalar maths lives in ``scalar.p
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
+import threading
 
 import numba
 import numpy as np
+import threadpoolctl
 
-from class2d.kernels import scalar
+from class2d.kernels import scalar, unscored
 
 _sample = numba.njit(inline="always", cache=True)(scalar.sample_bilinear)
 _coords = numba.njit(inline="always", cache=True)(scalar.reference_coords)
@@ -27,6 +30,9 @@ _insert = numba.njit(inline="always", cache=True)(scalar.insert_best)
 #: a pose scoring this far below the best adds < e⁻⁴⁰ to the sum: the CUDA reduction
 #: skips it, the CPU one (branch-free) counts it as e⁻⁴⁰
 NEGLIGIBLE = 40.0
+#: the reduction's float32 arithmetic may be reassociated (sums and maxima in vector lanes)
+#: but sees infinities (unscored poses, empty lanes)
+_FAST = {"nnan", "nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 @numba.njit(parallel=True, cache=True)
@@ -50,25 +56,32 @@ def _rotate_kernel(grids, fx, fy, psi, pad, out):
 
 
 @numba.njit(inline="always", cache=True)
+def _larger(x, y):
+    """max(x, y) as a select, which vectorizes (the builtin's NaN handling does not)."""
+    return y if y > x else x
+
+
+@numba.njit(inline="always", fastmath=True, cache=True)
 def _exp_negative(x):
-    """e^x for x ≤ 0 (x below −NEGLIGIBLE counts as −NEGLIGIBLE), relative error ~1e-8:
-    (Taylor series at x/128, degree 8)^128.  Plain arithmetic, so a loop over it vectorizes,
-    which a call to ``math.exp`` does not."""
-    z = max(x, -NEGLIGIBLE) * (1.0 / 128.0)
-    p = 1.0 + z * (1.0 + z * (1.0 / 2 + z * (1.0 / 6 + z * (1.0 / 24 + z * (
-        1.0 / 120 + z * (1.0 / 720 + z * (1.0 / 5040 + z * (1.0 / 40320))))))))
+    """e^x for float32 x ≤ 0 (x below −NEGLIGIBLE counts as −NEGLIGIBLE), relative error
+    ~1e-5: (Taylor series at x/128, degree 8)^128 in float32.  Plain arithmetic, so a loop
+    over it vectorizes, which a call to ``math.exp`` does not."""
+    z = _larger(x, np.float32(-NEGLIGIBLE)) * np.float32(1.0 / 128.0)
+    p = np.float32(1.0) + z * (np.float32(1.0) + z * (np.float32(1 / 2) + z * (
+        np.float32(1 / 6) + z * (np.float32(1 / 24) + z * (np.float32(1 / 120) + z * (
+            np.float32(1 / 720) + z * (np.float32(1 / 5040) + z * np.float32(1 / 40320))))))))
     for _ in range(7):
         p = p * p
     return p
 
 
-@numba.njit(inline="always", cache=True)
-def _score(cross_row, norm_row, q, n_shift, a, inv_temp):
-    return (2.0 * a * cross_row[q] - a * a * norm_row[q // n_shift]) * inv_temp
+#: the reduction deals rows to threads in this many chunks, each with one score buffer
+#: (a fixed number: asking Numba for its thread count stops the kernel being cached)
+CHUNKS = 256
 
 
-@numba.njit(parallel=True, fastmath={"reassoc", "contract"}, cache=True)
-def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log, k0,
+@numba.njit(parallel=True, nogil=True, cache=True)
+def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log, rows, k0,
                    top_s, top_i, lse, nsig, refine, ratio):
     """Reduce the scores of G classes over poses, per particle, without keeping them.
 
@@ -77,42 +90,69 @@ def _reduce_kernel(cross, norm, alpha, inv_temp, side, sig_log, k0,
     cross: (N, G, R·T) float32, Σ_f Re(conj(P) M);  norm: (N, G, R) float32
     alpha: (N,) float32 per-particle scale;  inv_temp: 1/τ
     side: shifts per axis;  sig_log: a pose is significant within sig_log of the best
-    k0: class g's outputs go to class k0 + g of the output arrays —
+    rows: (N,) int, particle i's outputs go to row rows[i] and class g's to class k0 + g
+    of the output arrays —
     top_s, top_i: (N, K, P) best scores and pose indices, best first;
     lse: (N, K) log Σ exp(s);  nsig: (N, K) significant poses;
     refine: (N, K, 3) sub-step offsets (rotation, x, y) of the best pose from parabolas;
     ratio: (N, K) cross/norm at the best pose (the least-squares scale there)
     """
     n, n_group = cross.shape[:2]
-    for ig in numba.prange(n * n_group):
-        i = ig // n_group
-        g = ig % n_group
-        k = k0 + g
-        _reduce_row(cross[i, g], norm[i, g], alpha[i], inv_temp, side, sig_log, top_s[i, k],
-                    top_i[i, k], lse[i], nsig[i], refine[i, k], ratio[i], k)
+    n_rows = n * n_group
+    n_chunk = min(n_rows, CHUNKS)
+    for c in numba.prange(n_chunk):
+        s = np.empty(cross.shape[2], np.float32)     # one score buffer per chunk of rows
+        for ig in range(c * n_rows // n_chunk, (c + 1) * n_rows // n_chunk):
+            i = ig // n_group
+            g = ig % n_group
+            k = k0 + g
+            j = rows[i]
+            _reduce_row(cross[i, g], norm[i, g], alpha[i], inv_temp, side, sig_log, s,
+                        top_s[j, k], top_i[j, k], lse[j], nsig[j], refine[j, k], ratio[j], k)
 
 
-@numba.njit(fastmath={"reassoc", "contract"}, cache=True)
-def _reduce_row(cross, norm, a, inv_temp, side, sig_log, top_s, top_i, lse, nsig, refine,
+@numba.njit(fastmath=_FAST, cache=True)
+def _reduce_row(cross, norm, a, inv_temp, side, sig_log, s, top_s, top_i, lse, nsig, refine,
                 ratio, k):
     """One particle and class of ``_reduce_kernel``: cross (R·T,), norm (R,); writes
-    top_s, top_i (P,), refine (3,) and lse[k], nsig[k], ratio[k].  The scores go to a
-    buffer first, so that the passes over them are flat loops, which vectorize."""
+    top_s, top_i (P,), refine (3,) and lse[k], nsig[k], ratio[k].
+
+    The scores go to a buffer, and every pass over it but the last is a flat loop that
+    vectorizes: the scores, eight running maxima, then Σ exp and the significant count.
+    The last pass keeps the best P in order and is scalar; the n_top-th largest of the eight
+    maxima (P ≤ 8) is a floor that almost every pose is below, so it rarely branches."""
     n_shift = side * side
     n_rot = norm.shape[0]
     n_pose = cross.shape[0]
     n_top = top_s.shape[0]
-    s = np.empty(n_pose, np.float32)
     for r in range(n_rot):
-        norm_term = a * a * norm[r]
+        norm_term = a * a * norm[r] * inv_temp
         for q in range(r * n_shift, (r + 1) * n_shift):
             s[q] = norm_term
-    best = np.float32(-np.inf)
+    two_a = np.float32(2.0) * a * inv_temp
     for q in range(n_pose):
-        value = np.float32((2.0 * a * cross[q] - s[q]) * inv_temp)
-        s[q] = value
-        best = max(best, value)
-    total = 0.0
+        s[q] = two_a * cross[q] - s[q]
+    for j in range(n_top):
+        top_s[j] = -np.inf
+        top_i[j] = -1
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
+    whole = n_pose - n_pose % 8
+    for q in range(0, whole, 8):        # eight running maxima: one vector register
+        m0 = _larger(m0, s[q])
+        m1 = _larger(m1, s[q + 1])
+        m2 = _larger(m2, s[q + 2])
+        m3 = _larger(m3, s[q + 3])
+        m4 = _larger(m4, s[q + 4])
+        m5 = _larger(m5, s[q + 5])
+        m6 = _larger(m6, s[q + 6])
+        m7 = _larger(m7, s[q + 7])
+    for q in range(whole, n_pose):
+        m0 = _larger(m0, s[q])
+    for j, m in enumerate((m0, m1, m2, m3, m4, m5, m6, m7)):
+        _insert(top_s, top_i, m, j)
+    best = top_s[0]
+    floor = top_s[n_top - 1] if whole > 0 and n_top <= 8 else np.float32(-np.inf)
+    total = np.float32(0.0)
     count = 0
     for q in range(n_pose):
         x = s[q] - best
@@ -123,11 +163,11 @@ def _reduce_row(cross, norm, a, inv_temp, side, sig_log, top_s, top_i, lse, nsig
     for j in range(n_top):
         top_s[j] = -np.inf
         top_i[j] = -1
-    floor = -np.inf          # the n_top-th best so far, kept in a register
+    last = top_s[n_top - 1]
     for q in range(n_pose):
-        if s[q] > floor:
+        if s[q] >= floor and s[q] > last:
             _insert(top_s, top_i, s[q], q)
-            floor = top_s[n_top - 1]
+            last = top_s[n_top - 1]
     qb = top_i[0]
     r = qb // n_shift
     t = qb % n_shift
@@ -137,16 +177,12 @@ def _reduce_row(cross, norm, a, inv_temp, side, sig_log, top_s, top_i, lse, nsig
     refine[1] = 0.0
     refine[2] = 0.0
     if n_rot >= 3:
-        left = ((r + n_rot - 1) % n_rot) * n_shift + t
-        right = ((r + 1) % n_rot) * n_shift + t
-        refine[0] = _parabola(_score(cross, norm, left, n_shift, a, inv_temp), best,
-                              _score(cross, norm, right, n_shift, a, inv_temp))
+        refine[0] = _parabola(s[((r + n_rot - 1) % n_rot) * n_shift + t], best,
+                              s[((r + 1) % n_rot) * n_shift + t])
     if 0 < ix < side - 1:
-        refine[1] = _parabola(_score(cross, norm, qb - 1, n_shift, a, inv_temp), best,
-                              _score(cross, norm, qb + 1, n_shift, a, inv_temp))
+        refine[1] = _parabola(s[qb - 1], best, s[qb + 1])
     if 0 < iy < side - 1:
-        refine[2] = _parabola(_score(cross, norm, qb - side, n_shift, a, inv_temp), best,
-                              _score(cross, norm, qb + side, n_shift, a, inv_temp))
+        refine[2] = _parabola(s[qb - side], best, s[qb + side])
     nb = norm[r]
     ratio[k] = cross[qb] / nb if nb > 0 else 1.0
 
@@ -233,7 +269,7 @@ def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
             out[e, shell[f]] += weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
+@numba.njit(parallel=True, nogil=True, fastmath=True, cache=True)
 def _pose_matrix(a_re, a_im, p_re, p_im, out):
     """out[r·T + t] = [Re | Im] of arot[r]·phase[t]: (R·T, 2F) float32, one pass.
 
@@ -248,17 +284,18 @@ def _pose_matrix(a_re, a_im, p_re, p_im, out):
             out[q, n_freq + f] = a_re[r, f] * p_im[t, f] + a_im[r, f] * p_re[t, f]
 
 
-_scratch: dict[str, np.ndarray] = {}
+_scratch = threading.local()
 
 
 def _buffer(name: str, shape: tuple, dtype) -> np.ndarray:
-    """A scratch array kept between calls: first-touching freshly mapped pages costs about
-    as much as the arithmetic that fills them (1.8 ms for a 20 MB pose matrix, once per
-    class and batch)."""
+    """A scratch array of the calling thread, kept between calls: first-touching freshly
+    mapped pages costs about as much as the arithmetic that fills them (1.8 ms for a 20 MB
+    pose matrix, once per class and batch)."""
     size = math.prod(shape)
-    held = _scratch.get(name)
+    held = getattr(_scratch, name, None)
     if held is None or held.size < size or held.dtype != dtype:
-        held = _scratch[name] = np.empty(size, dtype)
+        held = np.empty(size, dtype)
+        setattr(_scratch, name, held)
     return held[:size].reshape(shape)
 
 
@@ -266,37 +303,74 @@ def _buffer(name: str, shape: tuple, dtype) -> np.ndarray:
 #: each fit in this many bytes (about the last-level cache)
 GROUP_BYTES = 32 * 2 ** 20
 
+_blas = threadpoolctl.ThreadpoolController()
+_workers: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 
-def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+
+def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top,
+                  candidates=None):
     """Score every class at every pose and reduce (BLAS products, then a Numba reduction).
 
     p_stack: (N, 2F) float32, [Re P | Im P] with P = w·CTF·X/σ²
     ctf2: (N, F) float32, w·CTF²/σ²
     arot: (K, R, F) complex64, the classes at every rotation;  phase: (T, F) complex64
+    candidates: (N, K) bool or None (all): class k is scored only for the particles where
+    candidates[:, k]; the others get top_s and lse −inf, top_i −1, nsig 0, refine 0, ratio 1
     returns (top_s (N, K, P), top_i (N, K, P), lse (N, K), nsig (N, K), refine (N, K, 3),
-    ratio (N, K)); pose q = r·T + t.  Classes go through one product in groups of up to
-    GROUP_BYTES of cross products and of pose matrices.
+    ratio (N, K)); pose q = r·T + t.
+
+    Where every particle meets every class, classes go through one product in groups of up
+    to GROUP_BYTES of cross products and of pose matrices, each product and reduction on
+    every core.  Otherwise each class's products cover its own particles only, a few
+    hundred, too few for two cores to share well: classes go to one worker thread per
+    core instead, each with single-threaded BLAS and Numba.
     """
     n = p_stack.shape[0]
-    k_count, n_rot, n_freq = arot.shape
-    n_pose = n_rot * phase.shape[0]
-    out = (np.empty((n, k_count, n_top), np.float32), np.empty((n, k_count, n_top), np.int64),
-           np.empty((n, k_count), np.float32), np.empty((n, k_count), np.int32),
-           np.empty((n, k_count, 3), np.float32), np.empty((n, k_count), np.float32))
-    group = max(1, GROUP_BYTES // (4 * n_pose * max(n, 2 * n_freq)))
-    p_re, p_im = (np.ascontiguousarray(a, np.float32) for a in (phase.real, phase.imag))
-    for k0 in range(0, k_count, group):
-        a = arot[k0:k0 + group].reshape(-1, n_freq)
-        a_re, a_im = (np.ascontiguousarray(part, np.float32) for part in (a.real, a.imag))
-        m_stack = _buffer("poses", (a.shape[0] * phase.shape[0], 2 * n_freq), np.float32)
-        _pose_matrix(a_re, a_im, p_re, p_im, m_stack)
-        cross = np.matmul(p_stack, m_stack.T,
-                          out=_buffer("cross", (n, m_stack.shape[0]), np.float32))
-        norm = np.ascontiguousarray(ctf2 @ (a_re ** 2 + a_im ** 2).T)
-        n_group = a.shape[0] // n_rot
-        _reduce_kernel(cross.reshape(n, n_group, n_pose), norm.reshape(n, n_group, n_rot),
-                       alpha, np.float32(inv_temp), side, np.float32(sig_log), k0, *out)
+    k_count = arot.shape[0]
+    out = unscored(n, k_count, n_top)
+    scalars = (np.float32(inv_temp), side, np.float32(sig_log))
+    if candidates is None or candidates.all():
+        rows = np.arange(n)
+        group = max(1, GROUP_BYTES // (4 * arot.shape[1] * phase.shape[0]
+                                       * max(n, 2 * arot.shape[2])))
+        for k0 in range(0, k_count, group):
+            _score_group(p_stack, ctf2, arot[k0:k0 + group], phase, alpha, rows, k0,
+                         scalars, out)
+        return out
+    rows_of = [np.flatnonzero(candidates[:, k]) for k in range(k_count)]
+    order = sorted((k for k in range(k_count) if rows_of[k].size),
+                   key=lambda k: -rows_of[k].size)            # the largest first
+
+    def one_class(k):
+        numba.set_num_threads(1)            # for this worker thread only
+        rows = rows_of[k]
+        _score_group(p_stack[rows], ctf2[rows], arot[k:k + 1], phase, alpha[rows], rows, k,
+                     scalars, out)
+
+    n_workers = numba.get_num_threads()
+    pool = _workers.get(n_workers)
+    if pool is None:
+        pool = _workers[n_workers] = concurrent.futures.ThreadPoolExecutor(n_workers)
+    with _blas.limit(limits=1, user_api="blas"):
+        list(pool.map(one_class, order))          # list(): raises what a worker raised
     return out
+
+
+def _score_group(p_stack, ctf2, arot, phase, alpha, rows, k0, scalars, out):
+    """Score classes k0… (``arot``, (G, R, F)) for particles ``rows`` of ``out``, whose
+    data ``p_stack``, ``ctf2``, ``alpha`` hold, in one matrix product."""
+    n = p_stack.shape[0]
+    n_group, n_rot, n_freq = arot.shape
+    n_pose = n_rot * phase.shape[0]
+    p_re, p_im = (np.ascontiguousarray(part, np.float32) for part in (phase.real, phase.imag))
+    a = arot.reshape(-1, n_freq)
+    a_re, a_im = (np.ascontiguousarray(part, np.float32) for part in (a.real, a.imag))
+    m_stack = _buffer("poses", (n_group * n_pose, 2 * n_freq), np.float32)
+    _pose_matrix(a_re, a_im, p_re, p_im, m_stack)
+    cross = np.matmul(p_stack, m_stack.T, out=_buffer("cross", (n, n_group * n_pose), np.float32))
+    norm = np.ascontiguousarray(ctf2 @ (a_re ** 2 + a_im ** 2).T)
+    _reduce_kernel(cross.reshape(n, n_group, n_pose), norm.reshape(n, n_group, n_rot), alpha,
+                   *scalars, rows, k0, *out)
 
 
 def rotate_references(grids, fx, fy, psi, pad):

@@ -25,7 +25,9 @@ Where the work happens:
 
 from __future__ import annotations
 
-from class2d.kernels import cuda_insert, cuda_score
+import numpy as np
+
+from class2d.kernels import cuda_insert, cuda_score, unscored
 
 
 def rotate_references(grids, fx, fy, psi, pad):
@@ -36,17 +38,30 @@ def rotate_references(grids, fx, fy, psi, pad):
     return cuda_insert.rotate_references(grids, fx, fy, psi, pad)
 
 
-def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
+def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top,
+                  candidates=None):
     """Score every class at every pose q = r·side² + t and reduce over poses per particle.
 
     p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (K, R, F) complex64
     phase: (side², F) complex64;  alpha: (N,) float32;  inv_temp: 1/τ
+    candidates: (N, K) bool or None (all): class k only for the particles where it is true
     returns (top_s (N, K, P) float32, top_i (N, K, P) int64, lse (N, K) float32,
     nsig (N, K) int32, refine (N, K, 3) float32, ratio (N, K) float32), P = n_top.
     Particles are uploaded once per chunk; the fused kernel scores one class per launch.
+    With candidates, each class is scored on its own particles.
     """
-    return cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side,
-                                    sig_log, n_top)
+    if candidates is None or candidates.all():
+        return cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side,
+                                        sig_log, n_top)
+    out = unscored(p_stack.shape[0], arot.shape[0], n_top)
+    for k in range(arot.shape[0]):
+        rows = np.flatnonzero(candidates[:, k])
+        if rows.size:
+            result = cuda_score.score_classes(p_stack[rows], ctf2[rows], arot[k:k + 1], phase,
+                                              alpha[rows], inv_temp, side, sig_log, n_top)
+            for field, value in zip(out, result):
+                field[rows, k] = value[:, 0]
+    return out
 
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,
