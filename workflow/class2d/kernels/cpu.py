@@ -30,8 +30,8 @@ _insert = numba.njit(inline="always", cache=True)(scalar.insert_best)
 #: a pose scoring this far below the best adds < e⁻⁴⁰ to the sum: the CUDA reduction
 #: skips it, the CPU one (branch-free) counts it as e⁻⁴⁰
 NEGLIGIBLE = 40.0
-#: the reduction's float32 arithmetic may be reassociated (sums and maxima in vector lanes)
-#: but sees infinities (unscored poses, empty lanes)
+#: the reduction's float32 arithmetic may be reassociated (its sums run in vector lanes)
+#: but sees infinities (scores of −inf where a maximum starts)
 _FAST = {"nnan", "nsz", "arcp", "contract", "afn", "reassoc"}
 
 
@@ -117,10 +117,11 @@ def _reduce_row(cross, norm, a, inv_temp, side, sig_log, s, top_s, top_i, lse, n
     """One particle and class of ``_reduce_kernel``: cross (R·T,), norm (R,); writes
     top_s, top_i (P,), refine (3,) and lse[k], nsig[k], ratio[k].
 
-    The scores go to a buffer, and every pass over it but the last is a flat loop that
-    vectorizes: the scores, eight running maxima, then Σ exp and the significant count.
-    The last pass keeps the best P in order and is scalar; the n_top-th largest of the eight
-    maxima (P ≤ 8) is a floor that almost every pose is below, so it rarely branches."""
+    The scores go to a buffer; computing them, then Σ exp and the significant count, are
+    flat loops that vectorize.  The maximum is kept as eight independent running maxima,
+    which pipeline.  The last pass keeps the best P in order and is scalar; the P-th
+    largest of the eight maxima (P ≤ 8) is a floor that almost every pose is below, so
+    it rarely branches."""
     n_shift = side * side
     n_rot = norm.shape[0]
     n_pose = cross.shape[0]
@@ -137,7 +138,7 @@ def _reduce_row(cross, norm, a, inv_temp, side, sig_log, s, top_s, top_i, lse, n
         top_i[j] = -1
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
     whole = n_pose - n_pose % 8
-    for q in range(0, whole, 8):        # eight running maxima: one vector register
+    for q in range(0, whole, 8):        # independent of each other: they pipeline
         m0 = _larger(m0, s[q])
         m1 = _larger(m1, s[q + 1])
         m2 = _larger(m2, s[q + 2])
