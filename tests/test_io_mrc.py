@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import warnings
 
 import mrcfile
+import mrcfile.mrcobject
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,6 +97,24 @@ def test_write_stack_is_valid_with_pixel_size(tmp_path):
     write_stack(tmp_path / "one.mrcs", images[0], apix=1.0)
     assert read_stack(tmp_path / "one.mrcs").shape == (1, 32, 32)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mrcs", "out.mrcs"]
+
+
+def test_write_stack_bytes_do_not_depend_on_the_time(tmp_path, monkeypatch):
+    """mrcfile's default label holds the time of writing, so two writes a second apart
+    differed (and test_simulate's same-seed test failed when its writes crossed a second)."""
+    images = np.random.default_rng(4).normal(size=(2, 16, 16))
+    write_stack(tmp_path / "a.mrcs", images, apix=1.0)
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(mrcfile.mrcobject, "datetime", Later)
+    write_stack(tmp_path / "b.mrcs", images, apix=1.0)
+    assert (tmp_path / "a.mrcs").read_bytes() == (tmp_path / "b.mrcs").read_bytes()
+    with mrcfile.open(tmp_path / "a.mrcs") as mrc:
+        assert mrc.header.nlabl == 1 and mrc.header.label[0].decode().startswith("class2d ")
 
 
 def test_write_stack_refuses(tmp_path):

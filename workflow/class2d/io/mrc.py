@@ -22,12 +22,15 @@ import mrcfile.utils
 from mrcfile.dtypes import HEADER_DTYPE
 import numpy as np
 
+from class2d import __version__
 from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
 from class2d.io.paths import factorize
 from class2d.io.table import ParticleTable
 
 logger = logging.getLogger(__name__)
+#: the header's first label: the same images give the same bytes, whenever written
+LABEL = f"class2d {__version__}"
 
 
 class StackHeader(NamedTuple):
@@ -140,6 +143,7 @@ def write_stack(path: str | os.PathLike, images: np.ndarray, apix: float,
             mrc.set_image_stack()
             mrc.voxel_size = apix
             mrc.update_header_stats()
+            mrc.header.label[0] = LABEL     # not mrcfile's, which holds the time of writing
     logger.debug("wrote %d images of %d px to %s", images.shape[0], images.shape[-1], path)
 
 
