@@ -4,8 +4,9 @@
     >>> top_s, top_i, lse, nsig, refine, ratio = score_classes(p_stack, ctf2, arot, phase,
     ...                                                         alpha, 1.0, side, 6.9, 8)
 
-The public functions (no leading underscore) are the backend interface: every one has a twin of the same signature in ``class2d.kernels.cuda``; the
-shapes and meanings are documented once, here.  Scalar maths lives in ``scalar.py``.
+The public functions (no leading underscore) are the backend interface: every one has a
+twin of the same signature in ``class2d.kernels.cuda``; the shapes and meanings are
+documented once, here.  Scalar maths lives in ``scalar.py``.
 """
 
 from __future__ import annotations
@@ -329,13 +330,14 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     n = p_stack.shape[0]
     k_count = arot.shape[0]
     out = unscored(n, k_count, n_top)
+    phase_parts = tuple(np.ascontiguousarray(part, np.float32) for part in (phase.real, phase.imag))
     scalars = (np.float32(inv_temp), side, np.float32(sig_log))
     if candidates is None or candidates.all():
         rows = np.arange(n)
         group = max(1, GROUP_BYTES // (4 * arot.shape[1] * phase.shape[0]
                                        * max(n, 2 * arot.shape[2])))
         for k0 in range(0, k_count, group):
-            _score_group(p_stack, ctf2, arot[k0:k0 + group], phase, alpha, rows, k0,
+            _score_group(p_stack, ctf2, arot[k0:k0 + group], phase_parts, alpha, rows, k0,
                          scalars, out)
         return out
     rows_of = [np.flatnonzero(candidates[:, k]) for k in range(k_count)]
@@ -345,8 +347,8 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     def one_class(k):
         numba.set_num_threads(1)            # for this worker thread only
         rows = rows_of[k]
-        _score_group(p_stack[rows], ctf2[rows], arot[k:k + 1], phase, alpha[rows], rows, k,
-                     scalars, out)
+        _score_group(p_stack[rows], ctf2[rows], arot[k:k + 1], phase_parts, alpha[rows], rows,
+                     k, scalars, out)
 
     n_workers = numba.get_num_threads()
     pool = _workers.get(n_workers)
@@ -357,13 +359,14 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     return out
 
 
-def _score_group(p_stack, ctf2, arot, phase, alpha, rows, k0, scalars, out):
+def _score_group(p_stack, ctf2, arot, phase_parts, alpha, rows, k0, scalars, out):
     """Score classes k0… (``arot``, (G, R, F)) for particles ``rows`` of ``out``, whose
-    data ``p_stack``, ``ctf2``, ``alpha`` hold, in one matrix product."""
+    data ``p_stack``, ``ctf2``, ``alpha`` hold, in one matrix product.  phase_parts: the
+    real and imaginary parts of phase, (T, F) float32 each."""
     n = p_stack.shape[0]
     n_group, n_rot, n_freq = arot.shape
-    n_pose = n_rot * phase.shape[0]
-    p_re, p_im = (np.ascontiguousarray(part, np.float32) for part in (phase.real, phase.imag))
+    p_re, p_im = phase_parts
+    n_pose = n_rot * p_re.shape[0]
     a = arot.reshape(-1, n_freq)
     a_re, a_im = (np.ascontiguousarray(part, np.float32) for part in (a.real, a.imag))
     m_stack = _buffer("poses", (n_group * n_pose, 2 * n_freq), np.float32)

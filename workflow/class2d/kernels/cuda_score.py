@@ -319,8 +319,8 @@ def recount_blocks(flags: np.ndarray, tile_n: int) -> tuple[np.ndarray, np.ndarr
 
 
 def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_top):
-    """``cpu.score_classes`` on the GPU: each chunk of particles is uploaded once and scored
-    against every class in turn, one fused launch per class.
+    """``cpu.score_classes`` on the GPU: the classes are uploaded once, then each chunk of
+    particles once, and scored against every class in turn, one fused launch per class.
 
     p_stack: (N, 2F) float32 [Re P | Im P];  ctf2: (N, F) float32;  arot: (K, R, F) complex64
     phase: (T, F) complex64, T = side²;  alpha: (N,) float32
@@ -343,17 +343,18 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     if n == 0:
         return out
     d_phase = dev.upload(phase, np.complex64)
+    arot = np.ascontiguousarray(arot, np.complex64)
+    a2t = (arot.real ** 2 + arot.imag ** 2).astype(np.float32).transpose(0, 2, 1)
+    references = [(cuda.to_device(arot[k]), dev.upload(a2t[k], np.float32))
+                  for k in range(k_count)]                 # once, for every chunk
     per_particle = 12 * n_freq + 8 + 4 * n_rot + n_tiles * (8 * n_top + 13) + 20 * n_top + 40
     step = dev.chunk_size(n, 0, per_particle, "particle")
     scalars = (np.float32(inv_temp), int(side), np.float32(sig_log), int(n_top))
     for a in range(0, n, step):
         b = min(n, a + step)
         particles = [dev.upload(array[a:b], np.float32) for array in (p_stack, ctf2, alpha)]
-        for k in range(k_count):
-            class_rot = np.ascontiguousarray(arot[k], np.complex64)
-            a2t = (class_rot.real ** 2 + class_rot.imag ** 2).astype(np.float32).T
-            chunk = _score_chunk(*particles, cuda.to_device(class_rot), d_phase,
-                                 dev.upload(a2t, np.float32), *scalars)
+        for k, (d_rot, d_a2t) in enumerate(references):
+            chunk = _score_chunk(*particles, d_rot, d_phase, d_a2t, *scalars)
             for dest, value in zip(out, chunk):
                 dest[a:b, k] = value
     return out
