@@ -1,7 +1,9 @@
-"""The one exception users see: bad input, named by file and problem.
+"""The exceptions users see: bad input named by file, bad settings named by config key.
 
     >>> raise InputError("particles.star", "no CTF columns (rlnDefocusU)")
     class2d.errors.InputError: particles.star: no CTF columns (rlnDefocusU)
+    >>> raise ConfigError("select.mode", "must be one of auto, list, thresholds, got 'best'")
+    class2d.errors.ConfigError: config select.mode: must be one of auto, list, thresholds, got 'best'
 """
 
 from __future__ import annotations
@@ -16,3 +18,15 @@ class InputError(ValueError):
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         super().__init__(problem if self.path is None else f"{self.path}: {problem}")
+
+
+class ConfigError(ValueError):
+    """A bad setting. ``str(err)`` is one line: ``config <key>: <problem>``.
+
+    key: the setting as a user writes it in config.yaml, section first (``classify.n_classes``)
+    """
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config {key}: {problem}")

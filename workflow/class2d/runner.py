@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 
 
 def setup_logging(log: str | None = None) -> None:
@@ -25,11 +25,12 @@ def setup_logging(log: str | None = None) -> None:
 
 
 def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwargs: Any) -> Any:
-    """Call ``func``; bad input ends the process with one line ``error: <file>: <problem>``."""
+    """Call ``func``; bad input or a bad setting ends the process with one line
+    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``."""
     setup_logging(log)
     try:
         return func(*args, **kwargs)
-    except (InputError, FileNotFoundError) as err:
+    except (InputError, ConfigError, FileNotFoundError) as err:
         logging.getLogger(func.__module__).error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
