@@ -2,6 +2,9 @@
 
     >>> run_step(prepare_stack, "particles.star", "out", log="logs/prepare.log")
 
+The last line of every step's log gives its time and peak memory, e.g.
+``prepare_stack: done in 81.2 s, peak memory 1.21 GB`` (or ``failed after …``).
+
 Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 """
 
@@ -9,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from class2d.errors import ConfigError, InputError
+from class2d.progress import peak_memory_gb
 
 
 def setup_logging(log: str | None = None) -> None:
@@ -28,9 +33,17 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwa
     """Call ``func``; bad input or a bad setting ends the process with one line
     ``error: <file>: <problem>`` or ``error: config <key>: <problem>``."""
     setup_logging(log)
+    logger = logging.getLogger(func.__module__)
+    started = time.perf_counter()
+    outcome = "failed after"
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        outcome = "done in"
+        return result
     except (InputError, ConfigError, FileNotFoundError) as err:
-        logging.getLogger(func.__module__).error("%s", err)
+        logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        logger.info("%s: %s %.1f s, peak memory %.2f GB", func.__name__, outcome,
+                    time.perf_counter() - started, peak_memory_gb())

@@ -1,0 +1,100 @@
+"""Tests of class2d.progress and the closing line of class2d.runner.run_step."""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+
+import pytest
+
+from class2d import progress
+from class2d.errors import InputError
+from class2d.progress import Progress, format_seconds
+from class2d.runner import run_step
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_lines_every_interval_with_rate_and_time_left(caplog):
+    clock = FakeClock()
+    meter = Progress("prepare shard 3", total=10_000, clock=clock)
+    with caplog.at_level(logging.INFO, logger="class2d.progress"):
+        for _ in range(10):                       # 1,000 particles every 5 s
+            clock.now += 5.0
+            meter.advance(1000)
+        meter.finish()
+    lines = [r.getMessage() for r in caplog.records]
+    # 50 s of work, INTERVAL 20 s: lines at 20 s and 40 s, then the closing line
+    assert lines == [
+        "prepare shard 3: 4000/10000 particles (40.0 %), 200/s, 30 s left",
+        "prepare shard 3: 8000/10000 particles (80.0 %), 200/s, 10 s left",
+        "prepare shard 3: 10000 particles in 50 s (200/s)",
+    ]
+
+
+def test_progress_line_after_one_long_batch(caplog, monkeypatch):
+    monkeypatch.setattr(progress, "INTERVAL", 30.0)
+    clock = FakeClock()
+    meter = Progress("E-step", total=300, clock=clock)
+    with caplog.at_level(logging.INFO, logger="class2d.progress"):
+        clock.now += 29.0
+        meter.advance(100)                        # not yet 30 s: no line
+        clock.now += 31.0
+        meter.advance(100)
+    assert [r.getMessage() for r in caplog.records] == [
+        "E-step: 200/300 particles (66.7 %), 3/s, 30 s left"]
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (0.4, 59.4, 60, 725, 3600, 12_000, float("inf"))] == [
+        "0 s", "59 s", "1 min 0 s", "12 min 5 s", "1 h 0 min", "3 h 20 min", "unknown"]
+
+
+def test_peak_memory_is_the_high_water_mark_the_kernel_reports():
+    """In a fresh process: touch 300 MB, then compare with /proc/self/status VmHWM."""
+    code = ("import numpy as np; a = np.ones(300 * 2**20 // 8); del a\n"
+            "from class2d.progress import peak_memory_gb\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "print(peak_memory_gb(), int(hwm.split()[1]) * 1024 / 1e9)")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux's")
+    ours, kernel = map(float, subprocess.run([sys.executable, "-c", code], check=True,
+                                             capture_output=True, text=True).stdout.split())
+    assert ours >= 0.3 * 2**20 * 1024 / 1e9 * 0.99
+    assert ours == pytest.approx(kernel, rel=0.02)
+
+
+def _allocate(megabytes: int) -> int:
+    import numpy as np
+
+    return int(np.ones(megabytes * 2**20 // 8).sum())
+
+
+def _bad_input() -> None:
+    raise InputError("particles.star", "truncated")
+
+
+def test_run_step_ends_every_log_with_time_and_peak_memory(tmp_path):
+    log = tmp_path / "step.log"
+    assert run_step(_allocate, 50, log=str(log)) == 50 * 2**20 // 8
+    last = log.read_text().splitlines()[-1]
+    match = re.search(r"_allocate: done in ([\d.]+) s, peak memory ([\d.]+) GB$", last)
+    assert match and float(match.group(2)) >= 0.05
+
+
+def test_run_step_failure_ends_with_one_error_line_and_the_closing_line(tmp_path):
+    log = tmp_path / "step.log"
+    with pytest.raises(SystemExit) as exit_info:
+        run_step(_bad_input, log=str(log))
+    assert exit_info.value.code == 1
+    lines = log.read_text().splitlines()
+    assert lines[-2].endswith("particles.star: truncated")
+    assert re.search(r"_bad_input: failed after [\d.]+ s, peak memory [\d.]+ GB$", lines[-1])
