@@ -1,18 +1,15 @@
-"""Tests of class2d.progress and the closing line of class2d.runner.run_step."""
+"""Tests of class2d.progress: progress lines (a fake clock) and the peak memory."""
 
 from __future__ import annotations
 
 import logging
-import re
 import subprocess
 import sys
 
 import pytest
 
 from class2d import progress
-from class2d.errors import InputError
 from class2d.progress import Progress, format_seconds
-from class2d.runner import run_step
 
 
 class FakeClock:
@@ -70,31 +67,3 @@ def test_peak_memory_is_the_high_water_mark_the_kernel_reports():
                                              capture_output=True, text=True).stdout.split())
     assert ours >= 0.3 * 2**20 * 1024 / 1e9 * 0.99
     assert ours == pytest.approx(kernel, rel=0.02)
-
-
-def _allocate(megabytes: int) -> int:
-    import numpy as np
-
-    return int(np.ones(megabytes * 2**20 // 8).sum())
-
-
-def _bad_input() -> None:
-    raise InputError("particles.star", "truncated")
-
-
-def test_run_step_ends_every_log_with_time_and_peak_memory(tmp_path):
-    log = tmp_path / "step.log"
-    assert run_step(_allocate, 50, log=str(log)) == 50 * 2**20 // 8
-    last = log.read_text().splitlines()[-1]
-    match = re.search(r"_allocate: done in ([\d.]+) s, peak memory ([\d.]+) GB$", last)
-    assert match and float(match.group(2)) >= 0.05
-
-
-def test_run_step_failure_ends_with_one_error_line_and_the_closing_line(tmp_path):
-    log = tmp_path / "step.log"
-    with pytest.raises(SystemExit) as exit_info:
-        run_step(_bad_input, log=str(log))
-    assert exit_info.value.code == 1
-    lines = log.read_text().splitlines()
-    assert lines[-2].endswith("particles.star: truncated")
-    assert re.search(r"_bad_input: failed after [\d.]+ s, peak memory [\d.]+ GB$", lines[-1])

@@ -10,6 +10,7 @@ Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -29,15 +30,33 @@ def setup_logging(log: str | None = None) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwargs: Any) -> Any:
+def limit_threads(threads: int) -> contextlib.AbstractContextManager:
+    """Hold Numba, SciPy's FFTs and (inside the returned context) BLAS to ``threads``."""
+    import numba
+    import threadpoolctl
+
+    from class2d import fourier
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    fourier.FFT_WORKERS = threads
+    return threadpoolctl.threadpool_limits(limits=threads)
+
+
+def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
+             threads: int | None = None, **kwargs: Any) -> Any:
     """Call ``func``; bad input or a bad setting ends the process with one line
-    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``."""
+    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``.
+
+    threads: the CPU threads the job was given (Snakemake's ``threads``): Numba, BLAS and
+    the FFTs use no more.
+    """
     setup_logging(log)
     logger = logging.getLogger(func.__module__)
     started = time.perf_counter()
     outcome = "failed after"
     try:
-        result = func(*args, **kwargs)
+        with limit_threads(threads) if threads else contextlib.nullcontext():
+            result = func(*args, **kwargs)
         outcome = "done in"
         return result
     except (InputError, ConfigError, FileNotFoundError) as err:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import operator
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import centered_rfft2, frc_resolution, rfft_frequencies
 from class2d.prepare import PreparedStack
+from class2d.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -236,9 +238,10 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     results = {key: [] for key in RESULT_KEYS}
     flops = e_seconds = 0.0
     seen = state.classes[rows] >= 0
+    progress = Progress("E-step", rows.size, logger)
     for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
         # chunks of equal size: a small last chunk would make small, slow products
-        n_chunks = -(-group.size // params.batch_size)
+        n_chunks = -(-group.size // params.estep_batch(stack.box))
         for chunk in np.array_split(group, n_chunks) if n_chunks else ():
             prev = state.shifts[chunk] if poses is ctx.local else None
             spectra = load_spectra(stack, chunk, prev)
@@ -266,6 +269,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                     1.0 / (scores.gamma ** 2).sum(axis=1), scores.gamma[n, best] * pose_p,
                     scores.nsig[n, best], scores.loglik, scores.ratio[n, best])):
                 results[key].append(value)
+            progress.advance(chunk.size)
     out = {key: np.concatenate(value) for key, value in results.items()}
     order = np.argsort(out["rows"], kind="stable")
     out = {key: value[order] for key, value in out.items()}
@@ -421,7 +425,7 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     tic = time.perf_counter()
     stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
                             hard=last and params.hard_last_iteration)
-    out.update({f"stats_{f.name}": getattr(stats, f.name) for f in dataclasses.fields(stats)})
+    out.update(stats.to_file())
     out["seconds"] = time.perf_counter() - tic
     return out
 
@@ -429,8 +433,7 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
 def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
                      params: ClassifyParams) -> tuple[ClassState, dict]:
     """Sum the shards' statistics into the next state; concatenate per-particle results."""
-    stats = Statistics(*(sum(p[f"stats_{f.name}"] for p in parts)
-                         for f in dataclasses.fields(Statistics)))
+    stats = functools.reduce(operator.add, (Statistics.from_file(p) for p in parts))
     out = {key: np.concatenate([p[key] for p in parts]) for key in RESULT_KEYS}
     out["flops"] = float(sum(float(p["flops"]) for p in parts))
     out["estep_seconds"] = float(sum(float(p["estep_seconds"]) for p in parts))

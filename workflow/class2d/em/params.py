@@ -9,6 +9,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from class2d.budget import DEFAULT_MEMORY_GB, estep_batch
+
+
+#: copies of the class statistics (2 half sets of (zeropad · box)² complex128 + float64) an
+#: E-step job holds at once: the state's, the batch's sum, one chunk's, their blend
+CLASS_COPIES = 4
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyParams:
@@ -45,7 +52,8 @@ class ClassifyParams:
     max_poses: int = 8                    # poses kept per particle and class when marginalising
     class_prune_margin: float = 20.0      # skip classes this far behind at low res (0: off)
     tau2_fudge: float = 2.0               # RELION's regularisation T
-    batch_size: int = 2048                # particles per E-step chunk (memory)
+    batch_size: int = 2048                # particles per E-step chunk; 0: from memory_gb
+    memory_gb: float = DEFAULT_MEMORY_GB  # GB a job may use (sets batch_size 0)
     seed: int = 0
 
     @classmethod
@@ -55,6 +63,14 @@ class ClassifyParams:
         if unknown:
             raise ValueError(f"unknown classify keys: {sorted(unknown)}")
         return cls(**{**section, "seed": seed})
+
+    def estep_batch(self, box: int) -> int:
+        """Particles per E-step chunk in a ``box``-px alignment box: ``batch_size``, or with
+        0 what ``memory_gb`` holds besides the class statistics (at most 2048)."""
+        if self.batch_size:
+            return self.batch_size
+        per_class = CLASS_COPIES * 2 * (self.zeropad * box) ** 2 * 24
+        return estep_batch(self.memory_gb, box, fixed_bytes=self.n_classes * per_class)
 
     @property
     def use_force_max(self) -> bool:
