@@ -17,7 +17,10 @@ rule init_classes:
         CONDA_ENV
     log:
         out("logs/classify/init_classes.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["iteration"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/init_classes.py"
@@ -42,7 +45,10 @@ rule classify_iteration:
         CONDA_ENV
     log:
         out("logs/classify/iteration_{n}.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["iteration"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_iteration.py"
@@ -68,7 +74,10 @@ rule classify_full_shard:
         CONDA_ENV
     log:
         out("logs/classify/full_{n}_shard_{s}.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["full_shard"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_full_shard.py"
@@ -92,6 +101,10 @@ rule gather_full_pass:
         CONDA_ENV
     log:
         out("logs/classify/gather_{n}.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/gather_full_pass.py"
 
@@ -117,5 +130,9 @@ rule export_classes:
         CONDA_ENV
     log:
         out("logs/classify/export_classes.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/export_classes.py"

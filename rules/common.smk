@@ -1,8 +1,18 @@
 # Paths and small helpers shared by every stage: only wiring, no science.
 import os
+import sys
+
+from class2d.errors import ConfigError, InputError
+from class2d.prepare import shard_count
 
 OUT = config["outdir"]
 CONDA_ENV = "../envs/class2d.yaml"
+
+# ---- what each job may use: memory_gb for every job, `threads` for the heavy ones.
+# runtime (minutes) is an upper bound for shards of up to 10⁵ particles of 256 px on 2 cores.
+MEM_MB = int(config["memory_gb"] * 1000)
+THREADS = config["threads"]
+RUNTIME = {"light": 30, "prepare": 120, "iteration": 120, "full_shard": 240}
 
 
 def out(path):
@@ -17,8 +27,22 @@ def input_particles():
     return config["particles"]
 
 
+def count_shards():
+    """Shards of the prepared stack, known when the DAG is built: prepare.shards, or from
+    the particle count (read cheaply from the input file; the demo's from the config)."""
+    prep = config["prepare"]
+    particles = config["demo"]["n_particles"] if config["particles"] == "demo" else config["particles"]
+    try:
+        return shard_count(particles, prep["shards"], prep["particles_per_shard"])
+    except (ConfigError, InputError) as err:
+        sys.exit(f"error: {err}")
+
+
+N_SHARDS = count_shards()
+
+
 def shard_paths():
-    return [out(f"prepare/stack_{s:03d}.mrcs") for s in range(config["prepare"]["shards"])]
+    return [out(f"prepare/stack_{s:03d}.mrcs") for s in range(N_SHARDS)]
 
 
 def final_outputs():
@@ -40,12 +64,12 @@ N_ONLINE = CLS["online_iterations"]
 N_LAST = N_ONLINE + CLS["final_full_iterations"]
 ONLINE_ENDS = sorted(set(range(CLS["iterations_per_job"], N_ONLINE + 1, CLS["iterations_per_job"]))
                      | ({N_ONLINE} if N_ONLINE else set()))
-N_SHARDS = config["prepare"]["shards"]
 
 
 def em_config():
     """The classify section as the package takes it (workflow-only keys removed)."""
-    return {k: v for k, v in CLS.items() if k != "iterations_per_job"}
+    return {**{k: v for k, v in CLS.items() if k != "iterations_per_job"},
+            "memory_gb": config["memory_gb"]}
 
 
 def iter_path(n, name="state.npz"):

@@ -1,21 +1,53 @@
-rule prepare_stack:
+# Each shard of the prepared stack is its own job (in parallel, on a cluster one node each);
+# prepare_stack then writes the table and prepared.yaml once every shard is there.
+
+
+rule prepare_shard:
     input:
         particles=input_particles(),
     output:
-        star=out("prepare/particles.star"),
-        meta=out("prepare/prepared.yaml"),
-        shards=shard_paths(),
+        out("prepare/stack_{s}.mrcs"),
+    wildcard_constraints:
+        s=r"\d{3}",
     params:
+        shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
         diameter_A=config["prepare"]["diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
-        shards=config["prepare"]["shards"],
+        max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
+        memory_gb=config["memory_gb"],
+    conda:
+        CONDA_ENV
+    log:
+        out("logs/prepare/shard_{s}.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["prepare"],
+    script:
+        "../scripts/prepare_shard.py"
+
+
+rule prepare_stack:
+    input:
+        particles=input_particles(),
+        shards=shard_paths(),
+    output:
+        star=out("prepare/particles.star"),
+        meta=out("prepare/prepared.yaml"),
+    params:
+        shards=N_SHARDS,
+        box_px=config["prepare"]["box_px"],
+        diameter_A=config["prepare"]["diameter_A"],
+        invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
     conda:
         CONDA_ENV
     log:
         out("logs/prepare_stack.log"),
+    threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/prepare_stack.py"

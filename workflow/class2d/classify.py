@@ -67,14 +67,18 @@ def gather_step(prepared: str, previous: str, shard_paths: list[str], iter_dir: 
     """Sum shard statistics: writes ``iter_dir/assignments.npz`` then ``iter_dir/state.npz``."""
     stack = PreparedStack.open(prepared)
     params = ClassifyParams.from_config(config, seed)
-    parts = []
-    for path in shard_paths:
-        with np.load(path) as data:
-            parts.append({key: data[key] for key in data.files})
-    state, out = online.gather_full_pass(stack, ClassState.load(previous), parts, params)
+    state, out = online.gather_full_pass(stack, ClassState.load(previous),
+                                         _load_each(shard_paths), params)
     with atomic_path(os.path.join(iter_dir, ASSIGNMENTS)) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **out)
     state.save(os.path.join(iter_dir, STATE))
+
+
+def _load_each(paths: list[str]):
+    """Each npz file's arrays in turn: one file in memory at a time."""
+    for path in paths:
+        with np.load(path) as data:
+            yield {key: data[key] for key in data.files}
 
 
 def export_step(prepared: str, iter_dir: str, out_dir: str, config: dict, seed: int = 0) -> None:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import operator
 import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -430,20 +430,31 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     return out
 
 
-def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
+def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Mapping],
                      params: ClassifyParams) -> tuple[ClassState, dict]:
-    """Sum the shards' statistics into the next state; concatenate per-particle results."""
-    stats = functools.reduce(operator.add, (Statistics.from_file(p) for p in parts))
-    out = {key: np.concatenate([p[key] for p in parts]) for key in RESULT_KEYS}
-    out["flops"] = float(sum(float(p["flops"]) for p in parts))
-    out["estep_seconds"] = float(sum(float(p["estep_seconds"]) for p in parts))
+    """Sum the shards' statistics into the next state; concatenate per-particle results.
+
+    parts: each shard's results, read once in order (an iterator that loads one shard file
+    at a time holds one shard's statistics, not all of them)."""
+    stats = None
+    columns: dict[str, list] = {key: [] for key in RESULT_KEYS}
+    totals = {"flops": 0.0, "estep_seconds": 0.0, "seconds": 0.0}
+    for part in parts:
+        shard = Statistics.from_file(part)
+        stats = shard if stats is None else stats + shard
+        for key in RESULT_KEYS:
+            columns[key].append(np.asarray(part[key]))
+        for key in totals:
+            totals[key] += float(part[key])
+    out = {key: np.concatenate(value) for key, value in columns.items()}
+    out["flops"], out["estep_seconds"] = totals["flops"], totals["estep_seconds"]
     refs, stats, sigma2, tau2 = _finish_mstep(stats, state.tau2, state.sigma2, params,
                                               stack.box, stack.apix, state.pad, recenter=False)
     n = state.iteration + 1
     classes, shifts, changed = _updated(state, out)
     ctx = make_context(stack, params, params.align_res_A, full=True)
     row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed,
-                       sum(float(p["seconds"]) for p in parts))
+                       totals["seconds"])
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
                 "%(gflops).1f GFLOP in %(seconds).1f s", row)
     new = ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,

@@ -17,6 +17,7 @@ import pandas as pd
 import starfile
 import starfile.writer
 
+from class2d.budget import DEFAULT_MEMORY_GB, simulate_chunk
 from class2d.io import write_particles
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import write_stack
@@ -119,11 +120,12 @@ def read_truth(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def simulate_demo(out_dir: str | os.PathLike, seed: int = 0, n_objects: int = 0,
-                  chunk: int = 1024, **kwargs) -> str:
+                  memory_gb: float = DEFAULT_MEMORY_GB, **kwargs) -> str:
     """Simulate and write the demo data set; ``n_objects`` 0 means random views.
 
-    chunk: images in memory at a time; ``kwargs`` go to
+    memory_gb: sets the images simulated at a time; ``kwargs`` go to
     :func:`~class2d.simulate.dataset.plan_dataset`.  Returns the STAR path.
     """
+    chunk = simulate_chunk(memory_gb, kwargs.get("box", 64), kwargs.get("ctf_pad", 2))
     return write_simulated(out_dir, chunk, overwrite=True, seed=seed,
                            n_objects=n_objects or None, **kwargs)
