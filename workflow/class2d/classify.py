@@ -22,7 +22,7 @@ from class2d.em import online
 from class2d.em.export import write_outputs
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
-from class2d.io.atomic import atomic_path
+from class2d.io.npz import write_npz
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
 
@@ -58,8 +58,7 @@ def shard_step(prepared: str, previous: str, shard: int, shard_path: str, config
     stack, params, kernels = _setup(prepared, config, seed, backend)
     state = ClassState.load(previous)
     part = online.full_pass_shard(stack, state, params, kernels, shard, last)
-    with atomic_path(shard_path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **part)
+    write_npz(shard_path, part)
 
 
 def gather_step(prepared: str, previous: str, shard_paths: list[str], iter_dir: str,
@@ -72,8 +71,7 @@ def gather_step(prepared: str, previous: str, shard_paths: list[str], iter_dir: 
         with np.load(path) as data:
             parts.append({key: data[key] for key in data.files})
     state, out = online.gather_full_pass(stack, ClassState.load(previous), parts, params)
-    with atomic_path(os.path.join(iter_dir, ASSIGNMENTS)) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **out)
+    write_npz(os.path.join(iter_dir, ASSIGNMENTS), out)
     state.save(os.path.join(iter_dir, STATE))
 
 

@@ -24,7 +24,7 @@ import yaml
 
 from class2d import io
 from class2d.errors import InputError
-from class2d.fourier import fourier_crop
+from class2d.fourier import fourier_crop, pixel_radius
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import read_images, write_stack
 
@@ -46,8 +46,7 @@ def alignment_box(box: int, apix: float, max_res_A: float | None, box_px: int | 
 
 def background_mask(box: int, radius_px: float) -> np.ndarray:
     """(box, box) bool: pixels outside the particle circle, used for normalisation."""
-    y, x = np.mgrid[:box, :box] - box // 2
-    return np.hypot(x, y) > radius_px
+    return pixel_radius(box) > radius_px
 
 
 def normalise(images: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -94,9 +93,6 @@ class PreparedStack:
 
     def table(self) -> io.ParticleTable:
         return io.read_particles(os.path.join(self.folder, "particles.star"))
-
-    def shard_of(self, row: int) -> int:
-        return next(s for s, (a, b) in enumerate(self.shard_rows) if a <= row < b)
 
     def images(self, rows: np.ndarray) -> np.ndarray:
         """Images of the given rows (sorted or not): (m, box, box) float32."""

@@ -16,20 +16,19 @@ import logging
 
 import numpy as np
 
-from class2d.fourier import centered_rfft2, circular_mask, shell_index
+from class2d.fourier import centered_rfft2, circular_mask, pixel_grid, pixel_radius, shell_index
 
 logger = logging.getLogger(__name__)
 
 
 def grid_radius(grid: int, pad: int) -> np.ndarray:
     """Radius of every node of a centred (G, G) grid in Fourier px of the d-box."""
-    y, x = np.mgrid[:grid, :grid] - grid // 2
-    return np.hypot(x, y) / pad
+    return pixel_radius(grid) / pad
 
 
 def gridding_correction(box: int, pad: int) -> np.ndarray:
     """(d, d) real-space sinc² of bilinear interpolation on a (pad·d) grid."""
-    y, x = np.mgrid[:box, :box] - box // 2
+    y, x = pixel_grid(box)
     grid = pad * box
     return (np.sinc(x / grid) * np.sinc(y / grid)) ** 2
 
@@ -98,7 +97,7 @@ def center_of_mass_shift(image: np.ndarray, threshold: float) -> np.ndarray:
     total = mass.sum()
     if total <= 0:
         return np.zeros(2)
-    y, x = np.mgrid[:box, :box] - box // 2
+    y, x = pixel_grid(box)
     return -np.array([(mass * x).sum(), (mass * y).sum()]) / total
 
 
@@ -115,7 +114,7 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 def shift_grids(grids: np.ndarray, shifts: np.ndarray, pad: int) -> np.ndarray:
     """Apply (K, 2) real-space shifts (px of the d-box) to centred padded Fourier grids."""
     grid = grids.shape[-1]
-    y, x = (np.mgrid[:grid, :grid] - grid // 2) / pad
+    y, x = np.stack(pixel_grid(grid)) / pad
     box = grid // pad
     phase = np.exp(-2j * np.pi * (x[None] * shifts[:, 0, None, None]
                                   + y[None] * shifts[:, 1, None, None]) / box)
