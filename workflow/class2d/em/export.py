@@ -19,7 +19,7 @@ import pandas as pd
 import starfile
 
 from class2d import io
-from class2d.em.online import class_resolution
+from class2d.em.mstep import class_resolution
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
 from class2d.io.atomic import atomic_path
