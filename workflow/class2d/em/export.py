@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from class2d import io
-from class2d.em.online import class_resolution
+from class2d.em.mstep import class_resolution
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
 from class2d.fourier import pixel_grid
