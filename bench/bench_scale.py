@@ -32,7 +32,6 @@ import yaml
 from bench_classify import matmul_peak
 from class2d.em.state import ClassState
 from class2d.progress import peak_memory_gb
-from class2d.simulate import write_simulated
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: a job's closing line, as class2d.runner.run_step writes it

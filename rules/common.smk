@@ -1,11 +1,16 @@
-# Paths and small helpers shared by every stage: only wiring, no science.
+# Paths and small helpers shared by every stage: only wiring, no science. File names come
+# from class2d.layout and derived settings from class2d's ClassifyParams, as the package uses them.
 import os
 import sys
 
+from class2d import layout
+from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
 from class2d.errors import ConfigError, InputError
 from class2d.prepare import shard_count
 
 OUT = config["outdir"]
+PREPARE_DIR = os.path.join(OUT, "prepare")
+CLASSIFY_DIR = os.path.join(OUT, "classify")
 CONDA_ENV = "../envs/class2d.yaml"
 
 # ---- what each job may use: memory_gb for every job, `threads` for the heavy ones.
@@ -31,7 +36,8 @@ def count_shards():
     """Shards of the prepared stack, known when the DAG is built: prepare.shards, or from
     the particle count (read cheaply from the input file; the demo's from the config)."""
     prep = config["prepare"]
-    particles = config["demo"]["n_particles"] if config["particles"] == "demo" else config["particles"]
+    demo = config["particles"] == "demo"
+    particles = config["demo"]["n_particles"] if demo else config["particles"]
     try:
         return shard_count(particles, prep["shards"], prep["particles_per_shard"])
     except (ConfigError, InputError) as err:
@@ -42,7 +48,8 @@ N_SHARDS = count_shards()
 
 
 def shard_paths():
-    return [out(f"prepare/stack_{s:03d}.mrcs") for s in range(N_SHARDS)]
+    """The prepared stack's image files, one per shard."""
+    return [layout.stack_path(PREPARE_DIR, s) for s in range(N_SHARDS)]
 
 
 def final_outputs():
@@ -68,12 +75,18 @@ ONLINE_ENDS = sorted(set(range(CLS["iterations_per_job"], N_ONLINE + 1, CLS["ite
 
 def em_config():
     """The classify section as the package takes it (workflow-only keys removed)."""
-    return {**{k: v for k, v in CLS.items() if k != "iterations_per_job"},
+    return {**{k: v for k, v in CLS.items() if k not in WORKFLOW_KEYS},
             "memory_gb": config["memory_gb"]}
 
 
-def iter_path(n, name="state.npz"):
-    return out(f"classify/iter_{n:03d}/{name}")
+def alignment_res_A():
+    """Å, the alignment resolution that sets the prepared box: the package's derivation."""
+    return ClassifyParams.from_config(em_config(), config["seed"]).align_res_A
+
+
+def state_path(n):
+    """Iteration n's state file (n an int, or a wildcard such as "{n}")."""
+    return layout.state_path(CLASSIFY_DIR, n)
 
 
 def previous_number(n):
@@ -82,16 +95,12 @@ def previous_number(n):
 
 
 def previous_state(n):
-    return iter_path(previous_number(n))
+    return state_path(previous_number(n))
 
 
 def numbers(values):
-    return "|".join(f"{n:03d}" for n in values) or "none"
-
-
-def prepared_dir(wildcards, input):
-    """The prepared-stack folder, derived from the rule's input (no hard-coded prefix)."""
-    return os.path.dirname(input.meta)
+    """A wildcard constraint matching exactly these iteration numbers."""
+    return "|".join(layout.number(n) for n in values) or "none"
 
 
 # ---- after classification: each optional stage passes its particles to the next

@@ -1,4 +1,4 @@
-# Each shard of the prepared stack is its own job (in parallel, on a cluster one node each);
+# Each shard of the prepared stack is its own job (in parallel; on a cluster, one node each);
 # prepare_stack then writes the table and prepared.yaml once every shard is there.
 
 
@@ -6,15 +6,15 @@ rule prepare_shard:
     input:
         particles=input_particles(),
     output:
-        out("prepare/stack_{s}.mrcs"),
+        layout.stack_path(PREPARE_DIR, "{s}"),
     wildcard_constraints:
-        s=r"\d{3}",
+        s=numbers(range(N_SHARDS)),
     params:
         shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
         diameter_A=config["prepare"]["diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
-        max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
+        max_res_A=alignment_res_A(),
         memory_gb=config["memory_gb"],
     conda:
         CONDA_ENV
@@ -33,14 +33,15 @@ rule prepare_stack:
         particles=input_particles(),
         shards=shard_paths(),
     output:
-        star=out("prepare/particles.star"),
-        meta=out("prepare/prepared.yaml"),
+        star=layout.prepared_particles(PREPARE_DIR),
+        meta=layout.prepared_meta(PREPARE_DIR),
     params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.meta),
         shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
         diameter_A=config["prepare"]["diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
-        max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
+        max_res_A=alignment_res_A(),
     conda:
         CONDA_ENV
     log:

@@ -6,11 +6,11 @@ import mrcfile
 import numpy as np
 import pytest
 
-from class2d import io
+from class2d import io, layout
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop
-from class2d.prepare import (PreparedStack, alignment_box, background_mask, finish_prepare,
-                             prepare_shard, prepare_stack, shard_count)
+from class2d.prepare import (alignment_box, background_mask, finish_prepare, prepare_shard,
+                             prepare_stack, shard_count)
 from class2d.simulate import simulate, write_dataset
 
 
@@ -43,7 +43,7 @@ def test_prepared_stack_is_cropped_normalised_and_sharded(demo_star, tmp_path):
     corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(images, cropped)]
     assert min(corr) > 0.99999
     for s in range(3):
-        path = os.path.join(stack.folder, PreparedStack.shard_name(s))
+        path = layout.stack_path(stack.folder, s)
         assert mrcfile.validate(path)
         with mrcfile.open(path) as mrc:
             assert float(mrc.voxel_size.x) == pytest.approx(4.0)
@@ -102,11 +102,11 @@ def test_same_bytes_whatever_the_batches_and_the_shards(demo_star, tmp_path):
     whole = prepare_stack(star, tmp_path / "one", max_res_A=8.0)
     settings = dict(max_res_A=8.0, memory_gb=0.601)       # 229 kB per particle: 4 a batch
     for s in (2, 0, 1):                                    # any order, as parallel jobs finish
-        prepare_shard(star, tmp_path / "three" / PreparedStack.shard_name(s), s, 3, **settings)
+        prepare_shard(star, tmp_path / "three" / layout.stack_name(s), s, 3, **settings)
     split = finish_prepare(star, tmp_path / "three", 3, max_res_A=8.0)
     assert split.shard_rows == ((0, 40), (40, 80), (80, 120))
-    one = mrcfile.read(tmp_path / "one" / PreparedStack.shard_name(0))
-    three = np.concatenate([mrcfile.read(tmp_path / "three" / PreparedStack.shard_name(s))
+    one = mrcfile.read(tmp_path / "one" / layout.stack_name(0))
+    three = np.concatenate([mrcfile.read(tmp_path / "three" / layout.stack_name(s))
                             for s in range(3)])
     assert one.tobytes() == three.tobytes()
     np.testing.assert_array_equal(split.images(np.arange(120)), whole.images(np.arange(120)))

@@ -15,11 +15,9 @@ import os
 import numpy as np
 import pandas as pd
 import starfile
-import starfile.writer
 
 from class2d.budget import DEFAULT_MEMORY_GB, simulate_chunk
-from class2d.io import write_particles
-from class2d.io.atomic import atomic_path
+from class2d.io import write_particles, write_star_blocks
 from class2d.io.mrc import write_stack
 from class2d.io.stack_writer import stack_writer
 from class2d.io.table import ParticleTable
@@ -99,13 +97,7 @@ def _write_metadata(paths: dict[str, str], table: ParticleTable, truth: pd.DataF
                     references: np.ndarray) -> str:
     """Write references, truth and (last) particles.star beside the stack; the STAR path."""
     write_stack(paths["references.mrcs"], references, _apix(table))
-    writer = starfile.writer.StarWriter({"truth": truth}, float_format=None,
-                                        separator="\t", na_rep="nan")
-    with atomic_path(paths["truth.star"]) as tmp:
-        with open(tmp, "w") as handle:
-            # no starfile banner: it holds the time, and the output must repeat byte for byte
-            handle.write("\n".join(["# ground truth written by class2d.simulate", "",
-                                     *writer.data_block_generator()]) + "\n")
+    write_star_blocks({"truth": truth}, paths["truth.star"])
     out_dir = os.path.dirname(paths["particles.star"])
     write_particles(dataclasses.replace(table, base_dir=out_dir), paths["particles.star"])
     logger.info("wrote %d simulated particles to %s", table.n, out_dir)
