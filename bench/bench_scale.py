@@ -38,7 +38,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOSING = re.compile(r"(\w+): (?:done in|failed after) ([\d.]+) s, peak memory ([\d.]+) GB")
 
 
-def dataset(work: str, n: int, box: int, apix: float, seed: int) -> tuple[str, float, float]:
+def dataset(work: str, n: int, box: int, apix: float, seed: int,
+            memory_gb: float) -> tuple[str, float, float]:
     """The synthetic set's STAR (made unless present): (path, seconds, peak GB; 0 if reused)."""
     folder = os.path.join(work, f"data_{n}_{box}px_{apix:g}A_seed{seed}")
     star = os.path.join(folder, "particles.star")
@@ -48,7 +49,7 @@ def dataset(work: str, n: int, box: int, apix: float, seed: int) -> tuple[str, f
     code = ("import sys, time; from class2d.simulate import write_simulated; "
             "from class2d.budget import simulate_chunk; from class2d.progress import "
             "peak_memory_gb; t = time.perf_counter(); "
-            f"write_simulated({folder!r}, simulate_chunk({MEMORY_GB[0]}, {box}, 2), "
+            f"write_simulated({folder!r}, simulate_chunk({memory_gb}, {box}, 2), "
             f"n_particles={n}, box={box}, apix={apix}, snr=0.05, n_objects=16, "
             f"junk_fraction=0.1, duplicate_fraction=0.0, n_micrographs={max(4, n // 100)}, "
             f"seed={seed}); print(time.perf_counter() - t, peak_memory_gb())")
@@ -71,9 +72,11 @@ def run_workflow(star: str, outdir: str, args: argparse.Namespace, n_classes: in
     with open(path, "w") as handle:
         yaml.safe_dump(config, handle)
     tic = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "snakemake", "--cores", str(args.cores), "--configfile",
-                    path, "--directory", REPO, "--quiet", "all",
-                    os.path.join(outdir, "classify", "classes.star")], check=True)
+    with open(os.path.join(outdir, "snakemake.log"), "w") as log:     # the jobs' lines too
+        subprocess.run([sys.executable, "-m", "snakemake",
+                        os.path.join(outdir, "classify", "classes.star"), "--cores",
+                        str(args.cores), "--configfile", path, "--directory", REPO],
+                       stdout=log, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - tic
 
 
@@ -94,9 +97,6 @@ def estep(outdir: str) -> tuple[float, float]:
     return sum(r["gflops"] for r in history), sum(r["estep_seconds"] for r in history)
 
 
-MEMORY_GB = [4.0]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, nargs="+", default=[10_000, 30_000, 100_000])
@@ -111,14 +111,14 @@ def main() -> None:
                         help="folder for the data sets (reused) and the runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    MEMORY_GB[0] = args.memory_gb
     work = os.path.abspath(args.work)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy {np.__version__}; workflow on --cores {args.cores}, memory_gb {args.memory_gb}")
     peak_before = matmul_peak()
     results = []
     for n in args.particles:
-        star, sim_seconds, sim_peak = dataset(work, n, args.box, args.apix, args.seed)
+        star, sim_seconds, sim_peak = dataset(work, n, args.box, args.apix, args.seed,
+                                             args.memory_gb)
         for k in args.classes:
             outdir = os.path.join(work, f"run_{n}_{args.box}px_K{k}_it{args.iterations}")
             subprocess.run(["rm", "-rf", outdir], check=True)
