@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -48,6 +49,30 @@ def test_progress_line_after_one_long_batch(caplog, monkeypatch):
         meter.advance(100)
     assert [r.getMessage() for r in caplog.records] == [
         "E-step: 200/300 particles (66.7 %), 3/s, 30 s left"]
+
+
+def test_a_line_every_interval_while_one_batch_runs_long(caplog, monkeypatch):
+    """Inside ``with``, a background thread logs while no work is reported; the closing
+    line comes when the block ends, none when it fails."""
+    monkeypatch.setattr(progress, "INTERVAL", 0.05)            # the thread checks every 12.5 ms
+    clock = FakeClock()
+    with caplog.at_level(logging.INFO, logger="class2d.progress"):
+        with Progress("full pass shard 2", total=1000, clock=clock) as meter:
+            meter.advance(250)
+            clock.now += 30.0                  # a long batch: no advance() for 30 s
+            deadline = time.monotonic() + 5.0
+            while not caplog.records and time.monotonic() < deadline:
+                time.sleep(0.01)
+        lines = [r.getMessage() for r in caplog.records]
+        # the clock stood still after the line: no second one, then the closing line
+        assert lines == ["full pass shard 2: 250/1000 particles (25.0 %), 8/s, 1 min 30 s left",
+                         "full pass shard 2: 250 particles in 30 s (8/s)"]
+        caplog.clear()
+        with pytest.raises(RuntimeError):
+            with Progress("failing", total=10, clock=clock) as meter:
+                raise RuntimeError("stopped")
+        assert caplog.records == []
+        assert not meter._beat.is_alive()
 
 
 def test_format_seconds():

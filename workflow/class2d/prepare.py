@@ -173,7 +173,8 @@ def shard_count(particles: str | os.PathLike | int, shards: int = 0,
     """
     n = particles if isinstance(particles, int) else count_particles(particles)
     if particles_per_shard < 1:
-        raise ConfigError("prepare.particles_per_shard", f"must be ≥ 1, got {particles_per_shard}")
+        raise ConfigError("prepare.particles_per_shard",
+                          f"must be ≥ 1, got {particles_per_shard}")
     count = int(shards) or max(1, -(-n // int(particles_per_shard)))
     shard_rows(n, count)            # the check
     return count
@@ -200,8 +201,8 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     logger.info("shard %d of %d: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
                 "batches of %d", shard, shards, a, b - 1, geo.box, geo.new_box, geo.apix,
                 geo.new_apix, batch)
-    progress = Progress(f"prepare shard {shard}", b - a, logger)
-    with stack_writer(shard_path, b - a, geo.new_box, geo.new_apix) as stack:
+    with (Progress(f"prepare shard {shard}", b - a, logger) as progress,
+          stack_writer(shard_path, b - a, geo.new_box, geo.new_apix) as stack):
         for start in range(a, b, batch):
             rows = np.arange(start, min(start + batch, b))
             images = read_images(table, rows)
@@ -215,7 +216,6 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
                 cropped = -cropped
             stack.write(start - a, normalise(cropped, background))
             progress.advance(rows.size)
-    progress.finish()
 
 
 def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,

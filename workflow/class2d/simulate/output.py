@@ -65,14 +65,13 @@ def write_simulated(out_dir: str | os.PathLike, chunk: int = 1024, overwrite: bo
                                 for lo in range(0, plan.snr_sample.size, chunk)])
     scale = noise_scale(plan, variances)
     rng = np.random.default_rng(plan.noise_seed)
-    progress = Progress(f"simulate {paths[STACK_NAME]}", n, logger)
-    with stack_writer(paths[STACK_NAME], n, plan.box, plan.apix) as stack:
+    with (Progress(f"simulate {paths[STACK_NAME]}", n, logger) as progress,
+          stack_writer(paths[STACK_NAME], n, plan.box, plan.apix) as stack):
         for lo in range(0, n, chunk):
             rows = np.arange(lo, min(lo + chunk, n))
             _, images = add_noise(render_clean(plan, rows), scale, rng)
             stack.write_rows(plan.new_row[rows], images)
             progress.advance(rows.size)
-    progress.finish()
     return _write_metadata(paths, plan.table, plan.truth,
                            (plan.references * scale).astype(np.float32))
 
