@@ -164,3 +164,19 @@ def test_every_stage_output_opens_in_relion_and_our_reader(finished_run, tmp_pat
     kept = io.read_particles(finished_run / "dedup/particles.star").n
     rejected = len(starfile.read(finished_run / "dedup/rejected.star")["particles"])
     assert kept + rejected == 240 and rejected > 0
+
+
+@pytest.mark.slow
+def test_more_shards_than_particles_is_one_line_before_any_job(tmp_path):
+    """The shard count is known when the DAG is built (2,000 demo particles, 5,000 shards)."""
+    config = tmp_path / "shards.yaml"
+    config.write_text(yaml.safe_dump({"outdir": str(tmp_path / "out"),
+                                      "prepare": {"shards": 5000}}))
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
+                          "--configfile", str(config), "--directory", str(REPO)],
+                         capture_output=True, text=True)
+    assert run.returncode != 0
+    errors = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("error:")]
+    assert errors == ["error: config prepare.shards: 5000 shard(s) for 2000 particles: need "
+                      "between 1 and one shard per particle"], run.stderr[-2000:]
+    assert not (tmp_path / "out").exists()
