@@ -446,9 +446,9 @@ def test_cuda_and_cpu_backends_classify_alike(gpu, monkeypatch, tmp_path):
     and a full pass) at SNR 0.7, where posteriors over poses are soft, so that every
     reduction and weighted insertion counts: the two agree on every particle's class
     (adjusted Rand ≥ 0.99), on ψ (≤ 1°) and origin (≤ 1 Å) for ≥ 90 % of the particles,
-    and on every class average (correlation ≥ 0.999; the simulator gives 1 − 1e-12).  (40 particles of 2 objects: the
-    simulator's speed bounds the size; 3 objects need more particles than it can carry
-    to classify at all.)
+    and on every class average (correlation ≥ 0.999; the simulator gives 1 − 1e-12).
+    (40 particles of 2 objects: the simulator's speed bounds the size; 3 objects need more
+    particles than it can carry to classify at all.)
 
     Checked, each alone: the CUDA insertion without its Hermitian mirror (classes: ARI
     0.11), the CUDA scoring kernel without the imaginary-part product (poses: 2.5 % agree),
