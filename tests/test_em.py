@@ -15,7 +15,7 @@ from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries, score_batch
 from class2d.em.export import relion_pose
 from class2d.em.grids import FrequencySet, PoseGrid
-from class2d.em.online import accumulate
+from class2d.em.passes import accumulate
 from class2d.em.params import ClassifyParams
 from class2d.fourier import centered_rfft2
 from class2d.kernels import cpu
@@ -178,7 +178,7 @@ def test_vertical_alignment_turns_a_rod_upright_and_keeps_images_consistent():
 def test_duplicate_classes_are_found_up_to_rotation(references):
     from scipy import ndimage
 
-    from class2d.em.online import duplicate_classes
+    from class2d.em.refill import duplicate_classes
 
     twin = ndimage.rotate(references[2], 70, reshape=False, order=1)
     refs = np.concatenate([references, twin[None]])

@@ -14,7 +14,7 @@ import starfile
 
 from class2d import io
 from class2d.ctf import CTFParams, evaluate
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 from class2d.fourier import rfft_frequencies
 from class2d.simulate import make_phantom, project
 from class2d.templates import export_templates, resample
@@ -191,3 +191,13 @@ def test_relion_autopick_finds_the_particles(tmp_path, contrast, invert, works):
         assert len(found) <= 1.5 * N_PARTICLES                       # and not much else
     else:
         assert hits < 0.5
+
+
+def test_bad_settings_name_their_config_key(tmp_path):
+    star = _write_classes(tmp_path / "classes", np.stack([_blob(32, 3.0)] * 2), 3.0)
+    for setting, key in ((dict(contrast="white"), "contrast"),
+                         (dict(picker_apix=-1.0), "picker_apix"),
+                         (dict(picker_box=33), "picker_box")):
+        with pytest.raises(ConfigError, match=rf"^config templates\.{key}: must be"):
+            export_templates(star, tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()

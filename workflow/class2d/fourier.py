@@ -1,6 +1,7 @@
-"""FFT helpers: frequency grids, Fourier cropping, resolution shells, FRC.
+"""FFT helpers: pixel and frequency grids, Fourier cropping, resolution shells, FRC.
 
     >>> fy, fx = rfft_frequencies(64, apix=1.5)        # (64, 1), (1, 33) in 1/Å
+    >>> y, x = pixel_grid(64)                          # (64, 64) px from the centre pixel
     >>> small = fourier_crop(images, 32)               # (n, 32, 32), pixel size doubles
     >>> frc(a, b)                                      # (17,) correlation per shell
 
@@ -18,6 +19,21 @@ import numpy as np
 import scipy.fft
 
 logger = logging.getLogger(__name__)
+
+
+def pixel_grid(box: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates relative to the centre pixel (box//2, box//2): y, x (box, box) int64.
+
+    Works as well for a centred Fourier grid (``fftshift`` layout), in Fourier px.
+    """
+    y, x = np.mgrid[:box, :box] - box // 2
+    return y, x
+
+
+def pixel_radius(box: int) -> np.ndarray:
+    """Distance of every pixel from the centre pixel: (box, box) float64, px."""
+    y, x = pixel_grid(box)
+    return np.hypot(x, y)
 
 
 def rfft_frequencies(box: int, apix: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +89,22 @@ def shell_index(box: int) -> np.ndarray:
     return np.rint(radius_grid(box)).astype(np.int64)
 
 
+def centre_images(images: np.ndarray) -> np.ndarray:
+    """Shift (Fourier phases) each image so that the centre of mass of its positive part is
+    the box centre: (K, D, D) in, (K, D, D) float64 out."""
+    box = images.shape[-1]
+    y, x = pixel_grid(box)
+    mass = np.clip(images, 0.0, None)
+    total = mass.sum(axis=(1, 2))
+    safe = np.where(total > 0, total, 1.0)
+    shift_x = -np.where(total > 0, (mass * x).sum(axis=(1, 2)) / safe, 0.0)
+    shift_y = -np.where(total > 0, (mass * y).sum(axis=(1, 2)) / safe, 0.0)
+    fy, fx = rfft_frequencies(box)
+    phase = np.exp(-2j * np.pi * (fx[None] * shift_x[:, None, None]
+                                  + fy[None] * shift_y[:, None, None]))
+    return centered_irfft2(centered_rfft2(images) * phase, box)
+
+
 def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fourier ring correlation of two (D, D) images: (D//2 + 1,) per shell 0…Nyquist."""
     box = a.shape[-1]
@@ -100,8 +132,7 @@ def frc_resolution(curve: np.ndarray, box: int, apix: float, threshold: float = 
 
 def circular_mask(box: int, radius_px: float, edge_px: float = 0.0) -> np.ndarray:
     """Soft circular mask (box, box) float32: 1 inside ``radius_px``, raised-cosine edge."""
-    y, x = np.mgrid[:box, :box] - box // 2
-    r = np.hypot(x, y)
+    r = pixel_radius(box)
     if edge_px <= 0:
         return (r <= radius_px).astype(np.float32)
     t = np.clip((r - radius_px) / edge_px, 0.0, 1.0)
