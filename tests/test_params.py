@@ -46,7 +46,6 @@ def test_temperature_falls_from_the_uncertainty_factor_to_one_by_half_way():
     assert [params.temperature_at(i) for i in (1, 2, 6, 11, 12, 20, 21)] == pytest.approx(
         [3.0, 2.8, 2.0, 1.0, 1.0, 1.0, 1.0])
     assert ClassifyParams(uncertainty_factor=1.0).temperature_at(1) == 1.0
-    assert ClassifyParams(uncertainty_factor=0.5).temperature_at(1) == 1.0   # never below 1
 
 
 def test_step_size_replaces_first_then_decays_as_a_power_to_a_floor():
