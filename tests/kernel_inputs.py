@@ -98,7 +98,7 @@ def oracle_posteriors(p_stack, ctf2, arot, phase, alpha, inv_temp):
 def kernel_posteriors(out):
     """The same three from ``score_classes`` outputs (top poses only: (N, K, P) poses,
     with the pose indices ``out[1]``)."""
-    top_s, top_i, lse = (np.asarray(v, np.float64) for v in out[:3])
+    top_s, lse = (np.asarray(out[j], np.float64) for j in (0, 2))
 
     def softmax(v):
         e = np.exp(v - v.max(axis=1, keepdims=True))

@@ -396,8 +396,8 @@ def test_get_backend_without_a_gpu_in_a_clean_process():
     assert "simulator" not in done.stdout
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert errors == ["error: config backend: cuda was asked for, but numba.cuda.is_available() "
-                      "is False (no GPU or no driver)"], done.stderr
+    assert errors == [("error: config backend: cuda was asked for, but "
+                       "numba.cuda.is_available() is False (no GPU or no driver)")], done.stderr
 
 
 @pytest.mark.parametrize("failure", ["no device", "driver error"])
@@ -421,7 +421,7 @@ def test_get_backend_without_cuda_device(monkeypatch, caplog, failure):
     with caplog.at_level("INFO", logger="class2d.kernels"):
         assert get_backend("auto") is cpu
     reason = "the CUDA driver failed" if failure == "driver error" else "is_available() is False"
-    assert f"using the CPU because" in caplog.text and reason in caplog.text
+    assert "using the CPU because" in caplog.text and reason in caplog.text
     assert "simulator" not in caplog.text
 
 
