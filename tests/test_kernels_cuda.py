@@ -227,9 +227,9 @@ def test_cuda_score_class_matches_cpu(tiny, monkeypatch, inv_temp, n_top, chunke
     recounted = []                                  # flagged pairs of every chunk
     original = tiny.score.recount_blocks
 
-    def spy(flags, tile_n):
+    def spy(flags, tile_n, classes=None):
         recounted.append(int(flags.sum()))
-        return original(flags, tile_n)
+        return original(flags, tile_n, classes)
 
     monkeypatch.setattr(tiny.score, "recount_blocks", spy)
     splits = _small_memory(monkeypatch, tiny, 4 * 1024) if chunked else []
@@ -293,7 +293,7 @@ def test_cuda_rotate_references_matches_cpu(tiny, monkeypatch, chunked):
     grids = random_complex(rng, (3, 20, 20))
     psi = rng.uniform(0, 2 * np.pi, 5).astype(np.float32)
     if chunked:                                     # one class per chunk
-        splits = _small_memory(monkeypatch, tiny, 20 * 20 * 8 + 5 * freqs.size * 8 + 1000)
+        splits = _small_memory(monkeypatch, tiny, 20 * 20 * 8 + 5 * freqs.size * 12 + 1000)
     got = tiny.backend.rotate_references(grids, freqs.fx, freqs.fy, psi, 2)
     want = cpu.rotate_references(grids, freqs.fx, freqs.fy, psi, 2)
     assert got.dtype == want.dtype and got.shape == want.shape

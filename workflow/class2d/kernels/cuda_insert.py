@@ -7,7 +7,8 @@
     ...                         fx, fy, wf, shell, pad, box, n_shells)    # (E, S) float64
 
 One thread per (class, rotation, frequency) or (entry, frequency), grid-stride; the sums of
-the CPU twins become float64 atomic adds.  Shapes and meanings are those of
+the CPU twins become float64 atomic adds (their only float64 arithmetic: the per-item
+values are float32).  Shapes and meanings are those of
 ``class2d.kernels.cpu``; the launch shape is ``cuda_device.THREADS`` / ``MAX_BLOCKS``.
 """
 
@@ -16,10 +17,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import complex64, cuda, float32, float64
 
-from class2d.kernels import cuda_device as dev
+from class2d.kernels import cuda_device as dev, cuda_resident
 from class2d.kernels.cuda_device import coords, corner, phase_angle, sample
+
+
+@cuda.jit(device=True)
+def _unit(angle):
+    """exp(i·angle) as complex64 (``complex()`` of two float32 would be complex128)."""
+    return complex64(math.cos(angle)) + complex64(1j) * complex64(math.sin(angle))
 
 
 @cuda.jit
@@ -55,16 +62,17 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
         a = alpha[i]
         g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
         ang = -phase_angle(fx[f], fy[f], tx[e], ty[e], box)
-        val = g * a * spectra[i, f] * complex(math.cos(ang), math.sin(ang))
+        val = g * a * spectra[i, f] * _unit(ang)
         wden = g * a * a * ctf[i, f]
         y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
         y0, x0, dy, dx = corner(y, x, size)
         if y0 < 0:
             continue
+        one = float32(1.0)
         for oy in range(2):
-            wy = dy if oy else 1.0 - dy
+            wy = dy if oy else one - dy
             for ox in range(2):
-                wxy = wy * (dx if ox else 1.0 - dx)
+                wxy = wy * (dx if ox else one - dx)
                 ny = y0 + oy
                 nx = x0 + ox
                 for mirror in range(2):
@@ -74,9 +82,9 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                         ny = size - ny
                         nx = size - nx
                     im = wxy * val.imag if mirror == 0 else -wxy * val.imag
-                    cuda.atomic.add(num, (k, ny, 2 * nx), wxy * val.real)
-                    cuda.atomic.add(num, (k, ny, 2 * nx + 1), im)
-                    cuda.atomic.add(den, (k, ny, nx), wxy * wden)
+                    cuda.atomic.add(num, (k, ny, 2 * nx), float64(wxy * val.real))
+                    cuda.atomic.add(num, (k, ny, 2 * nx + 1), float64(im))
+                    cuda.atomic.add(den, (k, ny, nx), float64(wxy * wden))
 
 
 @cuda.jit
@@ -91,29 +99,45 @@ def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
         i = rows[e]
         y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
         ang = phase_angle(fx[f], fy[f], tx[e], ty[e], box)
-        model = alpha[i] * ctf[i, f] * sample(grids[classes[e]], y, x) * complex(
-            math.cos(ang), math.sin(ang))
+        model = alpha[i] * ctf[i, f] * sample(grids[classes[e]], y, x) * _unit(ang)
         diff = spectra[i, f] - model
-        cuda.atomic.add(out, (e, shell[f]),
-                        weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag))
+        cuda.atomic.add(out, (e, shell[f]), float64(
+            weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)))
 
 
 def rotate_references(grids, fx, fy, psi, pad):
-    """Every class at every rotation: (K, R, F) complex64 (see ``cpu.rotate_references``)."""
+    """Every class at every rotation: (K, R, F) complex64 (see ``cpu.rotate_references``).
+
+    Where the classes fit on the card at once, the grids and their rotations stay there
+    (``cuda_resident``): the same grids object at the same frequencies and angles returns
+    the same read-only array, without work.  Otherwise classes are rotated in chunks.
+    """
     n_class, size = grids.shape[0], grids.shape[1]
     n_rot, n_freq = psi.shape[0], fx.shape[0]
+    hit = cuda_resident.find_rotations(grids, fx, fy, psi, pad)
+    if hit is not None:
+        return hit.host
+    if n_class * n_rot * n_freq == 0:
+        return np.empty((n_class, n_rot, n_freq), np.complex64)
+    freq = tuple(dev.to_device(name, a, np.float32) for name, a in
+                 (("rot_fx", fx), ("rot_fy", fy), ("rot_psi", psi)))
+    step = dev.chunk_size(n_class, 8 * n_freq + 4 * n_rot,
+                          8 * (size * size + n_rot * n_freq) + 4 * n_rot * n_freq, "class")
+    stream = dev.stream()
+    if step == n_class and cuda_resident.keeps(grids):
+        d_out = cuda.device_array((n_class, n_rot, n_freq), np.complex64)
+        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS, stream](
+            cuda_resident.device_grids(grids), *freq, int(pad), d_out)
+        return cuda_resident.add_rotations(grids, fx, fy, psi, pad, d_out)
     out = np.empty((n_class, n_rot, n_freq), np.complex64)
-    if out.size == 0:
-        return out
-    freq = (dev.upload(fx, np.float32), dev.upload(fy, np.float32), dev.upload(psi, np.float32))
-    step = dev.chunk_size(n_class, 8 * n_freq + 4 * n_rot, 8 * (size * size + n_rot * n_freq),
-                          "class")
     for k0 in range(0, n_class, step):
         k1 = min(n_class, k0 + step)
-        d_out = cuda.device_array((k1 - k0, n_rot, n_freq), np.complex64)
-        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS](
-            dev.upload(grids[k0:k1], np.complex64), *freq, int(pad), d_out)
-        d_out.copy_to_host(out[k0:k1])
+        d_out = dev.buffer("rotations", (k1 - k0, n_rot, n_freq), np.complex64)
+        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS, stream](
+            dev.to_device("grids", grids[k0:k1], np.complex64), *freq, int(pad), d_out)
+        host = dev.to_host("rotations", d_out)
+        stream.synchronize()
+        out[k0:k1] = host
     return out
 
 
@@ -188,7 +212,7 @@ def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
         return out
     rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
     classes = np.ascontiguousarray(classes, np.int64)
-    d_grids = dev.upload(grids, np.complex64)
+    d_grids = cuda_resident.device_grids(grids)
     freq = tuple(dev.upload(a, np.float32) for a in (fx, fy, wf)) + (dev.upload(shell, np.int64),)
     step = dev.chunk_size(n_entry, 0, 8 * n_shells + 36 + 12 * n_freq, "entry")  # grids are there
     for a in range(0, n_entry, step):

@@ -23,7 +23,7 @@ import types
 import numpy as np
 from numba import cuda, typeof
 
-from class2d.kernels import cuda_insert, cuda_score
+from class2d.kernels import cuda_insert, cuda_resident, cuda_score
 
 #: exit status of the command line when it cannot run here (no NVVM, or the simulator)
 CANNOT_RUN = 3
@@ -35,23 +35,27 @@ def _array(ndim: int, dtype) -> object:
 
 def signatures() -> dict[str, tuple[object, tuple]]:
     """{name: (kernel, argument types)} as the drivers launch them."""
-    f32, c64 = np.float32, np.complex64
+    f32, c64, i32 = np.float32, np.complex64, np.int32
     scalar_f32, integer = typeof(np.float32(1)), typeof(1)
-    k = cuda_score.kernels(cuda_score.TILE_N, cuda_score.TILE_Q, cuda_score.TILE_F,
-                           cuda_score.MICRO_N, cuda_score.MICRO_Q, cuda_score.MERGE_THREADS)
-    common = (_array(2, f32), _array(2, c64), _array(2, c64), _array(2, f32), _array(1, f32),
+    k = cuda_score.kernels(*cuda_score.tunables())
+    scored = (_array(2, f32), _array(3, c64), _array(2, c64), _array(2, f32), _array(1, f32),
               scalar_f32)
-    parts = (_array(3, f32), _array(3, np.int32), _array(2, np.float64), _array(2, np.int32))
+    parts = (_array(3, f32), _array(3, i32), _array(2, f32), _array(2, i32))
+    pairs = (_array(1, i32), _array(1, i32))
+    outputs = (_array(3, f32), _array(3, i32), _array(2, f32), _array(2, i32))
     entries = (_array(1, np.int64), _array(1, np.int64)) + (_array(1, f32),) * 4
     particles = (_array(2, c64), _array(2, f32), _array(1, f32))
     return {
-        "norm": (cuda_score._norm_kernel, (_array(2, f32),) * 3),
-        "partials": (k.partials, common + (integer, scalar_f32) + parts),
-        "merge": (k.merge, common + (integer, scalar_f32) + parts + (
-            _array(2, f32), _array(2, np.int32), _array(1, f32), _array(1, np.int32),
-            _array(1, f32), _array(2, np.uint8), _array(2, f32), _array(1, f32))),
-        "recount": (k.recount, common + (integer, _array(1, np.int32), _array(2, np.int32),
-                                         _array(1, f32), _array(1, np.int32))),
+        "norm": (cuda_score._norm_kernel, (_array(2, f32), _array(3, f32)) + pairs
+                 + (_array(2, f32),)),
+        "fill": (cuda_score._fill_kernel, outputs + (_array(3, f32), _array(2, f32))),
+        "power": (cuda_resident._power_kernel, (_array(3, c64), _array(3, f32))),
+        "partials": (k.partials, scored + (integer, scalar_f32, _array(1, i32))
+                     + (_array(1, i32),) * 3 + parts),
+        "merge": (k.merge, scored + (integer, scalar_f32) + pairs + parts + outputs + (
+            _array(1, f32), _array(2, np.uint8), _array(3, f32), _array(2, f32))),
+        "recount": (k.recount, scored + (integer,) + pairs + (
+            _array(1, i32), _array(2, i32), _array(1, f32), _array(2, i32))),
         "rotate": (cuda_insert._rotate_kernel, (_array(3, c64),) + (_array(1, f32),) * 3 + (
             integer, _array(3, c64))),
         "backproject": (cuda_insert._backproject_kernel, (
