@@ -3,7 +3,8 @@
 The simulator runs the kernels as Python, so it cannot see what Numba's CUDA compiler
 rejects (typing and lowering differ from the CPU target).  This compiles each kernel, with
 the production tunables and the argument types the drivers pass, to PTX through NVVM, and
-assembles it with ``ptxas`` when that is installed (registers, shared memory, spills).
+assembles it with ``ptxas`` when that is installed (registers, shared memory, spills), and
+lists float64 instructions that no kernel asked for (``hidden_float64``).
 
     >>> ptx = compile_all((9, 0))                  # {kernel: PTX text}; needs libNVVM
 
@@ -27,6 +28,10 @@ from class2d.kernels import cuda_insert, cuda_resident, cuda_score
 
 #: exit status of the command line when it cannot run here (no NVVM, or the simulator)
 CANNOT_RUN = 3
+#: kernels whose float64 is meant: the atomic sums of back-insertion and residuals
+FLOAT64_SUMS = ("backproject", "noise")
+#: libdevice's sinf/cosf reduce huge arguments (|x| > 10⁵) in float64 with this constant
+_SLOW_PATH = "0d3BF921FB54442D19"
 
 
 def _array(ndim: int, dtype) -> object:
@@ -111,6 +116,29 @@ def ptxas_report(ptx: dict[str, str], cc: tuple[int, int]) -> dict[str, str] | N
     return report
 
 
+def hidden_float64(ptx: dict[str, str]) -> dict[str, list[str]]:
+    """{kernel: float64 instructions nobody asked for} (empty lists: none).
+
+    Not counted: libdevice's float64 reduction of huge sin/cos arguments (a branch no
+    argument here takes), and in FLOAT64_SUMS kernels the float64 atomic adds and the
+    conversions of their float32 terms."""
+    found = {}
+    for name, text in ptx.items():
+        ops = []
+        for line in text.splitlines():
+            line = line.strip()
+            if ".f64" not in line or line.startswith((".", "//")) or _SLOW_PATH in line:
+                continue
+            op = line.split()[0]
+            if op in ("cvt.rn.f64.s64", "cvt.rn.f32.f64"):        # the slow path's ends
+                continue
+            if name in FLOAT64_SUMS and (op.startswith(("atom.", "red.")) or op == "cvt.f64.f32"):
+                continue
+            ops.append(op)
+        found[name] = ops
+    return found
+
+
 def main(argv: list[str]) -> int:
     cc = tuple(int(part) for part in (argv[0] if argv else "9.0").split("."))
     from numba.cuda.cudadrv import nvvm
@@ -122,6 +150,11 @@ def main(argv: list[str]) -> int:
     report = ptxas_report(ptx, cc) or {}
     for name in ptx:
         print(f"{name:12s} sm_{cc[0]}{cc[1]}  {report.get(name, 'PTX ok (no ptxas)')}")
+    hidden = {name: ops for name, ops in hidden_float64(ptx).items() if ops}
+    if hidden:
+        print(f"hidden float64: {hidden}")
+        return 1
+    print("hidden float64: none")
     return 0
 
 
