@@ -563,6 +563,8 @@ def test_cuda_tunables_checked_against_device_limits(gpu, monkeypatch):
         check(64, 128, 16, 1, 1, 128)
     with pytest.raises(ValueError, match="MERGE_THREADS"):
         check(64, 64, 16, 4, 4, 2 * threads)
+    with pytest.raises(ValueError, match="MERGE_THREADS = 96 must be a power of two"):
+        check(64, 64, 16, 4, 4, 96)
     with pytest.raises(ValueError, match=f"shared memory per block, more than this device's {shared}"):
         check(64, 64, 128, 4, 4, 128)
     with pytest.raises(ValueError, match="multiples of MICRO_N"):

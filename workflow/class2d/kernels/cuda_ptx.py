@@ -57,8 +57,10 @@ def signatures() -> dict[str, tuple[object, tuple]]:
         "power": (cuda_resident._power_kernel, (_array(3, c64), _array(3, f32))),
         "partials": (k.partials, scored + (integer, scalar_f32, _array(1, i32))
                      + (_array(1, i32),) * 3 + parts),
-        "merge": (k.merge, scored + (integer, scalar_f32) + pairs + parts + outputs + (
-            _array(1, f32), _array(2, np.uint8), _array(3, f32), _array(2, f32))),
+        "merge": (k.merge, (scalar_f32,) + pairs + parts + outputs + (
+            _array(1, f32), _array(2, np.uint8))),
+        "refine": (k.refine, scored + (integer,) + pairs + (
+            _array(3, f32), _array(3, i32), _array(3, f32), _array(2, f32))),
         "recount": (k.recount, scored + (integer,) + pairs + (
             _array(1, i32), _array(2, i32), _array(1, f32), _array(2, i32))),
         "rotate": (cuda_insert._rotate_kernel, (_array(3, c64),) + (_array(1, f32),) * 3 + (

@@ -17,9 +17,10 @@ from the free device memory; one chunk in practice), four launches for all class
    scores s = (2α·cross − α²·norm)/τ go to a shared tile and are reduced there, per pair:
    the tile's top-n, Σ exp(s − max) and the count of s > max − sig_log (float32).  Only
    these per-tile partials (M × n_tiles × n_top) reach global memory, never M × R·T.
-3. ``merge`` (a block per pair): top-n, log-sum-exp and significant count over tiles; the
-   parabola refinement and cross/norm ratio of the best pose, whose neighbours' cross
-   products are recomputed as dot products over F; written to the (N, K) outputs.
+3. ``merge`` (a thread per pair): top-n, log-sum-exp and significant count over tiles,
+   written to the (N, K) outputs; then ``refine`` (32 threads per pair, MERGE_THREADS per
+   block): the parabola refinement and cross/norm ratio of the best pose, whose
+   neighbours' cross products are recomputed as dot products over F.
 4. ``recount``, only where needed: a tile whose maximum lies less than sig_log below the best
    but whose kept top-n cannot tell how many of its poses pass that threshold is scored
    again, for just those pairs (TILE_N of one class per block), and counted exactly.
@@ -53,7 +54,7 @@ TILE_F = 16
 #: particles × poses in the registers of one thread; threads = TILE_N·TILE_Q/(MICRO_N·MICRO_Q)
 MICRO_N = 4
 MICRO_Q = 4
-#: threads per block of the merge kernel (one block per pair)
+#: threads per block of the merge (one per pair) and refine (32 per pair) kernels; a power of 2
 MERGE_THREADS = 128
 #: neighbourhood of the best pose: itself, rotation −/+, x −/+, y −/+
 _NEIGHBOURS = 7
@@ -88,9 +89,9 @@ def check_tunables(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q:
     if threads > limit:
         raise ValueError(f"cuda_score: TILE_N·TILE_Q/(MICRO_N·MICRO_Q) = {threads} threads per "
                          f"block, more than this device's {limit}")
-    if merge_threads > limit:
-        raise ValueError(f"cuda_score.MERGE_THREADS = {merge_threads}, more than this device's "
-                         f"{limit} threads per block")
+    if merge_threads > limit or merge_threads & (merge_threads - 1):
+        raise ValueError(f"cuda_score.MERGE_THREADS = {merge_threads} must be a power of two "
+                         f"and at most this device's {limit} threads per block")
     shared, shared_limit = (shared_bytes(tile_n, tile_q, tile_f),
                             dev.device_limit("MAX_SHARED_MEMORY_PER_BLOCK"))
     if shared > shared_limit:
@@ -152,6 +153,8 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
     col_threads = tile_q // micro_q
     threads = row_threads * col_threads
     width = tile_q + 1                # padded rows: no shared-memory bank conflicts
+    lanes = min(32, merge_threads)    # threads of ``refine`` per pair
+    groups = merge_threads // lanes
 
     @cuda.jit(device=True)
     def pose_table(q0, n_shift, n_pose, s_rot, s_shift):
@@ -276,21 +279,14 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
             part_cnt[m, tile] = count
 
     @cuda.jit
-    def merge(p_stack, arot, phase, norm, alpha, inv_temp, side, sig_log, pair_row, pair_class,
-              part_s, part_i, part_sum, part_cnt,
-              top_s, top_i, lse, nsig, thresholds, flags, refine, ratio):
-        """Block m: the outputs [i, k] of pair m = (k, i) from its tiles' partials (see the
-        module doc); flags[m, t] = 1 where tile t must be recounted against thresholds[m]."""
-        poses = cuda.shared.array(_NEIGHBOURS, int32)
-        pose_r = cuda.shared.array(_NEIGHBOURS, int32)
-        pose_t = cuda.shared.array(_NEIGHBOURS, int32)
-        sums = cuda.shared.array((_NEIGHBOURS, merge_threads), float32)
-        m, tid = cuda.blockIdx.x, cuda.threadIdx.x
-        i, k = pair_row[m], pair_class[m]
+    def merge(sig_log, pair_row, pair_class, part_s, part_i, part_sum, part_cnt,
+              top_s, top_i, lse, nsig, thresholds, flags):
+        """Thread per pair m = (k, i): outputs [i, k] top-n, lse, nsig from its tiles' partials
+        (see the module doc); flags[m, t] = 1 where tile t must be recounted against
+        thresholds[m]."""
         n_tiles, n_top = part_s.shape[1], part_s.shape[2]
-        n_rot, n_freq = arot.shape[1], arot.shape[2]
-        n_shift = side * side
-        if tid == 0:
+        for m in range(cuda.grid(1), pair_row.shape[0], cuda.gridsize(1)):
+            i, k = pair_row[m], pair_class[m]
             out_s, out_i = top_s[i, k], top_i[i, k]
             for j in range(n_top):
                 out_s[j] = -math.inf
@@ -326,54 +322,77 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
                 else:
                     flags[m, t] = 1
             nsig[i, k] = count
-            qb = out_i[0]
-            r, t = qb // n_shift, qb % n_shift
-            iy, ix = t // side, t % side
-            poses[0] = qb
-            for j in range(1, _NEIGHBOURS):
-                poses[j] = -1
-            if n_rot >= 3:
-                poses[1] = ((r + n_rot - 1) % n_rot) * n_shift + t
-                poses[2] = ((r + 1) % n_rot) * n_shift + t
-            if 0 < ix < side - 1:
-                poses[3] = qb - 1
-                poses[4] = qb + 1
-            if 0 < iy < side - 1:
-                poses[5] = qb - side
-                poses[6] = qb + side
-            for j in range(_NEIGHBOURS):
-                pose_r[j] = poses[j] // n_shift if poses[j] >= 0 else -1
-                pose_t[j] = poses[j] % n_shift if poses[j] >= 0 else 0
-        cuda.syncthreads()
+
+    @cuda.jit
+    def refine(p_stack, arot, phase, norm, alpha, inv_temp, side, pair_row, pair_class,
+               top_s, top_i, refine_out, ratio):
+        """A group of ``lanes`` threads per pair m = (k, i): the cross products of the best
+        pose and its neighbours (rotation −/+, x −/+, y −/+) as dot products over F, then
+        the parabola offsets refine_out[i, k] and the cross/norm ratio[i, k] there."""
+        sums = cuda.shared.array((groups, _NEIGHBOURS, lanes), float32)
+        pose_r = cuda.local.array(_NEIGHBOURS, int32)
+        pose_t = cuda.local.array(_NEIGHBOURS, int32)
         acc = cuda.local.array(_NEIGHBOURS, float32)
-        for j in range(_NEIGHBOURS):
-            acc[j] = 0.0
-        for f in range(tid, n_freq, merge_threads):
-            p_re = p_stack[i, f]
-            p_im = p_stack[i, n_freq + f]
+        tid = cuda.threadIdx.x
+        group, lane = tid // lanes, tid % lanes
+        n_pair = pair_row.shape[0]
+        n_rot, n_freq = arot.shape[1], arot.shape[2]
+        n_shift = side * side
+        for base in range(cuda.blockIdx.x * groups, n_pair, cuda.gridDim.x * groups):
+            m = base + group                  # the loop runs alike in every thread: syncs
+            inside = m < n_pair
+            i = pair_row[m] if inside else 0
+            k = pair_class[m] if inside else 0
             for j in range(_NEIGHBOURS):
-                r = pose_r[j]
-                if r >= 0:
-                    value = arot[k, r, f] * phase[pose_t[j], f]
-                    acc[j] += p_re * value.real + p_im * value.imag
-        for j in range(_NEIGHBOURS):
-            sums[j, tid] = acc[j]
-        cuda.syncthreads()
-        if tid == 0:
+                pose_r[j] = -1
+                pose_t[j] = 0
+                acc[j] = 0.0
+            if inside:
+                qb = top_i[i, k, 0]
+                r = qb // n_shift
+                t = qb - r * n_shift
+                iy, ix = t // side, t % side
+                pose_r[0], pose_t[0] = r, t
+                if n_rot >= 3:
+                    pose_r[1], pose_t[1] = (r + n_rot - 1) % n_rot, t
+                    pose_r[2], pose_t[2] = (r + 1) % n_rot, t
+                if 0 < ix < side - 1:
+                    pose_r[3], pose_t[3] = r, t - 1
+                    pose_r[4], pose_t[4] = r, t + 1
+                if 0 < iy < side - 1:
+                    pose_r[5], pose_t[5] = r, t - side
+                    pose_r[6], pose_t[6] = r, t + side
+            for f in range(lane, n_freq if inside else 0, lanes):
+                p_re = p_stack[i, f]
+                p_im = p_stack[i, n_freq + f]
+                for j in range(_NEIGHBOURS):
+                    if pose_r[j] >= 0:
+                        value = arot[k, pose_r[j], f] * phase[pose_t[j], f]
+                        acc[j] += p_re * value.real + p_im * value.imag
             for j in range(_NEIGHBOURS):
-                for jj in range(1, merge_threads):
-                    acc[j] += sums[j, jj]
-            a = alpha[i]
-            best = top_s[i, k, 0]
-            for axis in range(3):
-                left = 1 + 2 * axis
-                refine[i, k, axis] = 0
-                if pose_r[left] >= 0:
-                    refine[i, k, axis] = parabola(
-                        _score(acc[left], norm[m, pose_r[left]], a, inv_temp), best,
-                        _score(acc[left + 1], norm[m, pose_r[left + 1]], a, inv_temp))
-            nb = norm[m, pose_r[0]]
-            ratio[i, k] = acc[0] / nb if nb > 0 else float32(1.0)
+                sums[group, j, lane] = acc[j]
+            cuda.syncthreads()
+            step = lanes // 2
+            while step > 0:                   # tree sum over the group's lanes
+                if lane < step:
+                    for j in range(_NEIGHBOURS):
+                        sums[group, j, lane] += sums[group, j, lane + step]
+                cuda.syncthreads()
+                step //= 2
+            if inside and lane == 0:
+                a = alpha[i]
+                best = top_s[i, k, 0]
+                for axis in range(3):
+                    left = 1 + 2 * axis
+                    refine_out[i, k, axis] = 0
+                    if pose_r[left] >= 0:
+                        refine_out[i, k, axis] = parabola(
+                            _score(sums[group, left, 0], norm[m, pose_r[left]], a, inv_temp),
+                            best, _score(sums[group, left + 1, 0], norm[m, pose_r[left + 1]],
+                                         a, inv_temp))
+                nb = norm[m, pose_r[0]]
+                ratio[i, k] = sums[group, 0, 0] / nb if nb > 0 else float32(1.0)
+            cuda.syncthreads()                # sums are refilled by the next pairs
 
     @cuda.jit
     def recount(p_stack, arot, phase, norm, alpha, inv_temp, n_shift, pair_row, pair_class,
@@ -408,8 +427,8 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
                         count += 1
                 cuda.atomic.add(nsig, (srow[n], k), count)
 
-    return types.SimpleNamespace(partials=partials, merge=merge, recount=recount,
-                                 threads=threads)
+    return types.SimpleNamespace(partials=partials, merge=merge, refine=refine,
+                                 recount=recount, threads=threads)
 
 
 def recount_blocks(flags: np.ndarray, tile_n: int,
@@ -531,8 +550,11 @@ def _score_pairs(common, ctf2, power, alpha, pair_row, pair_class, inv_temp, sid
                                                              *blocks, *parts)
     thresholds = dev.buffer("thresholds", n_pair, np.float32)
     flags = dev.buffer("flags", (n_pair, n_tiles), np.uint8)
-    k.merge[n_pair, MERGE_THREADS, stream](*scored, side, sig_log, d_row, d_class, *parts,
-                                           *out[:4], thresholds, flags, *out[4:])
+    k.merge[dev.blocks(n_pair, MERGE_THREADS), MERGE_THREADS, stream](
+        sig_log, d_row, d_class, *parts, *out[:4], thresholds, flags)
+    groups = MERGE_THREADS // min(32, MERGE_THREADS)
+    k.refine[min(dev.MAX_BLOCKS, -(-n_pair // groups)), MERGE_THREADS, stream](
+        *scored, side, d_row, d_class, out[0], out[1], *out[4:])
     host_flags = dev.to_host("flags", flags)
     stream.synchronize()
     block_tile, block_pairs = recount_blocks(host_flags, tile_n, pair_class)
