@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -156,9 +157,8 @@ def search_shape(box: int, apix: float) -> tuple[object, int, int]:
 def kernel_stage(n: int, k_count: int, box: int, apix: float, n_top: int, repeats: int,
                  peak: float) -> None:
     """Time ``score_classes`` and ``partials`` at the workflow's final search shape."""
-    from numba import cuda
-
     from class2d.kernels import cuda as backend, cuda_device as dev, cuda_resident, cuda_score
+    from numba import cuda
 
     freqs, n_rot, side = search_shape(box, apix)
     n_freq = freqs.size
@@ -183,12 +183,12 @@ def kernel_stage(n: int, k_count: int, box: int, apix: float, n_top: int, repeat
     candidates[np.arange(n), 0] = True
     candidates[np.arange(n), rng.integers(1, max(2, k_count), n) % k_count] = True
     pairs_all, pairs_two = n * k_count, int(candidates.sum())
-    flop = lambda pairs: pairs * (n_pose * 4 * n_freq + n_rot * 2 * n_freq)  # noqa: E731
+    flop = lambda pairs: pairs * (n_pose * 4 * n_freq + n_rot * 2 * n_freq)
     recounted = []
     recount_blocks = cuda_score.recount_blocks
     cuda_score.recount_blocks = lambda flags, *a: (recounted.append(flags.mean())
                                                    or recount_blocks(flags, *a))
-    score = lambda c: backend.score_classes(p_stack, ctf2, arot, phase, alpha,  # noqa: E731
+    score = lambda c: backend.score_classes(p_stack, ctf2, arot, phase, alpha,
                                             1.0, side, sig_log, n_top, c)
     score(None)                                     # compile and size the buffers once
     recounted.clear()
@@ -241,8 +241,6 @@ def kernel_stage(n: int, k_count: int, box: int, apix: float, n_top: int, repeat
 def synthetic_set(n: int, n_base: int, box: int, seed: int = 7):
     """A simulated Dataset of ``n`` particles: ``min(n, n_base)`` simulated ones, repeated
     with fresh noise (s.d. 1, as the simulator's) up to ``n``."""
-    import pandas as pd
-
     from class2d.simulate import simulate
     from class2d.simulate.dataset import STACK_NAME
 
@@ -277,8 +275,7 @@ def classify(star: str, work: str, config: dict, backend: str) -> dict:
     classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
                  backend=backend)
     seconds["classify"] = time.perf_counter() - tic
-    last = sorted(d for d in os.listdir(os.path.join(work, "classify"))
-                  if d.startswith("iter_"))[-1]
+    last = max(d for d in os.listdir(os.path.join(work, "classify")) if d.startswith("iter_"))
     history = ClassState.load(os.path.join(work, "classify", last, "state.npz")).history
     return {"seconds": seconds, "history": history,
             "labels": _labels(os.path.join(work, "classify", "particles.star"))}
@@ -377,10 +374,10 @@ def main() -> None:
     for name in ("tile-n", "tile-q", "tile-f", "micro-n", "micro-q"):
         parser.add_argument(f"--{name}", type=int, help="override the cuda_score tunable")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     _need_gpu()
-    from numba import cuda
-
     from class2d.kernels import cuda_score
+    from numba import cuda
 
     for name in ("tile_n", "tile_q", "tile_f", "micro_n", "micro_q"):
         if getattr(args, name):

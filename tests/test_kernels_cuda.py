@@ -394,9 +394,8 @@ def test_get_backend_cuda_raises_and_auto_falls_back_without_gpu():
 
 @pytest.mark.parametrize("failure", ["no device", "driver error"])
 def test_get_backend_without_cuda_device(monkeypatch, caplog, failure):
-    from numba import cuda
-
     from class2d.kernels import get_backend
+    from numba import cuda
 
     def is_available():
         if failure == "driver error":
@@ -432,8 +431,8 @@ def test_cuda_kernels_compile_for_a_gpu_target():
 def test_cuda_and_cpu_backends_classify_alike(gpu, tmp_path):
     """A whole small classification on both backends: the same classes (Rand index ≥ 0.99)."""
     from class2d.em import online
-    from class2d.metrics import adjusted_rand
     from class2d.em.params import ClassifyParams
+    from class2d.metrics import adjusted_rand
     from class2d.prepare import prepare_stack
     from class2d.simulate import simulate, write_dataset
 

@@ -93,7 +93,7 @@ def _grown(held, size: int, dtype) -> bool:
 
 def buffer(name: str, shape: tuple, dtype) -> object:
     """A C-contiguous device array of ``shape`` from the pool (contents undefined)."""
-    shape = tuple(np.atleast_1d(shape))
+    shape = tuple(int(extent) for extent in np.atleast_1d(shape))
     size = math.prod(shape)
     held = _device_buffers.get(name)
     if _grown(held, size, dtype):
@@ -104,6 +104,7 @@ def buffer(name: str, shape: tuple, dtype) -> object:
 
 
 def _pinned(name: str, shape: tuple, dtype) -> np.ndarray:
+    shape = tuple(int(extent) for extent in shape)
     size = math.prod(shape)
     held = _pinned_buffers.get(name)
     if _grown(held, size, dtype):
