@@ -44,6 +44,7 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
     col_threads = tile_q // micro_q
     threads = row_threads * col_threads
     width = tile_q + 1                # padded rows: no shared-memory bank conflicts
+    split = max(1, min(threads // tile_n, tile_f))   # threads per pair summing a tile's exp
     lanes = min(32, merge_threads)    # threads of ``refine`` per pair
     groups = merge_threads // lanes
 
@@ -147,27 +148,48 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
         cuda.syncthreads()
         tile_scores(p_stack, arot, phase, norm, alpha, inv_temp, block_class[b], q0, spair,
                     srow, s_rot, s_shift, sp, sm, ss)
-        for n in range(tid, tile_n, threads):
+        for n in range(tid, tile_n, threads):  # the tile's top-n of each pair, in pose order
             m = spair[n]
             if m < 0:
                 continue
+            top_s, top_i = part_s[m, tile], part_i[m, tile]
             for j in range(n_top):
-                part_s[m, tile, j] = -math.inf
-                part_i[m, tile, j] = -1
-            for j in range(tile_q):
-                insert_best(part_s[m, tile], part_i[m, tile], ss[n, j], q0 + j)
-            best = part_s[m, tile, 0]
-            threshold = best - sig_log
-            total = float32(0.0)
-            count = 0
+                top_s[j] = -math.inf
+                top_i[j] = -1
+            last = float32(-math.inf)          # in a register: global memory only on insertion
             for j in range(tile_q):
                 s = ss[n, j]
-                if s > best - _NEGLIGIBLE:
-                    total += math.exp(s - best)
-                    if s > threshold:
-                        count += 1
-            part_sum[m, tile] = total
-            part_cnt[m, tile] = count
+                if s > last:
+                    insert_best(top_s, top_i, s, q0 + j)
+                    last = top_s[n_top - 1]
+            ss[n, tile_q] = top_s[0]            # the padding column keeps the pair's best
+        cuda.syncthreads()
+        for item in range(tid, tile_n * split, threads):   # Σ exp and count, split poses
+            n = item // split
+            part = item - n * split
+            if spair[n] >= 0:
+                best = ss[n, tile_q]
+                threshold = best - sig_log
+                total = float32(0.0)
+                count = 0
+                for j in range(part, tile_q, split):
+                    s = ss[n, j]
+                    if s > best - _NEGLIGIBLE:
+                        total += math.exp(s - best)
+                        if s > threshold:
+                            count += 1
+                sp[n, part] = complex64(total) + complex64(1j) * complex64(float32(count))
+        cuda.syncthreads()
+        for n in range(tid, tile_n, threads):  # the parts in a fixed order: deterministic
+            m = spair[n]
+            if m >= 0:
+                total = float32(0.0)
+                count = 0
+                for part in range(split):
+                    total += sp[n, part].real
+                    count += int32(sp[n, part].imag)
+                part_sum[m, tile] = total
+                part_cnt[m, tile] = count
 
     @cuda.jit
     def merge(sig_log, pair_row, pair_class, part_s, part_i, part_sum, part_cnt,
@@ -182,10 +204,13 @@ def kernels(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
             for j in range(n_top):
                 out_s[j] = -math.inf
                 out_i[j] = -1
+            last = float32(-math.inf)
             for t in range(n_tiles):                 # tile by tile: poses in order
                 for jj in range(n_top):
-                    if part_i[m, t, jj] >= 0:
-                        insert_best(out_s, out_i, part_s[m, t, jj], part_i[m, t, jj])
+                    s = part_s[m, t, jj]
+                    if part_i[m, t, jj] >= 0 and s > last:
+                        insert_best(out_s, out_i, s, part_i[m, t, jj])
+                        last = out_s[n_top - 1]
             best = out_s[0]
             total = float32(0.0)
             for t in range(n_tiles):
