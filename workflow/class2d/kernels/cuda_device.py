@@ -6,7 +6,7 @@ and stream that every call reuses.
     >>> step = chunk_size(n, fixed_bytes, bytes_per_particle, "particle")
     >>> d_p = to_device("p_stack", p_stack, np.float32)         # pooled buffer, async copy
     >>> kernel[blocks(n_items), THREADS, stream()](...)          # grid-stride kernels
-    >>> host = to_host("top_s", d_top_s); stream().synchronize()
+    >>> host = to_host("top_s", d_top_s); sync()
 
 The same functions are compiled with ``numba.njit`` in ``cpu.py``, so both backends rotate,
 interpolate and shift identically.
@@ -14,9 +14,10 @@ interpolate and shift identically.
 Buffers: a call asks for a device buffer by name (``buffer``) and gets a view of one held
 between calls, grown (by half again) only when too small; host↔device copies go through
 pinned staging buffers held the same way, asynchronously on one stream.  A staging buffer
-is refilled only after the stream has synchronized (every public call synchronizes before
-it returns, and wherever it reads a result on the host), so no copy in flight sees it
-change.  ``TRANSFERS`` counts the bytes each way (the benchmark prints them).
+with a copy in flight is refilled only after ``sync()`` (which ``to_device``/``to_host``
+call themselves then), so no copy sees its buffer change; every public backend call
+synchronizes before it returns.  ``TRANSFERS`` counts the bytes each way (the benchmark
+prints them).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ DEFAULT_LIMITS = {"MAX_THREADS_PER_BLOCK": 1024, "MAX_SHARED_MEMORY_PER_BLOCK": 
 _device_buffers: dict[str, object] = {}
 _pinned_buffers: dict[str, np.ndarray] = {}
 _streams: dict[int, object] = {}
+#: staging buffers with a copy queued since the last ``sync()``
+_in_flight: set[str] = set()
 
 
 def simulated() -> bool:
@@ -82,7 +85,7 @@ def held_bytes() -> int:
 
 def release_buffers() -> None:
     """Drop every pooled device and pinned buffer (the next call allocates afresh)."""
-    stream().synchronize()
+    sync()
     _device_buffers.clear()
     _pinned_buffers.clear()
 
@@ -113,11 +116,25 @@ def _pinned(name: str, shape: tuple, dtype) -> np.ndarray:
     return held[:size].reshape(shape)
 
 
+def sync() -> None:
+    """Wait for everything on ``stream()``: every staging buffer is free again."""
+    stream().synchronize()
+    _in_flight.clear()
+
+
+def _staging(name: str, shape: tuple, dtype) -> np.ndarray:
+    """The pinned buffer ``name``, once no copy through it is in flight."""
+    if name in _in_flight:
+        sync()
+    _in_flight.add(name)
+    return _pinned(name, shape, dtype)
+
+
 def to_device(name: str, array: np.ndarray, dtype) -> object:
     """``array`` as ``dtype`` in the pooled device buffer ``name``, through a pinned staging
     buffer, asynchronously on ``stream()``."""
     array = np.asarray(array)
-    staging = _pinned(name, array.shape, dtype)
+    staging = _staging(name, array.shape, dtype)
     np.copyto(staging, array, casting="unsafe")
     out = buffer(name, array.shape, dtype)
     if out.size:
@@ -127,9 +144,9 @@ def to_device(name: str, array: np.ndarray, dtype) -> object:
 
 
 def to_host(name: str, device_array) -> np.ndarray:
-    """Start copying ``device_array`` into the pinned buffer ``name``, returned: valid once
-    ``stream()`` has synchronized, and until the next use of ``name``."""
-    staging = _pinned(name, device_array.shape, device_array.dtype)
+    """Start copying ``device_array`` into the pinned buffer ``name``, returned: valid after
+    ``sync()``, until the next use of ``name``."""
+    staging = _staging(name, device_array.shape, device_array.dtype)
     if staging.size:
         device_array.copy_to_host(staging, stream=stream())
         TRANSFERS["to_host"] += int(staging.nbytes)

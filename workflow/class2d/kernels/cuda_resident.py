@@ -130,7 +130,7 @@ def add_rotations(grids, fx, fy, psi, pad, d_arot) -> np.ndarray:
     kept = _find(grids)
     power = power_of(d_arot)
     host = d_arot.copy_to_host(stream=dev.stream())
-    dev.stream().synchronize()
+    dev.sync()
     dev.TRANSFERS["to_host"] += int(host.nbytes)
     host.flags.writeable = False
     if len(kept.rotations) >= ROTATIONS_KEPT:

@@ -219,7 +219,7 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
                      np.float32(inv_temp), int(side), np.float32(sig_log), n_top, out)
     host = [dev.to_host(name, value) for name, value in
             zip(("top_s", "top_i", "lse", "nsig", "refine", "ratio"), out)]
-    stream.synchronize()
+    dev.sync()
     return (host[0].copy(), host[1].astype(np.int64), host[2].copy(), host[3].copy(),
             host[4].copy(), host[5].copy())
 
@@ -256,7 +256,7 @@ def _score_pairs(common, ctf2, power, alpha, pair_row, pair_class, inv_temp, sid
     k.refine[min(dev.MAX_BLOCKS, -(-n_pair // groups)), MERGE_THREADS, stream](
         *scored, side, d_row, d_class, out[0], out[1], *out[4:])
     host_flags = dev.to_host("flags", flags)
-    stream.synchronize()
+    dev.sync()
     block_tile, block_pairs = recount_blocks(host_flags, tile_n, pair_class)
     if block_tile.size:
         k.recount[block_tile.size, k.threads, stream](
