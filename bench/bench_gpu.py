@@ -324,6 +324,11 @@ def workflow_stage(args, peak: float) -> None:
     print(f"E-step {flops / 1e12:.2f} TFLOP in {e_seconds:.1f} s = {flops / e_seconds / 1e12:.2f}"
           f" TFLOP/s, {flops / e_seconds / peak:.1%} of the FMA peak; iterations "
           f"{it_seconds:.1f} s in all (E-step {e_seconds / max(it_seconds, 1e-9):.0%})")
+    for row in history:
+        if row["kind"] == "full":
+            print(f"full pass {row['iteration']}: {row['particles']} particles in "
+                  f"{row['seconds']:.1f} s ({1e3 * row['seconds'] / row['particles']:.2f} ms "
+                  f"per particle; E-step {row['estep_seconds']:.1f} s)")
     print(f"host→device {moved['to_device'] / 1e9:.2f} GB, device→host "
           f"{moved['to_host'] / 1e9:.2f} GB ({sum(moved.values()) / args.particles / 1e3:.0f} kB "
           f"per particle)")

@@ -18,8 +18,8 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD/workflow${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 unset NUMBA_ENABLE_CUDASIM
-SMALL=${SMALL:---particles 20000 --box 64 --classes 50 --check-particles 1000}
-LARGE=${LARGE:---particles 100000 --box 64 --classes 200 --skip-check}
+SMALL=${SMALL:---particles 20000 --box 64 --classes 50 --base 2000 --check-particles 800}
+LARGE=${LARGE:---particles 100000 --box 64 --classes 200 --online-iterations 10 --skip-check --kernel-particles 2048}
 WORK=${TMPDIR:-/tmp}
 
 missing() {
