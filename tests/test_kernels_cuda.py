@@ -570,6 +570,10 @@ def test_cuda_tunables_checked_against_device_limits(gpu, monkeypatch):
         check(64, 64, 16, 3, 4, 128)
     with pytest.raises(ValueError, match="TILE_F must be a positive integer"):
         check(64, 64, 0, 4, 4, 128)
+    monkeypatch.setattr(gpu.device, "THREADS", 2 * threads)
+    with pytest.raises(ValueError, match="cuda_device.THREADS"):
+        check(64, 64, 16, 4, 4, 128)
+    monkeypatch.setattr(gpu.device, "THREADS", 256)
     monkeypatch.setattr(gpu.score, "TILE_F", 128)                 # an override, as bench_gpu's
     rng = np.random.default_rng(2)
     with pytest.raises(ValueError, match="shared memory"):

@@ -70,7 +70,8 @@ def shared_bytes(tile_n: int, tile_q: int, tile_f: int) -> int:
 def check_tunables(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q: int,
                    merge_threads: int) -> int:
     """Threads per block of the tiled kernels; ValueError naming the tunable where these
-    values cannot launch on the current device (threads per block, shared memory)."""
+    values (or ``cuda_device.THREADS``, ``MAX_BLOCKS``) cannot launch on the current device
+    (threads per block, shared memory)."""
     values = {"TILE_N": tile_n, "TILE_Q": tile_q, "TILE_F": tile_f, "MICRO_N": micro_n,
               "MICRO_Q": micro_q, "MERGE_THREADS": merge_threads}
     for name, value in values.items():
@@ -87,6 +88,9 @@ def check_tunables(tile_n: int, tile_q: int, tile_f: int, micro_n: int, micro_q:
     if merge_threads > limit or merge_threads & (merge_threads - 1):
         raise ValueError(f"cuda_score.MERGE_THREADS = {merge_threads} must be a power of two "
                          f"and at most this device's {limit} threads per block")
+    if dev.THREADS > limit or dev.THREADS < 1 or dev.MAX_BLOCKS < 1:
+        raise ValueError(f"cuda_device.THREADS = {dev.THREADS} must be 1 … {limit} (this "
+                         f"device's threads per block) and MAX_BLOCKS ≥ 1, not {dev.MAX_BLOCKS}")
     shared, shared_limit = (shared_bytes(tile_n, tile_q, tile_f),
                             dev.device_limit("MAX_SHARED_MEMORY_PER_BLOCK"))
     if shared > shared_limit:
