@@ -26,11 +26,15 @@ from the free device memory; one chunk in practice), four launches for all class
    again, for just those pairs (TILE_N of one class per block), and counted exactly.
 
 The tiled kernels (2–4) are in ``cuda_tiles``.  Particles, phases and outputs live in pooled
-device buffers reused by every call, copied
-through pinned memory on one stream (``cuda_device``); the rotated references are the ones
-``rotate_references`` left on the card (``cuda_resident``).  Tunables are the module
-constants below, checked against the device's limits (``check_tunables``); the kernels are
-compiled once per set of values.
+device buffers reused by every call, copied through pinned memory on one stream
+(``cuda_device``); the rotated references are the ones ``rotate_references`` left on the
+card (``cuda_resident``).  Tunables are the module constants below, checked against the
+device's limits (``check_tunables``); the kernels are compiled once per set of values.
+
+Reference × phase products are formed per pose tile and F slice in each block (TILE_Q·TILE_F
+complex products against TILE_N·TILE_Q·TILE_F·2 FMAs: 1/(2·TILE_N) of the arithmetic, from
+rows of A and of the phases that the pose tile's blocks share in L2); a precomputed pose
+matrix would be K·R·T·F·8 bytes per batch (4 GB at 200 classes) read from memory instead.
 """
 
 from __future__ import annotations
