@@ -6,8 +6,9 @@
 #
 # Writes under $OUT: env.log, pytest.log, bench_small.log, bench_large.log, summary.log.
 # Python packages imported: numpy, numba (+ numba-cuda), scipy, pandas, pytest (tests),
-# and, through class2d, mrcfile, starfile, threadpoolctl and matplotlib (the gallery that
-# classify_all writes); missing ones are installed from $WHEELS when given (pip, no index).
+# and, through class2d, mrcfile, starfile, threadpoolctl, PyYAML (prepare) and matplotlib
+# (the gallery classify_all writes); missing ones are installed from $WHEELS when given
+# (pip, no index).
 # Time: each step runs under `timeout` (pytest 110 s, small 80 s, large 160 s: ≤ 6 min in
 # all); a step that runs out leaves its partial log (output is unbuffered, one line per
 # iteration).  Sizes can be changed with SMALL / LARGE (arguments of bench/bench_gpu.py).
@@ -22,12 +23,13 @@ SMALL=${SMALL:---particles 20000 --box 64 --classes 50 --base 2000 --check-parti
 LARGE=${LARGE:---particles 100000 --box 64 --classes 200 --online-iterations 10 --skip-check --kernel-particles 2048}
 WORK=${TMPDIR:-/tmp}
 
-missing() {
+missing() {     # pip names of the packages that cannot be imported
     python3 - <<'EOF'
 import importlib.util
-names = ["numpy", "numba", "scipy", "pandas", "pytest", "mrcfile", "starfile",
-         "threadpoolctl", "matplotlib"]
-print(" ".join(n for n in names if importlib.util.find_spec(n) is None))
+names = {"numpy": "numpy", "numba": "numba", "scipy": "scipy", "pandas": "pandas",
+         "pytest": "pytest", "mrcfile": "mrcfile", "starfile": "starfile",
+         "threadpoolctl": "threadpoolctl", "yaml": "PyYAML", "matplotlib": "matplotlib"}
+print(" ".join(pip for module, pip in names.items() if importlib.util.find_spec(module) is None))
 EOF
 }
 
