@@ -36,6 +36,7 @@ import time
 
 import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS reads on load
 import numpy as np
+from bench_classify import TimedSteps  # a sibling script: bench/ is on sys.path when run
 
 #: FMAs per thread and loop trip of the peak kernel: 8 independent chains × 8 unrolled steps
 _CHAINS = 8
@@ -272,11 +273,16 @@ def classify(star: str, work: str, config: dict, backend: str) -> dict:
     prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"])
     seconds["prepare"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
-                 backend=backend)
+    with TimedSteps() as timed:
+        classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
+                     backend=backend)
     seconds["classify"] = time.perf_counter() - tic
     last = max(d for d in os.listdir(os.path.join(work, "classify")) if d.startswith("iter_"))
     history = ClassState.load(os.path.join(work, "classify", last, "state.npz")).history
+    # the state holds no measured times (same seed, same bytes): take them from the log
+    for row in history:
+        steps = [t for t in timed.rows if t["iteration"] == row["iteration"]]
+        row.update({key: sum(t[key] for t in steps) for key in ("estep_seconds", "seconds")})
     return {"seconds": seconds, "history": history,
             "labels": _labels(os.path.join(work, "classify", "particles.star"))}
 
@@ -380,6 +386,7 @@ def main() -> None:
         parser.add_argument(f"--{name}", type=int, help="override the cuda_score tunable")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("numba").setLevel(logging.WARNING)   # its driver logs every free at INFO
     _need_gpu()
     from class2d.kernels import cuda_score
     from numba import cuda
