@@ -150,19 +150,27 @@ def test_relion_reads_the_classified_particles(finished_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_during_an_iteration_then_resume_gives_the_same_result(finished_run, tmp_path):
+@pytest.mark.parametrize("log, output", [
+    ("iteration_003.log", "iter_003/state.npz"),                    # an online iteration
+    ("full_005_shard_001.log", "iter_005/shard_001.npz"),           # a full pass's 2nd shard
+])
+def test_kill_during_a_job_then_resume_gives_the_same_result(finished_run, tmp_path, log,
+                                                             output):
+    """SIGKILL the whole run as soon as the job has started (its log exists) and before it
+    wrote its output, so that the job is cut off mid-run; the rerun after --unlock gives
+    what the uninterrupted run gave."""
     outdir = tmp_path / "results"
     cmd = workflow_command(outdir, cores=1)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    target = outdir / "classify" / "iter_002" / "state.npz"
+    started = outdir / "logs" / "classify" / log
     deadline = time.time() + 240
-    while not target.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert target.exists(), "the run never reached iteration 2"
-    time.sleep(0.5)                                 # inside iteration 3's job
+    while not started.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert started.exists(), f"the run never started the job logging to {log}"
+    assert not (outdir / "classify" / output).exists(), "the job finished before the kill"
     assert not (outdir / "classify" / "particles.star").exists()
     assert not list(outdir.rglob(".*.tmp*"))        # nothing half-written kept its final name
     subprocess.run(cmd + ["--unlock"], check=True, capture_output=True)
