@@ -30,12 +30,13 @@ import numpy as np
 import yaml
 
 from bench_classify import matmul_peak
-from class2d.em.state import ClassState
 from class2d.progress import peak_memory_gb
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: a job's closing line, as class2d.runner.run_step writes it
 CLOSING = re.compile(r"(\w+): (?:done in|failed after) ([\d.]+) s, peak memory ([\d.]+) GB")
+#: an online iteration's or a full-pass shard's work, as class2d.em.online logs it
+ESTEP = re.compile(r"([\d.]+) GFLOP, E-step ([\d.]+) s")
 
 
 def dataset(work: str, n: int, box: int, apix: float, seed: int,
@@ -91,10 +92,14 @@ def job_lines(outdir: str) -> list[tuple[str, float, float]]:
 
 
 def estep(outdir: str) -> tuple[float, float]:
-    """(E-step GFLOP, E-step seconds) over every iteration, from the last state's history."""
-    states = sorted(glob.glob(os.path.join(outdir, "classify", "iter_*", "state.npz")))
-    history = ClassState.load(states[-1]).history
-    return sum(r["gflops"] for r in history), sum(r["estep_seconds"] for r in history)
+    """(E-step GFLOP, E-step seconds) summed over every online iteration and full-pass shard,
+    from the lines ``class2d.em.online`` logs (the state files hold no measured times)."""
+    gflop = seconds = 0.0
+    for log in glob.glob(os.path.join(outdir, "logs", "classify", "*.log")):
+        with open(log) as handle:
+            for flops, estep_s in ESTEP.findall(handle.read()):
+                gflop, seconds = gflop + float(flops), seconds + float(estep_s)
+    return gflop, seconds
 
 
 def main() -> None:

@@ -235,9 +235,15 @@ def test_bad_inputs(noisy_set, tmp_path):
     with pytest.raises(InputError, match="bad.json: not a selection file"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "a",
                        selection_file=bad)
-    with pytest.raises(InputError, match="class 99 does not exist"):
+    with pytest.raises(ConfigError, match=r"config select\.classes: class 99 does not exist "
+                                          r"\(the classes are 1–14\)"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "b",
                        mode="list", classes=[1, 99])
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"selected": [2, 15]}))
+    with pytest.raises(InputError, match="unknown.json: class 15 does not exist"):
+        select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "b",
+                       selection_file=unknown)
     with pytest.raises(InputError, match="no class selected"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "c",
                        mode="thresholds", min_particles=10 ** 6)
@@ -291,6 +297,7 @@ def _browser():
     return sync_api, executable
 
 
+@pytest.mark.chromium
 def test_selection_page_in_a_browser(noisy_set, tmp_path):
     sync_api, executable = _browser()
     first = select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "auto",

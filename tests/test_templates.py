@@ -110,7 +110,8 @@ def test_select_classes_and_bad_input(tmp_path):
     star = _write_classes(tmp_path / "classes", np.stack([_blob(32, 3.0)] * 3), 3.0)
     paths = export_templates(star, tmp_path / "out", classes=[20, 30])
     assert starfile.read(paths["templates.star"])["rlnClassNumber"].tolist() == [20, 30]
-    with pytest.raises(InputError, match="class 40 is not in the file"):
+    with pytest.raises(ConfigError, match=r"config templates\.classes: class 40 is not in "
+                                          r".*classes\.star \(its classes: 10, 20, 30\)"):
         export_templates(star, tmp_path / "out", classes=[40])
     with pytest.raises(ValueError, match="contrast"):
         export_templates(star, tmp_path / "out", contrast="white")

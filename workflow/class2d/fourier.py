@@ -93,20 +93,33 @@ def shell_index(box: int) -> np.ndarray:
     return np.rint(radius_grid(box)).astype(np.int64)
 
 
-def centre_images(images: np.ndarray) -> np.ndarray:
-    """Shift (Fourier phases) each image so that the centre of mass of its positive part is
-    the box centre: (K, D, D) in, (K, D, D) float64 out."""
+def centre_of_mass_shifts(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Shifts (K, 2) px (x, y) that move the centre of mass of each (K, D, D) image's density
+    above ``threshold`` · its maximum to the centre pixel (0, 0 for an image with none)."""
+    y, x = pixel_grid(images.shape[-1])
+    shifts = np.zeros((images.shape[0], 2))
+    for k, image in enumerate(images):
+        mass = np.where(image > threshold * image.max(), image, 0.0)
+        total = mass.sum()
+        if total > 0:
+            shifts[k] = -np.array([(mass * x).sum(), (mass * y).sum()]) / total
+    return shifts
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shift (K, D, D) images by (K, 2) px (x, y) with Fourier phases (circularly);
+    same dtype out."""
     box = images.shape[-1]
-    y, x = pixel_grid(box)
-    mass = np.clip(images, 0.0, None)
-    total = mass.sum(axis=(1, 2))
-    safe = np.where(total > 0, total, 1.0)
-    shift_x = -np.where(total > 0, (mass * x).sum(axis=(1, 2)) / safe, 0.0)
-    shift_y = -np.where(total > 0, (mass * y).sum(axis=(1, 2)) / safe, 0.0)
     fy, fx = rfft_frequencies(box)
-    phase = np.exp(-2j * np.pi * (fx[None] * shift_x[:, None, None]
-                                  + fy[None] * shift_y[:, None, None]))
-    return centered_irfft2(centered_rfft2(images) * phase, box)
+    phase = np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
+                                  + fy[None] * shifts[:, 1, None, None]))
+    return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(images.dtype)
+
+
+def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Shift each (K, D, D) image so that the centre of mass of its density above
+    ``threshold`` · its maximum (default: its positive part) is the centre pixel."""
+    return shift_images(images, centre_of_mass_shifts(images, threshold))
 
 
 def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:

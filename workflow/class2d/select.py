@@ -39,6 +39,7 @@ classes); add ``min_particles`` etc. to the automatic rule if wanted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -90,13 +91,15 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
                       min_posterior=min_posterior, max_eca=max_eca)
     passes = threshold_mask(summary, class_set.path, **thresholds)
     if selection_file is not None and os.path.isfile(selection_file):
-        chosen = _in_list(summary, read_selection(selection_file), selection_file)
+        chosen = _in_list(summary, read_selection(selection_file),
+                          functools.partial(InputError, selection_file))
         how = f"selection file {os.fspath(selection_file)}"
     elif mode == "list":
         if not classes:
             raise ConfigError("select.classes", "mode 'list' needs a non-empty list of class "
                                                 "numbers")
-        chosen, how = _in_list(summary, classes, class_set.path), f"list {list(classes)}"
+        chosen = _in_list(summary, classes, functools.partial(ConfigError, "select.classes"))
+        how = f"list {list(classes)}"
     elif mode == "thresholds":
         given = {name: value for name, value in thresholds.items() if value is not None}
         chosen, how = passes, f"thresholds {given}"
@@ -238,12 +241,14 @@ def read_selection(path: str | os.PathLike) -> list[int]:
                                f"{type(err).__name__}: {err}") from err
 
 
-def _in_list(summary: pd.DataFrame, numbers, source) -> np.ndarray:
+def _in_list(summary: pd.DataFrame, numbers, error) -> np.ndarray:
+    """Mask of the classes ``numbers`` names; an unknown number raises ``error(problem)``
+    (an ``InputError`` naming the selection file, or a ``ConfigError`` naming the key)."""
     known = summary["rlnClassNumber"].to_numpy()
     unknown = sorted(set(int(n) for n in numbers) - set(known.tolist()))
     if unknown:
-        raise InputError(source, f"class {unknown[0]} does not exist (classes are "
-                                 f"{known.min()}–{known.max()})")
+        raise error(f"class {unknown[0]} does not exist (the classes are "
+                    f"{known.min()}–{known.max()})")
     return np.isin(known, list(numbers))
 
 

@@ -81,7 +81,9 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
     if classes is not None:
         missing = sorted(set(classes) - set(numbers.tolist()))
         if missing:
-            raise InputError(class_set.path, f"class {missing[0]} is not in the file")
+            raise ConfigError("templates.classes", f"class {missing[0]} is not in "
+                                                   f"{class_set.path} (its classes: "
+                                                   f"{', '.join(map(str, numbers))})")
         rows = np.flatnonzero(np.isin(numbers, classes))
     images = np.asarray(class_set.images[rows], np.float64)
     empty = ~np.any(images != 0, axis=(1, 2))

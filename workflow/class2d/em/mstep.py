@@ -23,8 +23,8 @@ import numpy as np
 
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (centered_rfft2, circular_mask, frc_resolution, pixel_grid,
-                             pixel_radius, shell_index)
+from class2d.fourier import (centered_rfft2, centre_of_mass_shifts, circular_mask,
+                             frc_resolution, pixel_grid, pixel_radius, shell_index, shift_images)
 
 logger = logging.getLogger(__name__)
 
@@ -97,28 +97,6 @@ def shell_mean(grids: np.ndarray, pad: int, n_shells: int) -> np.ndarray:
                      for g in grids])
 
 
-def center_of_mass_shift(image: np.ndarray, threshold: float) -> np.ndarray:
-    """Shift (x, y) px that moves the centre of mass of the density above
-    ``threshold``·max to the box centre."""
-    box = image.shape[-1]
-    mass = np.where(image > threshold * image.max(), image, 0.0)
-    total = mass.sum()
-    if total <= 0:
-        return np.zeros(2)
-    y, x = pixel_grid(box)
-    return -np.array([(mass * x).sum(), (mass * y).sum()]) / total
-
-
-def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Shift (K, d, d) images by (K, 2) px (x, y) with Fourier phases."""
-    box = images.shape[-1]
-    fy = np.fft.fftfreq(box)[:, None]
-    fx = np.fft.rfftfreq(box)[None, :]
-    phase = np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
-                                  + fy[None] * shifts[:, 1, None, None]))
-    return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(np.float32)
-
-
 def shift_grids(grids: np.ndarray, shifts: np.ndarray, pad: int) -> np.ndarray:
     """Apply (K, 2) real-space shifts (px of the d-box) to centred padded Fourier grids."""
     grid = grids.shape[-1]
@@ -138,7 +116,7 @@ def postprocess(references: np.ndarray, *, mask_radius: float, mask_edge: float,
     refs = references.astype(np.float32)
     shifts = np.zeros((refs.shape[0], 2))
     if recenter:
-        shifts = np.stack([center_of_mass_shift(r * mask, recenter_threshold) for r in refs])
+        shifts = centre_of_mass_shifts(refs * mask, recenter_threshold)
         refs = shift_images(refs, shifts)
     if clamp_solvent:
         ring = (mask > 0.05) & (mask < 0.95)

@@ -62,8 +62,8 @@ def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> Class
                        (unique_rows % 2).astype(np.int64))
     refs, stats, _, tau2 = mstep.finish(stats, np.tile(sigma2, (k_count, 1)), sigma2, params,
                                         box, stack.apix, pad, recenter=False)
-    return ClassState(iteration=0, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                      alpha=alpha, classes=np.full(stack.n, -1, np.int32),
+    return ClassState(iteration=0, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                      tau2=tau2, alpha=alpha, classes=np.full(stack.n, -1, np.int32),
                       shifts=np.zeros((stack.n, 2), np.float32), apix=stack.apix, pad=pad,
                       history=[])
 
@@ -99,22 +99,31 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     if params.per_particle_scale and n > 1:
         alpha[rows] = np.clip(out["ratio"], 0.2, 5.0)
     classes, shifts, changed = _updated(state, out)
-    row = _history_row(n, "online", res, ctx, out, stats, changed, time.perf_counter() - tic)
+    row = _history_row(n, "online", res, ctx, out, stats, changed)
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
-                "changed %(changed).3f, %(gflops).1f GFLOP in %(seconds).1f s", row)
-    return ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                      alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
+                "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
+                "iteration %(seconds).2f s", _timed(row, out, tic))
+    return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                      tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
                       pad=state.pad, history=state.history + [row])
 
 
-def _history_row(n, kind, res, ctx, out, stats, changed, seconds) -> dict:
+def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
+    """What the state file keeps of an iteration: nothing measured, so the same seed gives
+    the same bytes (times go to the log, ``_timed``)."""
     return {"iteration": n, "kind": kind, "res_A": float(res), "poses": int(ctx.poses.size),
             "local_poses": int(ctx.local.size), "frequencies": int(ctx.align.size),
             "particles": int(out["best_class"].size),
             "loglik": float(np.mean(out["loglik"])), "changed": changed,
             "class_sizes": [round(float(c), 2) for c in stats.counts],
-            "gflops": out["flops"] / 1e9, "estep_seconds": round(float(out["estep_seconds"]), 3),
-            "seconds": round(seconds, 3)}
+            "gflops": out["flops"] / 1e9}
+
+
+def _timed(row: dict, out: dict, tic: float) -> dict:
+    """``row`` with the E-step seconds of ``out`` and the seconds since ``tic``, for a log line
+    (``bench/bench_classify.py`` reads them from the log record's arguments)."""
+    return {**row, "estep_seconds": float(out["estep_seconds"]),
+            "seconds": time.perf_counter() - tic}
 
 
 def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
@@ -126,7 +135,11 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
                             hard=last and params.hard_last_iteration)
     out.update(stats.to_file())
-    out["seconds"] = time.perf_counter() - tic
+    logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
+                "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
+                _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,
+                        "gflops": out["flops"] / 1e9}, out, tic))
+    del out["estep_seconds"]            # measured: the shard file holds only results
     return out
 
 
@@ -138,26 +151,24 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     at a time holds one shard's statistics, not all of them)."""
     stats = None
     columns: dict[str, list] = {key: [] for key in RESULT_KEYS}
-    totals = {"flops": 0.0, "estep_seconds": 0.0, "seconds": 0.0}
+    flops = 0.0
     for part in parts:
         shard = Statistics.from_file(part)
         stats = shard if stats is None else stats + shard
         for key in RESULT_KEYS:
             columns[key].append(np.asarray(part[key]))
-        for key in totals:
-            totals[key] += float(part[key])
+        flops += float(part["flops"])
     out = {key: np.concatenate(value) for key, value in columns.items()}
-    out["flops"], out["estep_seconds"] = totals["flops"], totals["estep_seconds"]
+    out["flops"] = flops
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     n = state.iteration + 1
     classes, shifts, changed = _updated(state, out)
     ctx = make_context(stack, params, params.align_res_A, full=True)
-    row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed,
-                       totals["seconds"])
+    row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed)
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
-                "%(gflops).1f GFLOP in %(seconds).1f s", row)
-    new = ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                     alpha=state.alpha, classes=classes, shifts=shifts, apix=state.apix,
+                "%(gflops).1f GFLOP", row)
+    new = ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                     tau2=tau2, alpha=state.alpha, classes=classes, shifts=shifts, apix=state.apix,
                      pad=state.pad, history=state.history + [row])
     return new, out

@@ -118,6 +118,10 @@ class ClassifyParams:
             raise ConfigError("classify.min_align_res_A",
                               f"must be coarser (larger) than the alignment resolution "
                               f"{self.align_res_A:g} Å, got {self.min_align_res_A:g}")
+        if self.min_align_res_A and self.start_res_A >= self.min_align_res_A:
+            raise ConfigError("classify.start_res_A",
+                              f"must be finer (smaller) than min_align_res_A "
+                              f"{self.min_align_res_A:g} Å, got {self.start_res_A:g}")
 
     def estep_batch(self, box: int) -> int:
         """Particles per E-step chunk in a ``box``-px alignment box: ``batch_size``, or with
@@ -140,8 +144,15 @@ class ClassifyParams:
 
     @property
     def first_res_A(self) -> float:
-        """Å, the alignment resolution of the first online iteration."""
-        return self.start_res_A or max(4.0 * self.align_res_A, 25.0)
+        """Å, the alignment resolution of the first online iteration: start_res_A, or 4 ×
+        the alignment resolution (at least 25 Å) but no coarser than half the high-pass
+        min_align_res_A, so that every iteration aligns on some frequencies."""
+        if self.start_res_A:
+            return self.start_res_A
+        auto = max(4.0 * self.align_res_A, 25.0)
+        if self.min_align_res_A:
+            auto = max(self.align_res_A, min(auto, self.min_align_res_A / 2))
+        return auto
 
     def resolution_at(self, iteration: int) -> float:
         """Alignment resolution (Å) of online iteration 1…n: rises linearly in 1/Å, reaching

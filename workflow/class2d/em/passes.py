@@ -136,6 +136,10 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool):
     """E-step and statistics over ``rows``: (stats, per-row results sorted by row).
 
+    Besides the ``RESULT_KEYS`` arrays, the results hold ``flops`` (of the products done)
+    and ``estep_seconds`` (their measured wall time: for the log, never for a result file,
+    whose bytes must not depend on the machine's speed).
+
     Particles seen before search all rotations but only shifts near their last shift;
     the others search the whole shift range.
     """

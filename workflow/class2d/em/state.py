@@ -60,6 +60,12 @@ class Statistics:
         return {prefix + f.name: np.asarray(getattr(self, f.name), single.get(f.name))
                 for f in dataclasses.fields(self)}
 
+    def as_stored(self) -> "Statistics":
+        """These statistics as a state file keeps them (``to_file``, then ``from_file``).
+        Every new state holds them so, whether or not it passes through a file before the
+        next iteration: grouping iterations into jobs does not change the results."""
+        return Statistics.from_file(self.to_file())
+
     @classmethod
     def from_file(cls, data, prefix: str = "stats_") -> "Statistics":
         """Read back what :meth:`to_file` wrote (``data``: a mapping such as ``np.load``'s),
