@@ -5,6 +5,7 @@
 rule init_classes:
     input:
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         state_path(0),
@@ -26,6 +27,7 @@ rule classify_iteration:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         state_path("{n}"),
@@ -50,6 +52,7 @@ rule classify_full_shard:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         layout.shard_result_path(CLASSIFY_DIR, "{n}", "{s}"),

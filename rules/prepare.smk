@@ -4,6 +4,7 @@ rule prepare_stack:
     output:
         star=layout.prepared_particles(PREPARE_DIR),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),

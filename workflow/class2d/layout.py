@@ -20,6 +20,8 @@ import os
 PREPARED_META = "prepared.yaml"
 #: the prepared folder's copy of the input particle table
 PREPARED_PARTICLES = "particles.star"
+#: the prepared particles' CTF parameters as arrays (``ctf.CTFParams``), read by every pass
+PREPARED_CTF = "ctf.npz"
 #: an iteration's model state (``em.state.ClassState``)
 STATE = "state.npz"
 #: a full pass's per-particle results (class, pose, posterior, …)
@@ -46,6 +48,10 @@ def prepared_meta(prepare_dir: str) -> str:
 
 def prepared_particles(prepare_dir: str) -> str:
     return os.path.join(prepare_dir, PREPARED_PARTICLES)
+
+
+def prepared_ctf(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, PREPARED_CTF)
 
 
 def iteration_dir(classify_dir: str, n: int | str) -> str:
