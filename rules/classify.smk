@@ -1,5 +1,6 @@
-# Online EM: one job per iteration (or per `iterations_per_job`), each reading the previous
-# state file, then full passes scattered over shards and gathered; then the outputs.
+# Online EM: one job per `iterations_per_job` iterations, each reading the previous job's
+# state file and saving every iteration's state (a rerun resumes from the newest), then
+# full passes scattered over shards and gathered; then the outputs.
 
 
 rule init_classes:
@@ -17,6 +18,7 @@ rule init_classes:
         CONDA_ENV
     log:
         out("logs/classify/init_classes.log"),
+    threads: workflow.cores
     resources:
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
@@ -42,6 +44,7 @@ rule classify_iteration:
         CONDA_ENV
     log:
         out("logs/classify/iteration_{n}.log"),
+    threads: workflow.cores
     resources:
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
@@ -68,6 +71,7 @@ rule classify_full_shard:
         CONDA_ENV
     log:
         out("logs/classify/full_{n}_shard_{s}.log"),
+    threads: workflow.cores
     resources:
         gpu=0 if config["backend"] == "cpu" else 1,
     script:

@@ -102,7 +102,8 @@ def test_relion_reads_the_classified_particles(finished_run, tmp_path):
 @pytest.mark.slow
 def test_kill_during_an_iteration_then_resume_gives_the_same_result(finished_run, tmp_path):
     outdir = tmp_path / "results"
-    cmd = workflow_command(outdir, cores=1)
+    # the cores of the uninterrupted run: a job's threads (BLAS's float32 sums) follow them
+    cmd = workflow_command(outdir, cores=2)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     target = outdir / "classify" / "iter_002" / "state.npz"

@@ -13,7 +13,9 @@
 Each step opens one ``Classification`` (the prepared stack, the settings derived once from
 the config, the kernels), reads only the files it is given and writes its outputs
 atomically, so a killed job leaves nothing half-written and its rerun repeats it exactly
-(seeds come from the config and the iteration number).  ``classify_all`` runs the same
+(seeds come from the config and the iteration number).  An iteration step of several
+iterations (``count``) also saves every iteration's state on the way, and its rerun
+after a kill goes on from the newest of them.  ``classify_all`` runs the same
 steps in one process on one ``Classification``, with the files named by ``class2d.layout``.
 """
 
@@ -59,10 +61,19 @@ class Classification:
         online.init_classes(self.stack, self.params, self.kernels).save(state_path)
 
     def iterate(self, previous: str, state_path: str, count: int = 1) -> None:
-        """``count`` online iterations from the state file ``previous``; saves the last."""
-        state = ClassState.load(previous)
-        for _ in range(count):
+        """``count`` online iterations from the state file ``previous``; the last state is
+        saved as ``state_path`` and each one before it beside it (``layout.state_path``), so
+        that a rerun after a kill starts from the newest of those (``_interrupted``)."""
+        start = ClassState.load(previous)
+        last = start.iteration + count
+        folder = layout.classify_dir_of(state_path)
+        state = _interrupted(previous, start, folder, last) or start
+        for n in range(state.iteration + 1, last + 1):
             state = online.online_iteration(self.stack, state, self.params, self.kernels)
+            if n < last:
+                path = layout.state_path(folder, n)
+                state.save(path)
+                state = ClassState.load(path)      # go on from what a rerun would read
         state.save(state_path)
 
     def shard(self, previous: str, shard: int, shard_path: str, last: bool) -> None:
@@ -88,6 +99,22 @@ class Classification:
         with np.load(assignments_path) as data:
             out = {key: data[key] for key in data.files}
         write_outputs(self.stack, ClassState.load(state_path), out, self.params, out_dir)
+
+
+def _interrupted(previous: str, start: ClassState, folder: str, last: int) -> ClassState | None:
+    """The newest state between ``start`` (read from ``previous``) and iteration ``last``
+    that an interrupted run of the same job left in ``folder``, or None.  Only a file
+    written after ``previous`` whose history continues ``start``'s counts: one left by a
+    run with other settings predates the ``previous`` that those settings wrote again."""
+    since = os.stat(previous).st_mtime_ns
+    for n in range(last - 1, start.iteration, -1):
+        path = layout.state_path(folder, n)
+        if os.path.exists(path) and os.stat(path).st_mtime_ns >= since:
+            state = ClassState.load(path)
+            if state.iteration == n and state.history[:len(start.history)] == start.history:
+                logger.info("resuming after iteration %d from %s", n, path)
+                return state
+    return None
 
 
 def init_step(meta: str, state_path: str, config: dict, seed: int = 0,

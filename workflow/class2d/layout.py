@@ -63,6 +63,11 @@ def state_path(classify_dir: str, n: int | str) -> str:
     return os.path.join(iteration_dir(classify_dir, n), STATE)
 
 
+def classify_dir_of(state_file: str) -> str:
+    """The classify folder that holds the state file ``…/iter_NNN/state.npz``."""
+    return os.path.dirname(os.path.dirname(state_file))
+
+
 def assignments_path(classify_dir: str, n: int | str) -> str:
     return os.path.join(iteration_dir(classify_dir, n), ASSIGNMENTS)
 

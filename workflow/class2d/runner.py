@@ -7,6 +7,7 @@ Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Callable
@@ -34,3 +35,8 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwa
         logging.getLogger(func.__module__).error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        # The step is the whole job: spare the interpreter's garbage collection at exit,
+        # which walks every object of NumPy, SciPy, Numba and pandas (measured: 0.07 s a job
+        # on an idle 2-core machine, 0.6 s under load, against 0.01-0.05 s frozen).
+        gc.freeze()

@@ -1,0 +1,102 @@
+"""An iteration job of several online iterations: killed part-way, rerun, same final state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from class2d import layout
+from class2d.classify import init_step, iteration_step
+from class2d.em import online
+from class2d.prepare import prepare_stack
+from class2d.simulate import simulate, write_dataset
+
+CONFIG = {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 5, "batch_per_class": 30}
+#: history entries that hold wall-clock times, which no two runs share
+CLOCK_KEYS = ("seconds", "estep_seconds")
+
+#: one iteration job of five iterations that SIGKILLs itself when the third one starts
+KILLED_JOB = """
+import os, signal, sys, json
+from class2d import classify
+from class2d.em import online
+meta, previous, state_path, config = sys.argv[1:4] + [json.loads(sys.argv[4])]
+calls = []
+real = online.online_iteration
+def iteration(*args):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+online.online_iteration = iteration
+classify.iteration_step(meta, previous, state_path, config, 0, "cpu", 5)
+"""
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    data = simulate(240, box=32, apix=6.0, snr=0.5, n_objects=4, seed=2)
+    prepare_stack(write_dataset(data, folder / "data"), folder / "prepare", max_res_A=12.0)
+    return layout.prepared_meta(str(folder / "prepare"))
+
+
+def saved_arrays(path) -> dict:
+    """Every array of a state file as bytes, and its history without wall-clock times."""
+    with np.load(path) as data:
+        arrays = {key: data[key].tobytes() for key in data.files if key != "history"}
+        history = json.loads(str(data["history"]))
+    arrays["history"] = [{k: v for k, v in row.items() if k not in CLOCK_KEYS} for row in history]
+    return arrays
+
+
+def test_job_killed_after_two_of_five_iterations_resumes_to_the_same_state(prepared, tmp_path,
+                                                                          monkeypatch):
+    runs = {}
+    for name in ("whole", "killed"):
+        folder = str(tmp_path / name)
+        init_step(prepared, layout.state_path(folder, 0), CONFIG, 0, "cpu")
+        runs[name] = folder
+    whole, killed = runs["whole"], runs["killed"]
+    iteration_step(prepared, layout.state_path(whole, 0), layout.state_path(whole, 5), CONFIG,
+                   0, "cpu", count=5)
+    job = subprocess.run([sys.executable, "-c", KILLED_JOB, prepared, layout.state_path(killed, 0),
+                          layout.state_path(killed, 5), json.dumps(CONFIG)],
+                         capture_output=True, text=True, check=False)
+    assert job.returncode == -signal.SIGKILL, job.stderr[-2000:]
+    kept = [n for n in range(6) if os.path.exists(layout.state_path(killed, n))]
+    assert kept == [0, 1, 2]                        # what the killed job had finished
+    done = []
+    real = online.online_iteration
+    monkeypatch.setattr(online, "online_iteration",
+                        lambda stack, state, *rest: done.append(state.iteration + 1)
+                        or real(stack, state, *rest))
+    iteration_step(prepared, layout.state_path(killed, 0), layout.state_path(killed, 5), CONFIG,
+                   0, "cpu", count=5)
+    assert done == [3, 4, 5]                        # the rerun went on after iteration 2
+    for n in range(1, 6):
+        assert saved_arrays(layout.state_path(killed, n)) == saved_arrays(
+            layout.state_path(whole, n)), n
+
+
+def test_states_left_by_other_settings_are_not_resumed_from(prepared, tmp_path, monkeypatch):
+    folder = str(tmp_path / "run")
+    other = {**CONFIG, "batch_per_class": 20}
+    init_step(prepared, layout.state_path(folder, 0), other, 0, "cpu")
+    iteration_step(prepared, layout.state_path(folder, 0), layout.state_path(folder, 2), other,
+                   0, "cpu", count=2)                  # leaves iteration 1's state
+    init_step(prepared, layout.state_path(folder, 0), CONFIG, 0, "cpu")   # settings changed
+    done = []
+    real = online.online_iteration
+    monkeypatch.setattr(online, "online_iteration",
+                        lambda stack, state, *rest: done.append(state.iteration + 1)
+                        or real(stack, state, *rest))
+    iteration_step(prepared, layout.state_path(folder, 0), layout.state_path(folder, 2), CONFIG,
+                   0, "cpu", count=2)
+    assert done == [1, 2]
