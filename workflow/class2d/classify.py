@@ -29,7 +29,6 @@ import numpy as np
 
 from class2d import layout
 from class2d.em import online
-from class2d.em.export import write_outputs
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
 from class2d.io.npz import write_npz
@@ -96,6 +95,8 @@ class Classification:
 
     def export(self, state_path: str, assignments_path: str, out_dir: str) -> None:
         """Classes and particles of the last full pass into ``out_dir`` (``em.export``)."""
+        from class2d.em.export import write_outputs   # pandas and matplotlib: export only
+
         with np.load(assignments_path) as data:
             out = {key: data[key] for key in data.files}
         write_outputs(self.stack, ClassState.load(state_path), out, self.params, out_dir)

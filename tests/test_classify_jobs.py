@@ -1,4 +1,6 @@
-"""An iteration job of several online iterations: killed part-way, rerun, same final state."""
+"""Classification jobs: an iteration job killed part-way resumes to the same states; a
+job loads only what it needs (no pandas, no matplotlib: their import was part of every
+job's start)."""
 
 from __future__ import annotations
 
@@ -100,3 +102,27 @@ def test_states_left_by_other_settings_are_not_resumed_from(prepared, tmp_path, 
     iteration_step(prepared, layout.state_path(folder, 0), layout.state_path(folder, 2), CONFIG,
                    0, "cpu", count=2)
     assert done == [1, 2]
+
+
+def test_a_classification_job_imports_neither_pandas_nor_matplotlib(prepared, tmp_path):
+    folder = str(tmp_path / "run")
+    code = f"""
+import sys
+from class2d import layout
+from class2d.classify import gather_step, init_step, iteration_step, shard_step
+meta, folder, config = {prepared!r}, {folder!r}, {{**{CONFIG!r}, "online_iterations": 2}}
+init_step(meta, layout.state_path(folder, 0), config, 0, "cpu")
+iteration_step(meta, layout.state_path(folder, 0), layout.state_path(folder, 2), config, 0,
+               "cpu", 2)
+part = layout.shard_result_path(folder, 3, 0)
+shard_step(meta, layout.state_path(folder, 2), 0, part, config, 0, "cpu", True)
+gather_step(meta, layout.state_path(folder, 2), [part], layout.state_path(folder, 3),
+            layout.assignments_path(folder, 3), config, 0)
+print(sorted(name for name in ("pandas", "pyarrow", "matplotlib", "starfile")
+             if name in sys.modules))
+"""
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert os.path.exists(layout.assignments_path(folder, 3))
+    assert job.stdout.split("\n")[-2] == "[]"
