@@ -95,7 +95,8 @@ class Classification:
 
     def export(self, state_path: str, assignments_path: str, out_dir: str) -> None:
         """Classes and particles of the last full pass into ``out_dir`` (``em.export``)."""
-        from class2d.em.export import write_outputs   # pandas and matplotlib: export only
+        # em.export brings pandas and matplotlib: imported by the export job only
+        from class2d.em.export import write_outputs
 
         with np.load(assignments_path) as data:
             out = {key: data[key] for key in data.files}

@@ -154,7 +154,8 @@ def stack_box_sizes(image_paths: np.ndarray, base_dir: str, source: str) -> np.n
     image_paths: (n,) stack paths (relative to ``base_dir`` or absolute); every distinct stack's
     header is read once; ``InputError`` (naming ``source``) for non-square or mixed sizes.
     """
-    from class2d.io.paths import factorize   # pandas: here, not in a job that reads only stacks
+    # io.paths brings pandas: imported here, not by a job that only reads stacks
+    from class2d.io.paths import factorize
 
     unique, inverse = factorize(image_paths)
     sizes = np.zeros(len(unique), np.int64)
