@@ -27,7 +27,8 @@ def setup_logging(log: str | None = None) -> None:
 
 def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwargs: Any) -> Any:
     """Call ``func``; bad input or a bad setting ends the process with one line
-    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``."""
+    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``.  Meant as a
+    process's last call: the objects alive when it returns are never collected."""
     setup_logging(log)
     try:
         return func(*args, **kwargs)
