@@ -1,6 +1,7 @@
-# Online EM: one job per `iterations_per_job` iterations, each reading the previous job's
-# state file and saving every iteration's state (a rerun resumes from the newest), then
-# full passes scattered over shards and gathered; then the outputs.
+# Online EM: one job per `iterations_per_job` iterations, the first of them also making the
+# initial classes, each later one reading the previous job's state file; every job saves
+# every iteration's state (a rerun resumes from the newest). Then full passes scattered
+# over shards and gathered; then the outputs.
 
 
 rule init_classes:
@@ -9,11 +10,12 @@ rule init_classes:
         ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        state_path(0),
+        state_path(FIRST_END),
     params:
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
+        iterations=FIRST_END,
     conda:
         CONDA_ENV
     log:
@@ -34,7 +36,7 @@ rule classify_iteration:
     output:
         state_path("{n}"),
     wildcard_constraints:
-        n=numbers(ONLINE_ENDS),
+        n=numbers(ONLINE_ENDS[1:]),
     params:
         em=em_config(),
         seed=config["seed"],

@@ -23,12 +23,13 @@ CONFIG = {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 5, "batch_per_
 #: history entries that hold wall-clock times, which no two runs share
 CLOCK_KEYS = ("seconds", "estep_seconds")
 
-#: one iteration job of five iterations that SIGKILLs itself when the third one starts
+#: a job of five online iterations (``later``: from state 0; ``first``: making it too) that
+#: SIGKILLs itself when the third iteration starts
 KILLED_JOB = """
 import os, signal, sys, json
-from class2d import classify
+from class2d import classify, layout
 from class2d.em import online
-meta, previous, state_path, config = sys.argv[1:4] + [json.loads(sys.argv[4])]
+kind, meta, folder, config = sys.argv[1:4] + [json.loads(sys.argv[4])]
 calls = []
 real = online.online_iteration
 def iteration(*args):
@@ -37,7 +38,11 @@ def iteration(*args):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args)
 online.online_iteration = iteration
-classify.iteration_step(meta, previous, state_path, config, 0, "cpu", 5)
+if kind == "first":
+    classify.init_step(meta, layout.state_path(folder, 5), config, 0, "cpu", 5)
+else:
+    classify.iteration_step(meta, layout.state_path(folder, 0), layout.state_path(folder, 5),
+                            config, 0, "cpu", 5)
 """
 
 
@@ -58,50 +63,59 @@ def saved_arrays(path) -> dict:
     return arrays
 
 
+def run_job(kind: str, meta: str, folder: str, config: dict) -> None:
+    """Five online iterations to state 5 as a ``kind`` job (see KILLED_JOB)."""
+    if kind == "first":
+        init_step(meta, layout.state_path(folder, 5), config, 0, "cpu", iterations=5)
+    else:
+        iteration_step(meta, layout.state_path(folder, 0), layout.state_path(folder, 5), config,
+                       0, "cpu", count=5)
+
+
+def count_calls(monkeypatch) -> dict[str, list]:
+    """Record the iterations run and the initial classes made from now on."""
+    calls = {"iterations": [], "init": []}
+    iterate, init = online.online_iteration, online.init_classes
+    monkeypatch.setattr(online, "online_iteration",
+                        lambda stack, state, *rest: calls["iterations"].append(state.iteration + 1)
+                        or iterate(stack, state, *rest))
+    monkeypatch.setattr(online, "init_classes",
+                        lambda *args: calls["init"].append(1) or init(*args))
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["first", "later"])
 def test_job_killed_after_two_of_five_iterations_resumes_to_the_same_state(prepared, tmp_path,
-                                                                          monkeypatch):
-    runs = {}
-    for name in ("whole", "killed"):
-        folder = str(tmp_path / name)
-        init_step(prepared, layout.state_path(folder, 0), CONFIG, 0, "cpu")
-        runs[name] = folder
-    whole, killed = runs["whole"], runs["killed"]
-    iteration_step(prepared, layout.state_path(whole, 0), layout.state_path(whole, 5), CONFIG,
-                   0, "cpu", count=5)
-    job = subprocess.run([sys.executable, "-c", KILLED_JOB, prepared, layout.state_path(killed, 0),
-                          layout.state_path(killed, 5), json.dumps(CONFIG)],
-                         capture_output=True, text=True, check=False)
+                                                                          monkeypatch, kind):
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    if kind == "later":
+        for folder in (whole, killed):
+            init_step(prepared, layout.state_path(folder, 0), CONFIG, 0, "cpu")
+    run_job(kind, prepared, whole, CONFIG)
+    job = subprocess.run([sys.executable, "-c", KILLED_JOB, kind, prepared, killed,
+                          json.dumps(CONFIG)], capture_output=True, text=True, check=False)
     assert job.returncode == -signal.SIGKILL, job.stderr[-2000:]
     kept = [n for n in range(6) if os.path.exists(layout.state_path(killed, n))]
     assert kept == [0, 1, 2]                        # what the killed job had finished
-    done = []
-    real = online.online_iteration
-    monkeypatch.setattr(online, "online_iteration",
-                        lambda stack, state, *rest: done.append(state.iteration + 1)
-                        or real(stack, state, *rest))
-    iteration_step(prepared, layout.state_path(killed, 0), layout.state_path(killed, 5), CONFIG,
-                   0, "cpu", count=5)
-    assert done == [3, 4, 5]                        # the rerun went on after iteration 2
-    for n in range(1, 6):
+    calls = count_calls(monkeypatch)
+    run_job(kind, prepared, killed, CONFIG)
+    assert calls == {"iterations": [3, 4, 5], "init": []}   # went on after iteration 2
+    for n in range(6):
         assert saved_arrays(layout.state_path(killed, n)) == saved_arrays(
             layout.state_path(whole, n)), n
 
 
-def test_states_left_by_other_settings_are_not_resumed_from(prepared, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["first", "later"])
+def test_states_left_by_other_settings_are_not_resumed_from(prepared, tmp_path, monkeypatch,
+                                                           kind):
     folder = str(tmp_path / "run")
-    other = {**CONFIG, "batch_per_class": 20}
-    init_step(prepared, layout.state_path(folder, 0), other, 0, "cpu")
-    iteration_step(prepared, layout.state_path(folder, 0), layout.state_path(folder, 2), other,
-                   0, "cpu", count=2)                  # leaves iteration 1's state
-    init_step(prepared, layout.state_path(folder, 0), CONFIG, 0, "cpu")   # settings changed
-    done = []
-    real = online.online_iteration
-    monkeypatch.setattr(online, "online_iteration",
-                        lambda stack, state, *rest: done.append(state.iteration + 1)
-                        or real(stack, state, *rest))
-    iteration_step(prepared, layout.state_path(folder, 0), layout.state_path(folder, 2), CONFIG,
-                   0, "cpu", count=2)
-    assert done == [1, 2]
+    for config in ({**CONFIG, "batch_per_class": 20}, CONFIG):      # then settings changed
+        if kind == "later":
+            init_step(prepared, layout.state_path(folder, 0), config, 0, "cpu")
+        calls = count_calls(monkeypatch)
+        run_job(kind, prepared, folder, config)
+    # all over again, although the first run left states 0 to 4 (and 0 is the same)
+    assert calls == {"iterations": [1, 2, 3, 4, 5], "init": [1] if kind == "first" else []}
 
 
 def test_a_classification_job_imports_neither_pandas_nor_matplotlib(prepared, tmp_path):

@@ -26,6 +26,8 @@ PREPARED_CTF = "ctf.npz"
 STATE = "state.npz"
 #: a full pass's per-particle results (class, pose, posterior, …)
 ASSIGNMENTS = "assignments.npz"
+#: the classify settings the run's states were made with (``classify.Classification``)
+SETTINGS = "settings.json"
 
 
 def number(n: int | str) -> str:
@@ -61,6 +63,10 @@ def iteration_dir(classify_dir: str, n: int | str) -> str:
 
 def state_path(classify_dir: str, n: int | str) -> str:
     return os.path.join(iteration_dir(classify_dir, n), STATE)
+
+
+def settings_path(classify_dir: str) -> str:
+    return os.path.join(classify_dir, SETTINGS)
 
 
 def classify_dir_of(state_file: str) -> str:
