@@ -1,17 +1,21 @@
-# Online EM: one job per iteration (or per `iterations_per_job`), each reading the previous
-# state file, then full passes scattered over shards and gathered; then the outputs.
+# Online EM: one job per `iterations_per_job` iterations, the first of them also making the
+# initial classes, each later one reading the previous job's state file; every job saves
+# every iteration's state (a rerun resumes from the newest). Then full passes scattered
+# over shards and gathered; then the outputs.
 
 
 rule init_classes:
     input:
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        state_path(0),
+        state_path(FIRST_END),
     params:
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
+        iterations=FIRST_END,
     conda:
         CONDA_ENV
     log:
@@ -29,11 +33,12 @@ rule classify_iteration:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         state_path("{n}"),
     wildcard_constraints:
-        n=numbers(ONLINE_ENDS),
+        n=numbers(ONLINE_ENDS[1:]),
     params:
         em=em_config(),
         seed=config["seed"],
@@ -56,6 +61,7 @@ rule classify_full_shard:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         layout.shard_result_path(CLASSIFY_DIR, "{n}", "{s}"),

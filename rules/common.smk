@@ -71,6 +71,8 @@ N_ONLINE = CLS["online_iterations"]
 N_LAST = N_ONLINE + CLS["final_full_iterations"]
 ONLINE_ENDS = sorted(set(range(CLS["iterations_per_job"], N_ONLINE + 1, CLS["iterations_per_job"]))
                      | ({N_ONLINE} if N_ONLINE else set()))
+# the first online job also makes the initial classes (iteration 0): one job fewer to start
+FIRST_END = ONLINE_ENDS[0] if ONLINE_ENDS else 0
 
 
 def em_config():

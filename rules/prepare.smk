@@ -35,6 +35,7 @@ rule prepare_stack:
     output:
         star=layout.prepared_particles(PREPARE_DIR),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
         shards=N_SHARDS,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from class2d import io, layout
+from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop
 from class2d.prepare import (alignment_box, background_mask, finish_prepare, prepare_shard,
@@ -48,6 +49,19 @@ def test_prepared_stack_is_cropped_normalised_and_sharded(demo_star, tmp_path):
         with mrcfile.open(path) as mrc:
             assert float(mrc.voxel_size.x) == pytest.approx(4.0)
     assert io.read_particles(os.path.join(stack.folder, "particles.star")).n == 120
+
+
+def test_ctf_table_holds_every_particles_ctf_as_the_star_gives_it(demo_star, tmp_path):
+    star, data = demo_star
+    stack = prepare_stack(star, tmp_path / "prep", max_res_A=8.0, shards=2)
+    assert os.path.isfile(layout.prepared_ctf(stack.folder))
+    from_star = io.read_particles(star).ctf_params()
+    for name, ours, theirs, simulated in zip(CTFParams._fields, stack.ctf_params, from_star,
+                                             data.table.ctf_params()):
+        assert ours.shape == (120,) and ours.dtype == np.float64, name
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        np.testing.assert_allclose(ours, simulated, rtol=1e-6, err_msg=name)
+    assert len(np.unique(stack.ctf_params.defocus_u)) > 10        # per particle, not one value
 
 
 def test_invert_contrast_flips_the_sign(demo_star, tmp_path):

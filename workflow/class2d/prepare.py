@@ -8,6 +8,7 @@
     >>> stack.images(np.arange(100))             # (100, d, d) float32, from memory maps
 
 The prepared folder holds ``particles.star`` (the input table, every column kept),
+``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, normalised:
 background mean 0 and s.d. 1 outside the particle diameter, as RELION normalises) and
 ``prepared.yaml`` (boxes, pixel sizes, shard row ranges); ``class2d.layout`` names them.
@@ -17,6 +18,7 @@ The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -28,11 +30,13 @@ import yaml
 
 from class2d import io, layout
 from class2d.budget import DEFAULT_MEMORY_GB, prepare_batch
+from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop, pixel_radius
 from class2d.io.atomic import atomic_path
 from class2d.io.count import count_particles
 from class2d.io.mrc import read_header, read_images
+from class2d.io.npz import write_npz
 from class2d.io.stack_writer import stack_writer
 from class2d.progress import Progress
 
@@ -100,6 +104,13 @@ class PreparedStack:
 
     def table(self) -> io.ParticleTable:
         return io.read_particles(layout.prepared_particles(self.folder))
+
+    @functools.cached_property
+    def ctf_params(self) -> CTFParams:
+        """Every particle's CTF parameters, (n,) float64 each: read from ``ctf.npz`` once
+        (at 10⁶ particles, parsing them from the STAR file took seconds)."""
+        with np.load(layout.prepared_ctf(self.folder)) as data:
+            return CTFParams(**{name: data[name] for name in CTFParams._fields})
 
     def images(self, rows: np.ndarray) -> np.ndarray:
         """Images of the given rows (sorted or not): (m, box, box) float32."""
@@ -237,6 +248,7 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
             raise InputError(header.path, f"holds {header.n} images of {header.nx} px, shard {s} "
                              f"needs {b - a} of {geo.new_box} px: prepare it again")
     io.write_particles(table, layout.prepared_particles(out_dir))
+    write_npz(layout.prepared_ctf(out_dir), table.ctf_params()._asdict())
     meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,
             "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
             "source": os.path.abspath(source), "n": table.n,

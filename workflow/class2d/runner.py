@@ -11,6 +11,7 @@ Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 import time
@@ -49,6 +50,8 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
 
     threads: the CPU threads the job was given (Snakemake's ``threads``): Numba, BLAS and
     the FFTs use no more.
+
+    Meant as a process's last call: the objects alive when it returns are never collected.
     """
     setup_logging(log)
     logger = logging.getLogger(func.__module__)
@@ -66,3 +69,7 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
     finally:
         logger.info("%s: %s %.1f s, peak memory %.2f GB", func.__name__, outcome,
                     time.perf_counter() - started, peak_memory_gb())
+        # The step is the whole job: spare the interpreter's garbage collection at exit,
+        # which walks every object of NumPy, SciPy, Numba and pandas (measured: 0.07 s a job
+        # on an idle 2-core machine, 0.6 s under load, against 0.01-0.05 s frozen).
+        gc.freeze()

@@ -11,7 +11,6 @@ Used by the online iterations and full passes (``online.py``) and by the class r
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 
@@ -56,10 +55,10 @@ class PassContext:
     n_shells: int
     prepass: np.ndarray | None
 
-    @functools.cached_property
+    @property
     def ctf_params(self):
-        """The particles' CTF parameters, read from the STAR file when a pass first needs them."""
-        return self.stack.table().ctf_params()
+        """The particles' CTF parameters (the prepared stack's, loaded once per stack)."""
+        return self.stack.ctf_params
 
 
 def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
