@@ -2,6 +2,9 @@
 
     >>> run_step(prepare_stack, "particles.star", "out", log="logs/prepare.log")
 
+The step's last log line gives its time (``prepare_stack: done in 81.20 s``): the rest of
+the job's time, in Snakemake's records, is its start (interpreter, imports) and exit.
+
 Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,8 +34,12 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwa
     ``error: <file>: <problem>`` or ``error: config <key>: <problem>``.  Meant as a
     process's last call: the objects alive when it returns are never collected."""
     setup_logging(log)
+    started = time.perf_counter()
     try:
-        return func(*args, **kwargs)
+        result = func(*args, **kwargs)
+        logging.getLogger(func.__module__).info("%s: done in %.2f s", func.__name__,
+                                                time.perf_counter() - started)
+        return result
     except (InputError, ConfigError, FileNotFoundError) as err:
         logging.getLogger(func.__module__).error("%s", err)
         print(f"error: {err}", file=sys.stderr)
