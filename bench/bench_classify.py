@@ -220,8 +220,9 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
               f"median {statistics.median(values):.1f} s, range {min(values):.1f}-"
               f"{max(values):.1f} s")
     work = statistics.median(work_only)
+    added = {kind: statistics.median(values) for kind, values in extra.items()}
     print(f"workflow / in-process from those, on the median work of {work:.1f} s: "
-          f"{(work + statistics.median(extra['workflow'])) / (work + statistics.median(extra['in-process'])):.2f}")
+          f"{(work + added['workflow']) / (work + added['in-process']):.2f}")
     pairs = [w / i for w, i in zip(times["workflow"], times["in-process"])]
     print(f"workflow / in-process: {med['workflow'] / med['in-process']:.2f} (medians); "
           f"per pair {', '.join(f'{p:.2f}' for p in pairs)}")
