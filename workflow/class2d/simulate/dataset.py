@@ -17,7 +17,7 @@ import pandas as pd
 
 from class2d.ctf import CTFParams
 from class2d.io.table import ParticleTable
-from class2d.simulate.imaging import Scene, form_images, signal_variance
+from class2d.simulate.imaging import Scene, coloured_noise, form_images, signal_variance
 from class2d.simulate.layout import (Picks, duplicate_picks, fibonacci_views, most_distinct,
                                      place_particles, random_views, view_directions)
 from class2d.simulate.phantom import (Phantom, euler_matrix, make_phantom, projected_gaussians,
@@ -40,7 +40,7 @@ class Dataset(NamedTuple):
     table: ParticleTable
     """RELION 3.1 particle table (pick coordinates, micrographs, CTF, pick score); no poses"""
     images: np.ndarray
-    """(n, box, box) float32, CTF-modulated particles plus white noise of s.d. 1"""
+    """(n, box, box) float32, CTF-modulated particles (and neighbours) plus noise of s.d. 1"""
     truth: pd.DataFrame
     """(n rows) ``true_class``, ``phantom`` (index into ``phantoms``), ``rlnAngleRot/Tilt/Psi``
     (degrees), ``rlnOriginXAngst/YAngst`` (Å), ``junk`` ('' for a good particle),
@@ -68,7 +68,9 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
              amplitude_contrast: float = 0.1, micrograph_apix: float = 1.0,
              micrograph_size: int = 4096, min_separation: float | None = None,
              duplicate_distance: tuple[float, float] = (6.0, 15.0), pick_sigma: float = 5.0,
-             ctf_pad: int = 2) -> Dataset:
+             ctf_pad: int = 2, noise_exponent: float = 0.0,
+             noise_corner_A: float | None = None, noise_floor: float = 0.0,
+             neighbours: int = 0) -> Dataset:
     """Simulate a particle set with known views, classes, junk and duplicate picks.
 
     n_particles: rows in total (duplicates included); box: px (even); apix: Å/px;
@@ -84,11 +86,18 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
     picks lie on; min_separation (Å, default the particle diameter): between any two
     distinct particles on a micrograph; pick_sigma (Å): pick error per axis.
     ctf_pad: the CTF is applied on a canvas this many times the box (1 = in the box).
+    noise_exponent: 0 for white noise; > 0 for noise whose power falls as
+    (1 + (f·noise_corner_A)²)^(−noise_exponent/2), cut from a larger canvas (see
+    :func:`~class2d.simulate.imaging.coloured_noise`; denoised micrographs: about 6);
+    noise_corner_A: Å, default the particle diameter; noise_floor: white power added to
+    that spectrum (relative to its peak).  neighbours: other particles (random objects,
+    views and ψ) drawn around every pick, their centres 0.8–1.3 diameters
+    from its particle's, so that the box holds parts of them as on a crowded micrograph.
     """
     _check(n_particles, box, snr, n_objects, junk_fraction, duplicate_fraction, junk_types)
     started = time.perf_counter()
-    rng_phantom, rng_views, rng_junk, rng_picks, rng_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
+    rng_phantom, rng_views, rng_junk, rng_picks, rng_noise, rng_crowd = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
     diameter = diameter_fraction * box * apix
     phantoms, ref_rot, ref_tilt, references = _classes(rng_phantom, n_objects, n_references,
                                                        diameter, box, apix)
@@ -101,6 +110,8 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
     junk[rng_junk.choice(n_first, n_junk, replace=False)] = np.resize(np.asarray(junk_types), n_junk)
     content = _first_pick_content(rng_views, junk, n_objects, ref_rot, ref_tilt, diameter, apix,
                                   references.max(axis=(1, 2)).mean(), box)
+    content["neighbours"] = _neighbours(rng_crowd, n_first, neighbours, n_objects, ref_rot,
+                                        ref_tilt, diameter)
 
     micrograph = rng_picks.permutation(np.resize(np.arange(n_micrographs), n_first))
     min_separation = diameter if min_separation is None else min_separation
@@ -128,14 +139,24 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
                            np.full(n_particles, voltage), np.full(n_particles, cs),
                            np.full(n_particles, amplitude_contrast))
 
-    scene = _scene(phantoms, content, origin_x, origin_y, apix)
-    clean = form_images(scene, ctf_params, box, apix, pad=ctf_pad)
+    views = (content["view1"], content["view2"])
+    clean = form_images(_scene(phantoms, views, content["edge"], origin_x, origin_y, apix),
+                        ctf_params, box, apix, pad=ctf_pad)
     good = content["junk"] == ""
     variances = signal_variance(clean[good] if good.any() else clean)
+    if neighbours:      # after the SNR: it is the particle's, not its neighbours'
+        crowd = tuple(np.moveaxis(content["neighbours"], 1, 0))
+        clean += form_images(_scene(phantoms, crowd, np.zeros((n_particles, 4)), origin_x,
+                                    origin_y, apix), ctf_params, box, apix, pad=ctf_pad)
     noise_sd = np.sqrt(variances.mean() / snr) if variances.mean() > 0 else 1.0
     scale = 1.0 / noise_sd
     clean32 = (clean * scale).astype(np.float32)
-    images = clean32 + rng_noise.standard_normal(clean32.shape, dtype=np.float32)
+    if noise_exponent:
+        noise = coloured_noise(rng_noise, n_particles, box, apix, noise_exponent,
+                               noise_corner_A or diameter, noise_floor)
+    else:
+        noise = rng_noise.standard_normal(clean32.shape, dtype=np.float32)
+    images = clean32 + noise
 
     scores = np.empty(n_particles)
     for kind, (mean, sd) in PICK_SCORES.items():
@@ -298,13 +319,32 @@ def _first_pick_content(rng: np.random.Generator, junk: np.ndarray, n_objects: i
             "tilt": tilt * nan, "psi": psi * nan, "view1": view1, "view2": view2, "edge": edge}
 
 
-def _scene(phantoms: tuple[Phantom, ...], content: dict[str, np.ndarray], origin_x: np.ndarray,
-           origin_y: np.ndarray, apix: float) -> Scene:
-    """The scene of every pick: its content moved so that its true centre lies at −origin."""
+def _neighbours(rng: np.random.Generator, n: int, count: int, n_objects: int | None,
+                ref_rot: np.ndarray, ref_tilt: np.ndarray, diameter: float) -> np.ndarray:
+    """(n, count, 7) views (as ``view1``) of the other particles around each first pick:
+    a random object (or a random view of the phantom) at random ψ, its centre 0.8–1.3
+    diameters (Å) from the pick's true centre in a random direction."""
+    size = (n, count)
+    if n_objects:
+        obj = rng.integers(0, len(ref_rot), size)
+        rot, tilt, phantom = ref_rot[obj], ref_tilt[obj], obj
+    else:
+        rot, tilt = (a.reshape(size) for a in random_views(rng, n * count))
+        phantom = np.zeros(size, np.int64)
+    distance = diameter * rng.uniform(0.8, 1.3, size)
+    direction = rng.uniform(0.0, 2.0 * np.pi, size)
+    return np.stack([rot, tilt, rng.uniform(-180.0, 180.0, size), distance * np.cos(direction),
+                     distance * np.sin(direction), np.ones(size), phantom], axis=-1)
+
+
+def _scene(phantoms: tuple[Phantom, ...], views: tuple[np.ndarray, ...], edges: np.ndarray,
+           origin_x: np.ndarray, origin_y: np.ndarray, apix: float) -> Scene:
+    """The scene of every pick: ``views`` (each (n, 7), as ``view1``) and ``edges`` (n, 4),
+    moved so that the pick's true centre lies at −origin."""
     origin = np.column_stack([origin_x, origin_y])
     n, m = len(origin), len(phantoms[0].amplitudes)
     parts = []
-    for view in (content["view1"], content["view2"]):
+    for view in views:
         peaks, centres, precisions = np.zeros((n, m)), np.zeros((n, m, 2)), np.ones((n, m, 3))
         for index, phantom in enumerate(phantoms):
             rows = np.flatnonzero((view[:, 5] > 0) & (view[:, 6] == index))
@@ -312,7 +352,7 @@ def _scene(phantoms: tuple[Phantom, ...], content: dict[str, np.ndarray], origin
             peaks[rows], centres[rows], precisions[rows] = projected_gaussians(
                 phantom, matrices, view[rows, 3:5] - origin[rows], apix)
         parts.append((peaks, centres, precisions))
-    edge = content["edge"].copy()
+    edge = edges.copy()
     theta = np.deg2rad(edge[:, 1])
     # the edge's offset is from the true centre; the image centre is `origin` away from it
     edge[:, 2] -= (origin_x * np.cos(theta) + origin_y * np.sin(theta)) / apix
