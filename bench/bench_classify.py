@@ -14,6 +14,7 @@ against the ground truth.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import shutil
@@ -49,6 +50,30 @@ def _timed(func) -> float:
     tic = time.perf_counter()
     func()
     return time.perf_counter() - tic
+
+
+class TimedSteps(logging.Handler):
+    """Collects the measured times that ``class2d.em.online`` logs for each online iteration
+    and full-pass shard (the result files hold no times: the same seed gives the same bytes)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.rows: list[dict] = []
+        self.logger = logging.getLogger("class2d.em.online")
+
+    def __enter__(self) -> "TimedSteps":
+        self.saved_level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.saved_level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.args, dict) and "estep_seconds" in record.args:
+            self.rows.append(record.args)
 
 
 def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float, np.ndarray]:
@@ -89,14 +114,15 @@ def main() -> None:
         t_prepare = time.perf_counter() - tic
         tic = time.perf_counter()
         config = {**CLASSIFY, "class_prune_margin": 0.0} if args.exhaustive else CLASSIFY
-        classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
-                     backend="cpu")
+        with TimedSteps() as timed:
+            classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
+                         backend="cpu")
         t_classify = time.perf_counter() - tic
         last = sorted(d for d in os.listdir(os.path.join(work, "classify")) if d.startswith("iter_"))[-1]
         history = ClassState.load(os.path.join(work, "classify", last, "state.npz")).history
         flops = sum(row["gflops"] for row in history) * 1e9
-        e_seconds = sum(row["estep_seconds"] for row in history)
-        it_seconds = sum(row["seconds"] for row in history)
+        e_seconds = sum(row["estep_seconds"] for row in timed.rows)
+        it_seconds = sum(row["seconds"] for row in timed.rows)
         poses = sum(row["particles"] * row["local_poses"] for row in history)
         labels = io.read_particles(os.path.join(work, "classify", "particles.star")).particles
         good = (data.truth["junk"] == "").to_numpy()

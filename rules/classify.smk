@@ -4,12 +4,11 @@
 
 rule init_classes:
     input:
-        meta=out("prepare/prepared.yaml"),
+        meta=layout.prepared_meta(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        iter_path(0),
+        state_path(0),
     params:
-        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
@@ -26,14 +25,13 @@ rule init_classes:
 rule classify_iteration:
     input:
         state=lambda wc: previous_state(int(wc.n)),
-        meta=out("prepare/prepared.yaml"),
+        meta=layout.prepared_meta(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        out("classify/iter_{n}/state.npz"),
+        state_path("{n}"),
     wildcard_constraints:
         n=numbers(ONLINE_ENDS),
     params:
-        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
@@ -51,15 +49,14 @@ rule classify_iteration:
 rule classify_full_shard:
     input:
         state=lambda wc: previous_state(int(wc.n)),
-        meta=out("prepare/prepared.yaml"),
+        meta=layout.prepared_meta(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        out("classify/iter_{n}/shard_{s}.npz"),
+        layout.shard_result_path(CLASSIFY_DIR, "{n}", "{s}"),
     wildcard_constraints:
         n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
-        s=r"\d{3}",
+        s=numbers(range(N_SHARDS)),
     params:
-        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
@@ -77,15 +74,14 @@ rule classify_full_shard:
 rule gather_full_pass:
     input:
         state=lambda wc: previous_state(int(wc.n)),
-        meta=out("prepare/prepared.yaml"),
-        parts=expand(out("classify/iter_{{n}}/shard_{s:03d}.npz"), s=range(N_SHARDS)),
+        meta=layout.prepared_meta(PREPARE_DIR),
+        parts=[layout.shard_result_path(CLASSIFY_DIR, "{n}", s) for s in range(N_SHARDS)],
     output:
-        state=out("classify/iter_{n}/state.npz"),
-        assignments=out("classify/iter_{n}/assignments.npz"),
+        state=state_path("{n}"),
+        assignments=layout.assignments_path(CLASSIFY_DIR, "{n}"),
     wildcard_constraints:
         n=numbers(range(N_ONLINE + 1, N_LAST + 1)),
     params:
-        prepared=prepared_dir,
         em=em_config(),
         seed=config["seed"],
     conda:
@@ -98,9 +94,9 @@ rule gather_full_pass:
 
 rule export_classes:
     input:
-        state=iter_path(N_LAST),
-        meta=out("prepare/prepared.yaml"),
-        assignments=iter_path(N_LAST, "assignments.npz"),
+        state=state_path(N_LAST),
+        meta=layout.prepared_meta(PREPARE_DIR),
+        assignments=layout.assignments_path(CLASSIFY_DIR, N_LAST),
     output:
         classes=out("classify/classes.mrcs"),
         classes_star=out("classify/classes.star"),
@@ -110,7 +106,7 @@ rule export_classes:
         gallery=report(out("classify/gallery.png"), category="2D classification"),
         convergence=out("classify/convergence.tsv"),
     params:
-        prepared=prepared_dir,
+        out_dir=lambda wildcards, output: os.path.dirname(output.classes),
         em=em_config(),
         seed=config["seed"],
     conda:

@@ -1,7 +1,13 @@
-# Paths and small helpers shared by every stage: only wiring, no science.
+# Paths and small helpers shared by every stage: only wiring, no science. File names come
+# from class2d.layout and derived settings from class2d's ClassifyParams, as the package uses them.
 import os
 
+from class2d import layout
+from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
+
 OUT = config["outdir"]
+PREPARE_DIR = os.path.join(OUT, "prepare")
+CLASSIFY_DIR = os.path.join(OUT, "classify")
 CONDA_ENV = "../envs/class2d.yaml"
 
 
@@ -18,7 +24,8 @@ def input_particles():
 
 
 def shard_paths():
-    return [out(f"prepare/stack_{s:03d}.mrcs") for s in range(config["prepare"]["shards"])]
+    """The prepared stack's image files, one per shard."""
+    return [layout.stack_path(PREPARE_DIR, s) for s in range(config["prepare"]["shards"])]
 
 
 def final_outputs():
@@ -45,11 +52,17 @@ N_SHARDS = config["prepare"]["shards"]
 
 def em_config():
     """The classify section as the package takes it (workflow-only keys removed)."""
-    return {k: v for k, v in CLS.items() if k != "iterations_per_job"}
+    return {k: v for k, v in CLS.items() if k not in WORKFLOW_KEYS}
 
 
-def iter_path(n, name="state.npz"):
-    return out(f"classify/iter_{n:03d}/{name}")
+def alignment_res_A():
+    """Å, the alignment resolution that sets the prepared box: the package's derivation."""
+    return ClassifyParams.from_config(em_config(), config["seed"]).align_res_A
+
+
+def state_path(n):
+    """Iteration n's state file (n an int, or a wildcard such as "{n}")."""
+    return layout.state_path(CLASSIFY_DIR, n)
 
 
 def previous_number(n):
@@ -58,16 +71,12 @@ def previous_number(n):
 
 
 def previous_state(n):
-    return iter_path(previous_number(n))
+    return state_path(previous_number(n))
 
 
 def numbers(values):
-    return "|".join(f"{n:03d}" for n in values) or "none"
-
-
-def prepared_dir(wildcards, input):
-    """The prepared-stack folder, derived from the rule's input (no hard-coded prefix)."""
-    return os.path.dirname(input.meta)
+    """A wildcard constraint matching exactly these iteration numbers."""
+    return "|".join(layout.number(n) for n in values) or "none"
 
 
 # ---- after classification: each optional stage passes its particles to the next

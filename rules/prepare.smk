@@ -2,15 +2,16 @@ rule prepare_stack:
     input:
         particles=input_particles(),
     output:
-        star=out("prepare/particles.star"),
-        meta=out("prepare/prepared.yaml"),
+        star=layout.prepared_particles(PREPARE_DIR),
+        meta=layout.prepared_meta(PREPARE_DIR),
         shards=shard_paths(),
     params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.meta),
         box_px=config["prepare"]["box_px"],
         diameter_A=config["prepare"]["diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
         shards=config["prepare"]["shards"],
-        max_res_A=config.get("classify", {}).get("max_align_res_A") or None,
+        max_res_A=alignment_res_A(),
     conda:
         CONDA_ENV
     log:

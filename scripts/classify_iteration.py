@@ -3,5 +3,5 @@ from class2d.classify import iteration_step
 from class2d.runner import run_step
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(iteration_step, sm.params.prepared, sm.input.state, sm.output[0], sm.params.em,
+run_step(iteration_step, sm.input.meta, sm.input.state, sm.output[0], sm.params.em,
          sm.params.seed, sm.params.backend, sm.params.iterations, log=sm.log[0])

@@ -3,5 +3,5 @@ from class2d.classify import init_step
 from class2d.runner import run_step
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-run_step(init_step, sm.params.prepared, sm.output[0], sm.params.em, sm.params.seed,
+run_step(init_step, sm.input.meta, sm.output[0], sm.params.em, sm.params.seed,
          sm.params.backend, log=sm.log[0])

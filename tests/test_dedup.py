@@ -11,7 +11,7 @@ import starfile
 
 from class2d import io
 from class2d.dedup import micrograph_pixel_size, remove_duplicates, suppress_duplicates
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 from class2d.simulate import simulate
 
 #: Å of alignment error added to the true shifts (what a classifier gets wrong)
@@ -195,3 +195,14 @@ def test_bad_parameters(picked, tmp_path):
         remove_duplicates(star, tmp_path / "out")
     pd.testing.assert_frame_equal(table.particles.iloc[:3],
                                   io.read_particles(star).particles.iloc[:3])
+
+
+def test_bad_settings_name_their_config_key(picked, tmp_path):
+    star = _classified(picked, tmp_path)
+    # micrograph_apix: refused even where the metadata has a pixel size of its own
+    for setting, key in ((dict(min_separation_A=-5.0), "min_separation_A"),
+                         (dict(score="best"), "score"),
+                         (dict(micrograph_apix=-1.0), "micrograph_apix")):
+        with pytest.raises(ConfigError, match=rf"^config dedup\.{key}: must be"):
+            remove_duplicates(star, tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()

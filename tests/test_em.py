@@ -7,7 +7,7 @@ from class2d.ctf import CTFParams
 from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries, score_batch
 from class2d.em.grids import FrequencySet, PoseGrid
-from class2d.em.online import accumulate
+from class2d.em.passes import accumulate
 from class2d.em.params import ClassifyParams
 from class2d.fourier import circular_mask
 from class2d.kernels import cpu
@@ -146,7 +146,7 @@ def test_vertical_alignment_turns_a_rod_upright_and_keeps_images_consistent():
 def test_duplicate_classes_are_found_up_to_rotation(references):
     from scipy import ndimage
 
-    from class2d.em.online import duplicate_classes
+    from class2d.em.refill import duplicate_classes
 
     twin = ndimage.rotate(references[2], 70, reshape=False, order=1)
     refs = np.concatenate([references, twin[None]])

@@ -47,3 +47,14 @@ def test_circular_mask_soft_edge():
     assert mask[16, 16] == 1.0 and mask[16, 16 + 10] == pytest.approx(1.0)
     assert mask[16, 16 + 12] == pytest.approx(0.5)
     assert mask[16, 16 + 15] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pixel_grid_is_centred_on_the_origin_pixel():
+    for box in (5, 6):
+        y, x = fourier.pixel_grid(box)
+        assert (y[box // 2, box // 2], x[box // 2, box // 2]) == (0, 0)
+        assert (y[0, 0], x[0, 0]) == (-(box // 2), -(box // 2))
+        assert (y[-1, 0], x[0, -1]) == (box - 1 - box // 2, box - 1 - box // 2)
+        radius = fourier.pixel_radius(box)
+        for row, col in np.ndindex(box, box):
+            assert radius[row, col] == np.sqrt((row - box // 2) ** 2 + (col - box // 2) ** 2)

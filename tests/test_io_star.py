@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import shutil
 import subprocess
@@ -10,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
+import starfile.writer
 
 from class2d.errors import InputError
 from class2d.io import (read_images, read_particles, read_star, require_ctf, write_stack,
-                        write_star)
+                        write_star, write_star_blocks)
 
 #: label, particles, optics groups, Å/px of group 1, box (None: not in the STAR, stack absent)
 PARTICLE_STARS = [
@@ -339,3 +341,66 @@ def test_relion_reads_star_converted_from_cryosparc(data_file, tmp_path):
     np.testing.assert_allclose(back.particles["rlnOriginYAngst"],
                                table.particles["rlnOriginYAngst"][chosen], atol=1e-6)
     assert back.pixel_size() == pytest.approx(np.full(7, 1.345), rel=1e-6)
+
+
+def _awkward_blocks() -> dict[str, pd.DataFrame]:
+    """Tables with the values a STAR writer can get wrong: float32 and float64 that need
+    every digit, tiny and huge exponents, NaN, −0, ints, strings empty or with spaces."""
+    rng = np.random.default_rng(5)
+    classes = pd.DataFrame({
+        "rlnReferenceImage": [f"{k}@classes.mrcs" for k in (1, 2, 3, 4)],
+        "rlnClassNumber": np.array([1, 2, 3, 4], np.int64),
+        "rlnClassDistribution": rng.random(4),                        # float64, 16–17 digits
+        "rlnNormCorrection": rng.random(4).astype(np.float32),
+        "rlnEstimatedResolution": [1e-7, 1e300, np.nan, -0.0],
+        "rlnMicrographName": ["Movies/a b.mrc", "", "m.mrc", "x"]})
+    groups = pd.DataFrame({"c2dSuperclass": [1, 2], "c2dParticleCount": [10, 0]})
+    return {"classes": classes, "superclasses": groups}
+
+
+def test_star_blocks_round_trip_through_starfile(tmp_path):
+    blocks = _awkward_blocks()
+    write_star_blocks(blocks, tmp_path / "b.star")
+    back = starfile.read(tmp_path / "b.star", always_dict=True)
+    assert list(back) == ["classes", "superclasses"]
+    pd.testing.assert_frame_equal(back["superclasses"], blocks["superclasses"])
+    got, want = back["classes"], blocks["classes"]
+    assert got.columns.tolist() == want.columns.tolist()
+    for column in ("rlnClassNumber", "rlnClassDistribution", "rlnEstimatedResolution"):
+        np.testing.assert_array_equal(got[column].to_numpy(), want[column].to_numpy())
+    assert np.signbit(got["rlnEstimatedResolution"].iloc[3])                # −0 stays −0
+    # float32 is written at float32 precision, and reads back to the same float32
+    np.testing.assert_array_equal(got["rlnNormCorrection"].to_numpy(np.float32),
+                                  want["rlnNormCorrection"].to_numpy())
+    assert got["rlnReferenceImage"].tolist() == want["rlnReferenceImage"].tolist()
+    assert got["rlnMicrographName"].fillna("").tolist() == ["Movies/a b.mrc", "", "m.mrc", "x"]
+
+
+def test_star_text_has_the_documented_form(tmp_path):
+    frame = pd.DataFrame({"rlnA": np.array([0.1, np.nan], np.float32), "rlnB": [1 / 3, 2.5e-8],
+                          "rlnC": [7, -1], "rlnD": ["a b", "c"]})
+    write_star_blocks({"t": frame}, tmp_path / "t.star")
+    assert (tmp_path / "t.star").read_text() == (
+        "# written by class2d\n\ndata_t\n\nloop_\n_rlnA #1\n_rlnB #2\n_rlnC #3\n_rlnD #4\n"
+        '0.1\t0.3333333333333333\t7\t"a b"\nnan\t2.5e-08\t-1\tc\n\n\n')
+
+
+def test_star_bytes_do_not_depend_on_the_time(data_file, tmp_path, monkeypatch):
+    """starfile.write stamps the time into its banner: classify/classes.star written through
+    it differed between two identical runs."""
+    blocks = _awkward_blocks()
+    table = read_star(data_file("relion31_6groups"))
+    write_star_blocks(blocks, tmp_path / "a.star")
+    write_star(table, tmp_path / "a_particles.star")
+
+    class Later(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2031, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(starfile.writer, "datetime", Later)
+    write_star_blocks(blocks, tmp_path / "b.star")
+    write_star(table, tmp_path / "b_particles.star")
+    assert (tmp_path / "a.star").read_bytes() == (tmp_path / "b.star").read_bytes()
+    assert ((tmp_path / "a_particles.star").read_bytes()
+            == (tmp_path / "b_particles.star").read_bytes())

@@ -6,10 +6,10 @@ import mrcfile
 import numpy as np
 import pytest
 
-from class2d import io
+from class2d import io, layout
 from class2d.errors import InputError
 from class2d.fourier import fourier_crop
-from class2d.prepare import PreparedStack, alignment_box, background_mask, prepare_stack
+from class2d.prepare import alignment_box, background_mask, prepare_stack
 from class2d.simulate import simulate, write_dataset
 
 
@@ -42,7 +42,7 @@ def test_prepared_stack_is_cropped_normalised_and_sharded(demo_star, tmp_path):
     corr = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(images, cropped)]
     assert min(corr) > 0.99999
     for s in range(3):
-        path = os.path.join(stack.folder, PreparedStack.shard_name(s))
+        path = layout.stack_path(stack.folder, s)
         assert mrcfile.validate(path)
         with mrcfile.open(path) as mrc:
             assert float(mrc.voxel_size.x) == pytest.approx(4.0)

@@ -11,7 +11,7 @@ import starfile
 from scipy import ndimage
 
 from class2d import io
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 from class2d.rebalance import rebalance_classes, thin, view_similarity
 from class2d.simulate import simulate
 
@@ -125,3 +125,13 @@ def test_bad_input(views, tmp_path):
     io.write_particles(table, tmp_path / "other.star")
     with pytest.raises(InputError, match="class 99, which is not in"):
         rebalance_classes(tmp / "classes.star", tmp_path / "other.star", tmp_path)
+
+
+def test_bad_settings_name_their_config_key(views, tmp_path):
+    tmp, _ = views
+    for setting, key in ((dict(rebalance_factor=-0.1), "rebalance_factor"),
+                         (dict(n_superclasses=0), "n_superclasses")):
+        with pytest.raises(ConfigError, match=rf"^config rebalance\.{key}: must be"):
+            rebalance_classes(tmp / "classes.star", tmp / "particles.star", tmp_path / "out",
+                              **setting)
+    assert not (tmp_path / "out").exists()

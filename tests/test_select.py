@@ -18,10 +18,11 @@ from scipy import ndimage
 
 from class2d import io
 from class2d.ctf import evaluate
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 from class2d.fourier import (centered_irfft2, centered_rfft2, circular_mask, frc, frc_resolution,
                              rfft_frequencies)
-from class2d.select import class_features, read_classes, select_classes
+from class2d.io import read_classes
+from class2d.select import class_features, select_classes
 from class2d.simulate import simulate, write_dataset
 
 #: junk classes made per junk type
@@ -234,9 +235,15 @@ def test_bad_inputs(noisy_set, tmp_path):
     with pytest.raises(InputError, match="bad.json: not a selection file"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "a",
                        selection_file=bad)
-    with pytest.raises(InputError, match="class 99 does not exist"):
+    with pytest.raises(ConfigError, match=r"config select\.classes: class 99 does not exist "
+                                          r"\(the classes are 1–14\)"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "b",
                        mode="list", classes=[1, 99])
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text(json.dumps({"selected": [2, 15]}))
+    with pytest.raises(InputError, match="unknown.json: class 15 does not exist"):
+        select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "b",
+                       selection_file=unknown)
     with pytest.raises(InputError, match="no class selected"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "c",
                        mode="thresholds", min_particles=10 ** 6)
@@ -322,3 +329,13 @@ def test_selection_page_in_a_browser(noisy_set, tmp_path):
     assert starfile.read(second["classes.star"])["rlnClassNumber"].tolist() == saved["selected"]
     kept = io.read_particles(second["particles.star"]).particles["rlnClassNumber"]
     assert 3 not in set(kept) and set(kept) == set(saved["selected"])
+
+
+def test_bad_settings_name_their_config_key(noisy_set, tmp_path):
+    with pytest.raises(ConfigError, match=r"^config select\.mode: must be one of auto, list, "
+                                          r"thresholds, got 'best'"):
+        select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "out",
+                       mode="best")
+    with pytest.raises(ConfigError, match=r"^config select\.classes: mode 'list' needs"):
+        select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "out",
+                       mode="list", classes=[])

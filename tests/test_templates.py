@@ -14,7 +14,7 @@ import starfile
 
 from class2d import io
 from class2d.ctf import CTFParams, evaluate
-from class2d.errors import InputError
+from class2d.errors import ConfigError, InputError
 from class2d.fourier import rfft_frequencies
 from class2d.simulate import make_phantom, project
 from class2d.templates import export_templates, resample
@@ -110,7 +110,8 @@ def test_select_classes_and_bad_input(tmp_path):
     star = _write_classes(tmp_path / "classes", np.stack([_blob(32, 3.0)] * 3), 3.0)
     paths = export_templates(star, tmp_path / "out", classes=[20, 30])
     assert starfile.read(paths["templates.star"])["rlnClassNumber"].tolist() == [20, 30]
-    with pytest.raises(InputError, match="class 40 is not in the file"):
+    with pytest.raises(ConfigError, match=r"config templates\.classes: class 40 is not in "
+                                          r".*classes\.star \(its classes: 10, 20, 30\)"):
         export_templates(star, tmp_path / "out", classes=[40])
     with pytest.raises(ValueError, match="contrast"):
         export_templates(star, tmp_path / "out", contrast="white")
@@ -191,3 +192,13 @@ def test_relion_autopick_finds_the_particles(tmp_path, contrast, invert, works):
         assert len(found) <= 1.5 * N_PARTICLES                       # and not much else
     else:
         assert hits < 0.5
+
+
+def test_bad_settings_name_their_config_key(tmp_path):
+    star = _write_classes(tmp_path / "classes", np.stack([_blob(32, 3.0)] * 2), 3.0)
+    for setting, key in ((dict(contrast="white"), "contrast"),
+                         (dict(picker_apix=-1.0), "picker_apix"),
+                         (dict(picker_box=33), "picker_box")):
+        with pytest.raises(ConfigError, match=rf"^config templates\.{key}: must be"):
+            export_templates(star, tmp_path / "out", **setting)
+    assert not (tmp_path / "out").exists()

@@ -31,12 +31,22 @@ TINY = {
 }
 
 
-def workflow_command(outdir: Path, cores: int = 2) -> list[str]:
-    """The snakemake command line for the tiny demo writing into ``outdir``."""
-    config = outdir.parent / f"{outdir.name}.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "outdir": str(outdir)}))
+#: smaller still, for running the classification twice: 2 online iterations, 2 shards
+TWICE = {
+    "demo": {**TINY["demo"], "n_particles": 120},
+    "prepare": {"shards": 2},
+    "classify": {"n_classes": 3, "max_res_A": 12.0, "online_iterations": 2,
+                 "batch_per_class": 20, "final_full_iterations": 1},
+}
+
+
+def workflow_command(outdir: Path, cores: int = 2, config: dict = TINY) -> list[str]:
+    """The snakemake command line for a demo (``config``, the tiny one unless given) writing
+    into ``outdir``."""
+    path = outdir.parent / f"{outdir.name}.yaml"
+    path.write_text(yaml.safe_dump({**config, "outdir": str(outdir)}))
     return [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
-            str(config), "--directory", str(REPO)]
+            str(path), "--directory", str(REPO)]
 
 
 @pytest.mark.slow
@@ -163,3 +173,25 @@ def test_every_stage_output_opens_in_relion_and_our_reader(finished_run, tmp_pat
     kept = io.read_particles(finished_run / "dedup/particles.star").n
     rejected = len(starfile.read(finished_run / "dedup/rejected.star")["particles"])
     assert kept + rejected == 240 and rejected > 0
+
+
+@pytest.mark.slow
+def test_same_seed_gives_byte_identical_classify_outputs(tmp_path):
+    """Checkpoints, shards, assignments, STAR, .cs, MRC, gallery and convergence table: the
+    same bytes from two runs (times are measured, so they go to the logs only)."""
+    outdirs = [tmp_path / "first", tmp_path / "second"]
+    runs = []
+    for outdir in outdirs:                          # at the same time, one core each
+        with open(tmp_path / f"{outdir.name}.log", "w") as log:
+            runs.append(subprocess.Popen(workflow_command(outdir, cores=1, config=TWICE)
+                                         + [str(outdir / "classify" / "convergence.tsv")],
+                                         stdout=log, stderr=subprocess.STDOUT))
+    for outdir, run in zip(outdirs, runs):
+        assert run.wait() == 0, (tmp_path / f"{outdir.name}.log").read_text()[-3000:]
+    first, second = ({str(p.relative_to(cls)): p.read_bytes()
+                      for p in sorted(cls.rglob("*")) if p.is_file()}
+                     for cls in (outdir / "classify" for outdir in outdirs))
+    assert {"state.npz", "shard_000.npz", "shard_001.npz", "assignments.npz", "gallery.png",
+            "convergence.tsv", "classes.star", "particles.cs"} <= {Path(p).name for p in first}
+    assert sorted(first) == sorted(second)
+    assert [p for p in first if first[p] != second[p]] == []

@@ -36,10 +36,9 @@ import os
 import numpy as np
 from scipy.spatial import cKDTree
 
-from class2d.errors import InputError
-from class2d.io import ParticleTable, read_particles
+from class2d.errors import ConfigError, InputError
+from class2d.io import ParticleTable, read_particles, write_particle_set
 from class2d.io.paths import factorize
-from class2d.select import write_particle_set
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +71,10 @@ def remove_duplicates(particles_path: str | os.PathLike, out_dir: str | os.PathL
     Returns {file name: path} of what it wrote.
     """
     if not min_separation_A > 0:
-        raise ValueError(f"min_separation_A must be > 0 Å, got {min_separation_A}")
+        raise ConfigError("dedup.min_separation_A", f"must be > 0 Å, got {min_separation_A}")
     if score not in SCORE_COLUMNS:
-        raise ValueError(f"score must be one of {sorted(SCORE_COLUMNS)}, got {score!r}")
+        raise ConfigError("dedup.score", f"must be one of {', '.join(SCORE_COLUMNS)}, "
+                                         f"got {score!r}")
     table = read_particles(particles_path)
     source = os.fspath(particles_path)
     missing = [c for c in LOCATION_COLUMNS if c not in table.particles.columns]
@@ -120,7 +120,12 @@ def particle_centres(table: ParticleTable, micrograph_apix: float | None = None)
 
 
 def micrograph_pixel_size(table: ParticleTable, fallback: float | None = None) -> np.ndarray:
-    """(n,) Å/px of each particle's pick coordinates (see the module docstring for the order)."""
+    """(n,) Å/px of each particle's pick coordinates (see the module docstring for the order).
+
+    fallback: Å/px (> 0, even when the metadata has its own), or None.
+    """
+    if fallback is not None and not fallback > 0:
+        raise ConfigError("dedup.micrograph_apix", f"must be > 0 Å/px, got {fallback}")
     for name in OPTICS_APIX:
         if name in table.optics.columns:
             values = table.optics_column(name).astype(np.float64)
@@ -134,8 +139,6 @@ def micrograph_pixel_size(table: ParticleTable, fallback: float | None = None) -
                 _check_fallback(table, values, fallback, name)
                 return values
     if fallback is not None:
-        if not fallback > 0:
-            raise ValueError(f"micrograph_apix must be > 0 Å/px, got {fallback}")
         return np.full(table.n, float(fallback))
     logger.warning("%s: no micrograph pixel size in the metadata and none given: taking the "
                    "particle pixel size (wrong if the particles were extracted binned)",

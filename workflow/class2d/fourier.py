@@ -1,6 +1,7 @@
-"""FFT helpers: frequency grids, Fourier cropping, resolution shells, FRC.
+"""FFT helpers: pixel and frequency grids, Fourier cropping, resolution shells, FRC.
 
     >>> fy, fx = rfft_frequencies(64, apix=1.5)        # (64, 1), (1, 33) in 1/Å
+    >>> y, x = pixel_grid(64)                          # (64, 64) px from the centre pixel
     >>> small = fourier_crop(images, 32)               # (n, 32, 32), pixel size doubles
     >>> frc(a, b)                                      # (17,) correlation per shell
 
@@ -18,6 +19,21 @@ import numpy as np
 import scipy.fft
 
 logger = logging.getLogger(__name__)
+
+
+def pixel_grid(box: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates relative to the centre pixel (box//2, box//2): y, x (box, box) int64.
+
+    Works as well for a centred Fourier grid (``fftshift`` layout), in Fourier px.
+    """
+    y, x = np.mgrid[:box, :box] - box // 2
+    return y, x
+
+
+def pixel_radius(box: int) -> np.ndarray:
+    """Distance of every pixel from the centre pixel: (box, box) float64, px."""
+    y, x = pixel_grid(box)
+    return np.hypot(x, y)
 
 
 def rfft_frequencies(box: int, apix: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +89,35 @@ def shell_index(box: int) -> np.ndarray:
     return np.rint(radius_grid(box)).astype(np.int64)
 
 
+def centre_of_mass_shifts(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Shifts (K, 2) px (x, y) that move the centre of mass of each (K, D, D) image's density
+    above ``threshold`` · its maximum to the centre pixel (0, 0 for an image with none)."""
+    y, x = pixel_grid(images.shape[-1])
+    shifts = np.zeros((images.shape[0], 2))
+    for k, image in enumerate(images):
+        mass = np.where(image > threshold * image.max(), image, 0.0)
+        total = mass.sum()
+        if total > 0:
+            shifts[k] = -np.array([(mass * x).sum(), (mass * y).sum()]) / total
+    return shifts
+
+
+def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Shift (K, D, D) images by (K, 2) px (x, y) with Fourier phases (circularly);
+    same dtype out."""
+    box = images.shape[-1]
+    fy, fx = rfft_frequencies(box)
+    phase = np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
+                                  + fy[None] * shifts[:, 1, None, None]))
+    return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(images.dtype)
+
+
+def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Shift each (K, D, D) image so that the centre of mass of its density above
+    ``threshold`` · its maximum (default: its positive part) is the centre pixel."""
+    return shift_images(images, centre_of_mass_shifts(images, threshold))
+
+
 def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fourier ring correlation of two (D, D) images: (D//2 + 1,) per shell 0…Nyquist."""
     box = a.shape[-1]
@@ -100,8 +145,7 @@ def frc_resolution(curve: np.ndarray, box: int, apix: float, threshold: float = 
 
 def circular_mask(box: int, radius_px: float, edge_px: float = 0.0) -> np.ndarray:
     """Soft circular mask (box, box) float32: 1 inside ``radius_px``, raised-cosine edge."""
-    y, x = np.mgrid[:box, :box] - box // 2
-    r = np.hypot(x, y)
+    r = pixel_radius(box)
     if edge_px <= 0:
         return (r <= radius_px).astype(np.float32)
     t = np.clip((r - radius_px) / edge_px, 0.0, 1.0)

@@ -1,14 +1,15 @@
 """Stack preparation: Fourier-crop to the alignment box, normalise, split into shards.
 
-    >>> info = prepare_stack("particles.star", "results/prepare", max_res_A=6.0,
-    ...                      diameter_A=150.0, shards=2)
+    >>> stack = prepare_stack("particles.star", "results/prepare", max_res_A=6.0,
+    ...                       diameter_A=150.0, shards=2)
     >>> stack = PreparedStack.open("results/prepare")
-    >>> stack.images(0, 100)                     # (100, d, d) float32, memory-mapped
+    >>> stack.images(np.arange(100))             # (100, d, d) float32, from memory maps
 
 The prepared folder holds ``particles.star`` (the input table, every column kept),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, normalised:
 background mean 0 and s.d. 1 outside the particle diameter, as RELION normalises) and
-``prepared.yaml`` (boxes, pixel sizes, shard row ranges).
+``prepared.yaml`` (boxes, pixel sizes, shard row ranges); ``class2d.layout`` names them.
+The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import mrcfile
 import numpy as np
 import yaml
 
-from class2d import io
+from class2d import io, layout
 from class2d.errors import InputError
-from class2d.fourier import fourier_crop
+from class2d.fourier import fourier_crop, pixel_radius
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import read_images, write_stack
 
@@ -46,8 +47,7 @@ def alignment_box(box: int, apix: float, max_res_A: float | None, box_px: int | 
 
 def background_mask(box: int, radius_px: float) -> np.ndarray:
     """(box, box) bool: pixels outside the particle circle, used for normalisation."""
-    y, x = np.mgrid[:box, :box] - box // 2
-    return np.hypot(x, y) > radius_px
+    return pixel_radius(box) > radius_px
 
 
 def normalise(images: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -79,24 +79,23 @@ class PreparedStack:
     def n(self) -> int:
         return self.shard_rows[-1][1]
 
-    @staticmethod
-    def shard_name(shard: int) -> str:
-        return f"stack_{shard:03d}.mrcs"
-
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "PreparedStack":
-        folder = os.fspath(folder)
-        with open(os.path.join(folder, "prepared.yaml")) as fh:
-            meta = yaml.safe_load(fh)
-        return cls(folder=folder, box=meta["box"], apix=meta["apix"],
-                   original_box=meta["original_box"], original_apix=meta["original_apix"],
-                   shard_rows=tuple(tuple(r) for r in meta["shard_rows"]))
+        """The prepared stack in ``folder``."""
+        return cls.read(layout.prepared_meta(os.fspath(folder)))
+
+    @classmethod
+    def read(cls, meta: str | os.PathLike) -> "PreparedStack":
+        """The prepared stack described by ``meta`` (its ``prepared.yaml``, which sits in
+        the prepared folder beside the shards' stacks)."""
+        with open(meta) as fh:
+            info = yaml.safe_load(fh)
+        return cls(folder=os.path.dirname(os.fspath(meta)), box=info["box"], apix=info["apix"],
+                   original_box=info["original_box"], original_apix=info["original_apix"],
+                   shard_rows=tuple(tuple(r) for r in info["shard_rows"]))
 
     def table(self) -> io.ParticleTable:
-        return io.read_particles(os.path.join(self.folder, "particles.star"))
-
-    def shard_of(self, row: int) -> int:
-        return next(s for s, (a, b) in enumerate(self.shard_rows) if a <= row < b)
+        return io.read_particles(layout.prepared_particles(self.folder))
 
     def images(self, rows: np.ndarray) -> np.ndarray:
         """Images of the given rows (sorted or not): (m, box, box) float32."""
@@ -105,7 +104,7 @@ class PreparedStack:
         for s, (a, b) in enumerate(self.shard_rows):
             sel = np.flatnonzero((rows >= a) & (rows < b))
             if sel.size:
-                with mrcfile.mmap(os.path.join(self.folder, self.shard_name(s)), "r") as mrc:
+                with mrcfile.mmap(layout.stack_path(self.folder, s), "r") as mrc:
                     out[sel] = mrc.data[rows[sel] - a]
         return out
 
@@ -116,8 +115,10 @@ def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
                   shards: int = 1) -> PreparedStack:
     """Prepare ``particles`` (a .star or .cs) into ``out_dir``; returns the prepared stack.
 
-    max_res_A: Å, the highest resolution the alignment will use (sets the crop)
+    max_res_A: Å, the highest resolution the alignment will use (sets the crop:
+        ``ClassifyParams.align_res_A``); None: no crop
     box_px: alignment box in px (overrides max_res_A)
+    shards: pieces the prepared stack is split into (contiguous rows)
     diameter_A: Å, particle diameter; normalisation uses the pixels outside it
         (default: 75 % of the box, as RELION's default background radius)
     """
@@ -159,12 +160,12 @@ def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
             if invert_contrast:
                 cropped = -cropped
             out[rows - a] = normalise(cropped, background)
-        write_stack(os.path.join(out_dir, PreparedStack.shard_name(s)), out, new_apix)
-    io.write_particles(table, os.path.join(out_dir, "particles.star"))
+        write_stack(layout.stack_path(out_dir, s), out, new_apix)
+    io.write_particles(table, layout.prepared_particles(out_dir))
     meta = {"box": new_box, "apix": new_apix, "original_box": box, "original_apix": apix,
             "shard_rows": [list(r) for r in shard_rows], "source": os.path.abspath(source),
             "n": table.n, "diameter_A": float(2 * radius * new_apix),
             "invert_contrast": bool(invert_contrast)}
-    with atomic_path(os.path.join(out_dir, "prepared.yaml")) as tmp, open(tmp, "w") as fh:
+    with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)
     return PreparedStack.open(out_dir)

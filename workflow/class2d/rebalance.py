@@ -34,11 +34,11 @@ from scipy import sparse
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
-from class2d.fourier import circular_mask, fourier_crop
-from class2d.io import read_particles
+from class2d.errors import ConfigError
+from class2d.fourier import centre_images, circular_mask, fourier_crop, pixel_grid
+from class2d.io import (particle_classes, read_classes, read_particles, write_particle_set,
+                        write_star_blocks)
 from class2d.io.atomic import atomic_path
-from class2d.select import particle_classes, read_classes, write_particle_set, write_star_blocks
-from class2d.templates import centre_images
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ def rebalance_classes(classes_star: str | os.PathLike, particles_path: str | os.
     seed: of the random choice of kept particles.  Returns {file name: path}.
     """
     if not 0.0 <= rebalance_factor <= 1.0:
-        raise ValueError(f"rebalance_factor must be in [0, 1], got {rebalance_factor}")
+        raise ConfigError("rebalance.rebalance_factor", f"must be in [0, 1], got "
+                                                        f"{rebalance_factor}")
     if n_superclasses < 1:
-        raise ValueError(f"n_superclasses must be ≥ 1, got {n_superclasses}")
+        raise ConfigError("rebalance.n_superclasses", f"must be ≥ 1, got {n_superclasses}")
     class_set = read_classes(classes_star)
     table = read_particles(particles_path)
     numbers, class_index = particle_classes(class_set, table)
@@ -134,7 +135,7 @@ def _unit(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def _rotation_operator(box: int, angles: np.ndarray) -> sparse.csr_matrix:
     """(R·box², box²) bilinear interpolation turning a flattened image by each angle."""
-    y, x = np.mgrid[:box, :box] - box // 2
+    y, x = pixel_grid(box)
     cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
     rows = (sin * x + cos * y + box // 2).ravel()
     cols = (cos * x - sin * y + box // 2).ravel()

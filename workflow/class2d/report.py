@@ -48,10 +48,10 @@ def gallery(images: np.ndarray, labels: list[str], path: str | os.PathLike,
 
 
 def convergence_table(history: list[dict], path: str | os.PathLike) -> None:
-    """One row per iteration: kind, resolution, poses, log-likelihood, changes, classes, time."""
+    """One row per iteration: kind, resolution, poses, log-likelihood, changes, classes, work
+    (GFLOP of the E-step products; the times they took are in the jobs' logs)."""
     header = ["iteration", "kind", "res_A", "poses", "local_poses", "frequencies", "particles",
-              "loglik", "changed", "classes_nonempty", "largest_class", "gflops", "estep_seconds",
-              "seconds"]
+              "loglik", "changed", "classes_nonempty", "largest_class", "gflops"]
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(header) + "\n")
         for row in history:

@@ -39,22 +39,18 @@ classes); add ``min_particles`` etc. to the automatic rule if wanted.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
-import tempfile
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import starfile
-import starfile.writer
 
-from class2d.errors import InputError
-from class2d.io import (ParticleTable, read_header, read_particles, read_stack, write_particles,
-                        write_stack)
-from class2d.io.atomic import atomic_path
-from class2d.io.paths import factorize, find_base_dir, resolve_paths, split_image_names
+from class2d.errors import ConfigError, InputError
+from class2d.fourier import pixel_grid, pixel_radius
+from class2d.io import (ClassSet, ParticleTable, particle_classes, read_classes, read_particles,
+                        write_classes, write_particle_set)
 from class2d.report_select import write_selection_page
 
 logger = logging.getLogger(__name__)
@@ -69,19 +65,6 @@ N_SECTORS = 8
 #: outer radius of the annulus and default particle radius, as fractions of the box
 MASK_FRACTION = 0.45
 PARTICLE_FRACTION = 0.35
-
-
-class ClassSet(NamedTuple):
-    """Class averages and their table (one ``classes.star`` or RELION ``model.star``)."""
-
-    table: pd.DataFrame
-    """one row per class, with ``rlnClassNumber`` (1-based) and ``rlnReferenceImage``"""
-    images: np.ndarray
-    """(K, d, d) float32, row k is the average of ``table`` row k"""
-    apix: float
-    """Å/px of the averages"""
-    path: str
-    """the STAR file"""
 
 
 def select_classes(classes_star: str | os.PathLike, particles_path: str | os.PathLike,
@@ -100,7 +83,7 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     Returns {file name: path} of what it wrote.
     """
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise ConfigError("select.mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     class_set = read_classes(classes_star)
     table = read_particles(particles_path)
     summary = summarize(class_set, table, particle_diameter_A)
@@ -108,12 +91,15 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
                       min_posterior=min_posterior, max_eca=max_eca)
     passes = threshold_mask(summary, class_set.path, **thresholds)
     if selection_file is not None and os.path.isfile(selection_file):
-        chosen = _in_list(summary, read_selection(selection_file), selection_file)
+        chosen = _in_list(summary, read_selection(selection_file),
+                          functools.partial(InputError, selection_file))
         how = f"selection file {os.fspath(selection_file)}"
     elif mode == "list":
         if not classes:
-            raise ValueError("mode 'list' needs a non-empty list of class numbers (classes)")
-        chosen, how = _in_list(summary, classes, class_set.path), f"list {list(classes)}"
+            raise ConfigError("select.classes", "mode 'list' needs a non-empty list of class "
+                                                "numbers")
+        chosen = _in_list(summary, classes, functools.partial(ConfigError, "select.classes"))
+        how = f"list {list(classes)}"
     elif mode == "thresholds":
         given = {name: value for name, value in thresholds.items() if value is not None}
         chosen, how = passes, f"thresholds {given}"
@@ -138,20 +124,6 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     paths.update(write_particle_set(table.subset(~keep), out_dir, "rejected", template=table))
     paths.update(write_classes(class_set, np.flatnonzero(chosen), out_dir))
     return paths
-
-
-def particle_classes(class_set: ClassSet, table: ParticleTable) -> tuple[np.ndarray, np.ndarray]:
-    """(class numbers (K,), each particle's row in the class table (n,)); InputError when a
-    particle's class is missing from the class set."""
-    if "rlnClassNumber" not in table.particles.columns:
-        raise InputError(table.source, "no rlnClassNumber: particles are not classified")
-    numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
-    assigned = table.particles["rlnClassNumber"].to_numpy(np.int64)
-    unknown = np.setdiff1d(assigned, numbers)
-    if unknown.size:
-        raise InputError(table.source, f"particles of class {unknown[0]}, which is not in "
-                                       f"{class_set.path}")
-    return numbers, pd.Series(np.arange(len(numbers)), index=numbers).loc[assigned].to_numpy()
 
 
 def summarize(class_set: ClassSet, table: ParticleTable,
@@ -181,8 +153,8 @@ def class_features(images: np.ndarray, apix: float,
     images: (K, D, D); apix: Å/px; particle_diameter_A: Å (default 0.7·D·apix).
     """
     box = images.shape[-1]
-    y, x = np.mgrid[:box, :box] - box // 2
-    radius = np.hypot(x, y)
+    y, x = pixel_grid(box)
+    radius = pixel_radius(box)
     outer = MASK_FRACTION * box
     inner = PARTICLE_FRACTION * box if not particle_diameter_A else particle_diameter_A / 2 / apix
     widest = outer - max(2.0, 0.05 * box)
@@ -269,12 +241,14 @@ def read_selection(path: str | os.PathLike) -> list[int]:
                                f"{type(err).__name__}: {err}") from err
 
 
-def _in_list(summary: pd.DataFrame, numbers, source) -> np.ndarray:
+def _in_list(summary: pd.DataFrame, numbers, error) -> np.ndarray:
+    """Mask of the classes ``numbers`` names; an unknown number raises ``error(problem)``
+    (an ``InputError`` naming the selection file, or a ``ConfigError`` naming the key)."""
     known = summary["rlnClassNumber"].to_numpy()
     unknown = sorted(set(int(n) for n in numbers) - set(known.tolist()))
     if unknown:
-        raise InputError(source, f"class {unknown[0]} does not exist (classes are "
-                                 f"{known.min()}–{known.max()})")
+        raise error(f"class {unknown[0]} does not exist (the classes are "
+                    f"{known.min()}–{known.max()})")
     return np.isin(known, list(numbers))
 
 
@@ -285,114 +259,3 @@ def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     order = np.argsort(values[keep])
     cumulative = np.cumsum(weights[keep][order])
     return float(values[keep][order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
-
-
-def read_classes(path: str | os.PathLike) -> ClassSet:
-    """Read class averages from a ``classes.star`` (or RELION ``run_itNNN_model.star``).
-
-    The block is ``data_classes`` or else the first with ``rlnReferenceImage``
-    (``k@stack.mrcs``, 1-based, relative to the STAR's directory or an ancestor);
-    ``rlnClassNumber`` defaults to the row number; the pixel size is ``rlnImagePixelSize``
-    or else the stack header's.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise InputError(path, "file not found")
-    try:
-        blocks = starfile.read(path, always_dict=True)
-    except Exception as err:  # starfile raises whatever pandas raises on malformed text
-        raise InputError(path, f"not a readable STAR file ({type(err).__name__}: {err})") from err
-    candidates = [blocks["classes"]] if "classes" in blocks else []
-    candidates += [b for name, b in blocks.items() if name != "classes"]
-    candidates = [pd.DataFrame([b]) if isinstance(b, dict) else b for b in candidates]
-    found = [b for b in candidates if isinstance(b, pd.DataFrame) and "rlnReferenceImage" in b]
-    if not found or len(found[0]) == 0:
-        raise InputError(path, "no class averages (no data block with rlnReferenceImage rows)")
-    table = found[0].reset_index(drop=True)
-    if "rlnClassNumber" not in table:
-        table.insert(0, "rlnClassNumber", np.arange(1, len(table) + 1))
-    if table["rlnClassNumber"].duplicated().any():
-        raise InputError(path, "rlnClassNumber repeats a class")
-    numbers, stacks = split_image_names(table["rlnReferenceImage"].to_numpy())
-    base = find_base_dir(os.path.dirname(os.path.abspath(path)), stacks[0])
-    stacks = resolve_paths(stacks, base)
-    images = np.zeros((len(table),) + _box_of(stacks[0], path), np.float32)
-    unique, which = factorize(stacks)
-    for k, stack_path in enumerate(unique):
-        rows = np.flatnonzero(which == k)
-        stack = read_stack(stack_path) if os.path.isfile(stack_path) else None
-        if stack is None or stack.shape[1:] != images.shape[1:]:
-            problem = "not found" if stack is None else f"holds {stack.shape[-1]} px images"
-            raise InputError(path, f"class average stack {stack_path} {problem}")
-        index = np.maximum(numbers[rows], 1) - 1
-        if index.max() >= stack.shape[0]:
-            raise InputError(path, f"{stack_path} has {stack.shape[0]} images, not "
-                                   f"{index.max() + 1}")
-        images[rows] = stack[index]
-    header_apix = read_header(stacks[0]).header_apix
-    if "rlnImagePixelSize" in table:
-        apix = float(table["rlnImagePixelSize"].iloc[0])
-    elif header_apix > 0:
-        apix = header_apix
-    else:
-        raise InputError(path, "no pixel size (no rlnImagePixelSize, none in the stack header)")
-    return ClassSet(table, np.stack(images), apix, path)
-
-
-def _box_of(stack_path: str, source: str) -> tuple[int, int]:
-    if not os.path.isfile(stack_path):
-        raise InputError(source, f"class average stack {stack_path} not found")
-    header = read_header(stack_path)
-    return header.ny, header.nx
-
-
-def write_classes(class_set: ClassSet, rows: np.ndarray, out_dir: str | os.PathLike,
-                  stem: str = "classes", images: np.ndarray | None = None,
-                  apix: float | None = None) -> dict[str, str]:
-    """Write the given rows as ``{stem}.mrcs`` and ``{stem}.star`` (block ``data_classes``).
-
-    ``images``/``apix`` replace the averages (one per row) and their pixel size.
-    """
-    out_dir = os.fspath(out_dir)
-    rows = np.asarray(rows, np.int64)
-    images = class_set.images[rows] if images is None else images
-    apix = class_set.apix if apix is None else apix
-    stack, star = (os.path.join(out_dir, f"{stem}.{ext}") for ext in ("mrcs", "star"))
-    table = class_set.table.iloc[rows].reset_index(drop=True)
-    table["rlnReferenceImage"] = [f"{k + 1}@{stem}.mrcs" for k in range(len(rows))]
-    table["rlnImagePixelSize"] = apix
-    write_stack(stack, images, apix)
-    write_star_blocks({"classes": table}, star)
-    return {f"{stem}.mrcs": stack, f"{stem}.star": star}
-
-
-def write_star_blocks(blocks: dict[str, pd.DataFrame], path: str) -> None:
-    """Write loop blocks ``data_{name}`` (floats in full), atomically."""
-    writer = starfile.writer.StarWriter(blocks, float_format=None, separator="\t")
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as handle:
-            handle.write("\n".join(["# written by class2d", "",
-                                    *writer.data_block_generator()]) + "\n")
-
-
-def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: str,
-                       template: ParticleTable) -> dict[str, str]:
-    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows.
-
-    ``template`` (≥ 1 row, same columns) gives an empty ``.cs`` its fields:
-    ``class2d.io.write_cs`` cannot write 0 rows that have pick locations.
-    """
-    star, cs = (os.path.join(os.fspath(out_dir), f"{stem}.{ext}") for ext in ("star", "cs"))
-    write_particles(table, star)
-    if table.n:
-        write_particles(table, cs)
-    else:
-        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(cs))) as scratch:
-            proxy = os.path.join(scratch, os.path.basename(cs))
-            write_particles(template.subset([0]), proxy)
-            dtype = np.load(proxy).dtype
-        with atomic_path(cs) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.zeros(0, dtype))
-        logger.warning("no particles for %s", star)
-    return {f"{stem}.star": star, f"{stem}.cs": cs}

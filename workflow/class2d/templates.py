@@ -39,11 +39,11 @@ import os
 import numpy as np
 import pandas as pd
 
-from class2d.errors import InputError
-from class2d.fourier import (centered_irfft2, centered_rfft2, circular_mask, fourier_crop,
-                             rfft_frequencies)
-from class2d.io import ParticleTable, write_particles, write_stack
-from class2d.select import read_classes, write_star_blocks
+from class2d.errors import ConfigError, InputError
+from class2d.fourier import (centered_irfft2, centered_rfft2, centre_images, circular_mask,
+                             fourier_crop, pixel_radius, rfft_frequencies)
+from class2d.io import (ParticleTable, read_classes, write_particles, write_stack,
+                        write_star_blocks)
 
 logger = logging.getLogger(__name__)
 
@@ -68,18 +68,22 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
     Returns {file name: path}.
     """
     if contrast not in CONTRASTS:
-        raise ValueError(f"contrast must be one of {CONTRASTS}, got {contrast!r}")
+        raise ConfigError("templates.contrast", f"must be one of {', '.join(CONTRASTS)}, "
+                                                f"got {contrast!r}")
     if picker_apix is not None and not picker_apix > 0:
-        raise ValueError(f"picker_apix must be > 0 Å/px, got {picker_apix}")
+        raise ConfigError("templates.picker_apix", f"must be > 0 Å/px, got {picker_apix}")
     if picker_box is not None and (picker_box < 8 or picker_box % 2):
-        raise ValueError(f"picker_box must be an even number of px ≥ 8, got {picker_box}")
+        raise ConfigError("templates.picker_box", f"must be an even number of px ≥ 8, got "
+                                                  f"{picker_box}")
     class_set = read_classes(classes_star)
     numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
     rows = np.arange(len(numbers))
     if classes is not None:
         missing = sorted(set(classes) - set(numbers.tolist()))
         if missing:
-            raise InputError(class_set.path, f"class {missing[0]} is not in the file")
+            raise ConfigError("templates.classes", f"class {missing[0]} is not in "
+                                                   f"{class_set.path} (its classes: "
+                                                   f"{', '.join(map(str, numbers))})")
         rows = np.flatnonzero(np.isin(numbers, classes))
     images = np.asarray(class_set.images[rows], np.float64)
     empty = ~np.any(images != 0, axis=(1, 2))
@@ -126,8 +130,7 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
 def _prepare(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Subtract each average's background (annulus median); the sign of its density (K,)."""
     box = images.shape[-1]
-    y, x = np.mgrid[:box, :box] - box // 2
-    radius = np.hypot(x, y)
+    radius = pixel_radius(box)
     annulus = (radius >= 0.40 * box) & (radius < 0.45 * box)
     images = images - np.median(images[:, annulus], axis=1)[:, None, None]
     inside = images[:, radius < 0.35 * box].mean(axis=1)
@@ -136,22 +139,6 @@ def _prepare(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logger.warning("averages of both contrasts: %d white, %d dark; each is set by its own",
                        int((sign > 0).sum()), int((sign < 0).sum()))
     return images, sign
-
-
-def centre_images(images: np.ndarray) -> np.ndarray:
-    """Shift (Fourier phases) each image so that the centre of mass of its positive part is
-    the box centre: (K, D, D)."""
-    box = images.shape[-1]
-    y, x = np.mgrid[:box, :box] - box // 2
-    mass = np.clip(images, 0.0, None)
-    total = mass.sum(axis=(1, 2))
-    safe = np.where(total > 0, total, 1.0)
-    shift_x = -np.where(total > 0, (mass * x).sum(axis=(1, 2)) / safe, 0.0)
-    shift_y = -np.where(total > 0, (mass * y).sum(axis=(1, 2)) / safe, 0.0)
-    fy, fx = rfft_frequencies(box)
-    phase = np.exp(-2j * np.pi * (fx[None] * shift_x[:, None, None]
-                                  + fy[None] * shift_y[:, None, None]))
-    return centered_irfft2(centered_rfft2(images) * phase, box)
 
 
 def resample(images: np.ndarray, apix: float, new_apix: float,

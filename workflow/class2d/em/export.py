@@ -16,12 +16,12 @@ import os
 
 import numpy as np
 import pandas as pd
-import starfile
 
 from class2d import io
-from class2d.em.online import class_resolution
+from class2d.em.mstep import class_resolution
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
+from class2d.fourier import pixel_grid
 from class2d.io.atomic import atomic_path
 from class2d.prepare import PreparedStack
 from class2d.report import convergence_table, gallery
@@ -41,7 +41,7 @@ def relion_pose(psi: np.ndarray, tx: np.ndarray, ty: np.ndarray,
 def vertical_rotation(image: np.ndarray) -> float:
     """Angle φ (radians, internal convention) that turns the image's long axis vertical."""
     box = image.shape[-1]
-    y, x = np.mgrid[:box, :box] - box // 2
+    y, x = pixel_grid(box)
     w = np.clip(image, 0, None)
     if w.sum() <= 0:
         return 0.0
@@ -97,8 +97,7 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
         "c2dMeanPosterior": stats["posterior"][order],
         "c2dEffectiveClasses": stats["eca"][order],
     })
-    with atomic_path(os.path.join(out_dir, "classes.star")) as tmp:
-        starfile.write({"classes": classes}, tmp, overwrite=True)
+    io.write_star_blocks({"classes": classes}, os.path.join(out_dir, "classes.star"))
     _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
     psi, ox, oy = relion_pose(psi_internal, out["tx"], out["ty"], state.apix)
     table = stack.table().with_columns(

@@ -1,8 +1,12 @@
 """M-step: class averages from sufficient statistics, then real-space clean-up.
 
-    >>> refs = reconstruct(stats.num, stats.den, tau2, pad=2, box=64, tau2_fudge=2.0)
-    >>> refs, shifts = postprocess(refs, params, apix)     # mask, re-centre, clamp
+    >>> refs, stats, sigma2, tau2 = finish(stats, tau2, sigma2, params, box, apix, pad,
+    ...                                    recenter=True)     # the whole M-step
+    >>> refs = reconstruct(num, den, tau2, pad=2, box=64, tau2_fudge=2.0)   # its parts
+    >>> refs, shifts = postprocess(refs, mask_radius=28.8, mask_edge=3.2, recenter=True,
+    ...                            recenter_threshold=0.2, clamp_solvent=False, non_negative=False)
     >>> grids = reference_grids(refs, pad=2)                # for the next E-step
+    >>> class_resolution(state, params)                     # (K,) Å
 
 A_k = Σ w·α·CTF·X/σ² / (Σ w·α²·CTF²/σ² + 1/(pad²·T·τ²_k)) on the padded Fourier grid
 (RELION's Wiener filter; pad² because bilinear insertion spreads each coefficient over
@@ -12,24 +16,27 @@ of linear interpolation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
 
-from class2d.fourier import centered_rfft2, circular_mask, shell_index
+from class2d.em.params import ClassifyParams
+from class2d.em.state import ClassState, Statistics
+from class2d.fourier import (centered_rfft2, centre_of_mass_shifts, circular_mask,
+                             frc_resolution, pixel_grid, pixel_radius, shell_index, shift_images)
 
 logger = logging.getLogger(__name__)
 
 
 def grid_radius(grid: int, pad: int) -> np.ndarray:
     """Radius of every node of a centred (G, G) grid in Fourier px of the d-box."""
-    y, x = np.mgrid[:grid, :grid] - grid // 2
-    return np.hypot(x, y) / pad
+    return pixel_radius(grid) / pad
 
 
 def gridding_correction(box: int, pad: int) -> np.ndarray:
     """(d, d) real-space sinc² of bilinear interpolation on a (pad·d) grid."""
-    y, x = np.mgrid[:box, :box] - box // 2
+    y, x = pixel_grid(box)
     grid = pad * box
     return (np.sinc(x / grid) * np.sinc(y / grid)) ** 2
 
@@ -90,32 +97,10 @@ def shell_mean(grids: np.ndarray, pad: int, n_shells: int) -> np.ndarray:
                      for g in grids])
 
 
-def center_of_mass_shift(image: np.ndarray, threshold: float) -> np.ndarray:
-    """Shift (x, y) px that moves the centre of mass of the density above
-    ``threshold``·max to the box centre."""
-    box = image.shape[-1]
-    mass = np.where(image > threshold * image.max(), image, 0.0)
-    total = mass.sum()
-    if total <= 0:
-        return np.zeros(2)
-    y, x = np.mgrid[:box, :box] - box // 2
-    return -np.array([(mass * x).sum(), (mass * y).sum()]) / total
-
-
-def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
-    """Shift (K, d, d) images by (K, 2) px (x, y) with Fourier phases."""
-    box = images.shape[-1]
-    fy = np.fft.fftfreq(box)[:, None]
-    fx = np.fft.rfftfreq(box)[None, :]
-    phase = np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
-                                  + fy[None] * shifts[:, 1, None, None]))
-    return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(np.float32)
-
-
 def shift_grids(grids: np.ndarray, shifts: np.ndarray, pad: int) -> np.ndarray:
     """Apply (K, 2) real-space shifts (px of the d-box) to centred padded Fourier grids."""
     grid = grids.shape[-1]
-    y, x = (np.mgrid[:grid, :grid] - grid // 2) / pad
+    y, x = np.stack(pixel_grid(grid)) / pad
     box = grid // pad
     phase = np.exp(-2j * np.pi * (x[None] * shifts[:, 0, None, None]
                                   + y[None] * shifts[:, 1, None, None]) / box)
@@ -131,7 +116,7 @@ def postprocess(references: np.ndarray, *, mask_radius: float, mask_edge: float,
     refs = references.astype(np.float32)
     shifts = np.zeros((refs.shape[0], 2))
     if recenter:
-        shifts = np.stack([center_of_mass_shift(r * mask, recenter_threshold) for r in refs])
+        shifts = centre_of_mass_shifts(refs * mask, recenter_threshold)
         refs = shift_images(refs, shifts)
     if clamp_solvent:
         ring = (mask > 0.05) & (mask < 0.95)
@@ -140,3 +125,54 @@ def postprocess(references: np.ndarray, *, mask_radius: float, mask_edge: float,
     if non_negative:
         refs = np.maximum(refs, 0.0)
     return (refs * mask).astype(np.float32), shifts
+
+
+def finish(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
+           params: ClassifyParams, box: int, apix: float, pad: int,
+           recenter: bool) -> tuple[np.ndarray, Statistics, np.ndarray, np.ndarray]:
+    """Classes, noise and signal models from statistics: (refs, stats, sigma2, tau2).
+
+    tau2: (K, S) signal power per class and shell of the previous model (the Wiener prior);
+    sigma2_prev: (S,) noise power kept for shells without residuals; box: px, apix: Å/px of
+    the prepared stack; recenter: allow re-centring (``params.recenter`` must allow it too).
+    Returns refs (K, d, d) float32, the statistics (their sums shifted with the classes when
+    re-centred), sigma2 (S,) and the next tau2 (K, S).
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sigma2 = np.where(stats.noise_count > 0, stats.noise_sum / stats.noise_count, sigma2_prev)
+    if params.white_noise:
+        sigma2 = np.full_like(sigma2, np.average(sigma2[1:], weights=stats.noise_count[1:] + 1e-12))
+    sigma2[0] = sigma2[1]
+    refs = reconstruct(stats.num.sum(axis=1), stats.den.sum(axis=1), tau2, pad, box,
+                       params.tau2_fudge)
+    radius, edge = params.mask_radius_px(box, apix)
+    refs, shifts = postprocess(refs, mask_radius=radius, mask_edge=edge,
+                               recenter=recenter and params.recenter,
+                               recenter_threshold=params.recenter_threshold,
+                               clamp_solvent=params.clamp_solvent,
+                               non_negative=params.non_negative)
+    if np.any(shifts):
+        num = np.stack([shift_grids(stats.num[:, h], shifts, pad) for h in (0, 1)], axis=1)
+        stats = dataclasses.replace(stats, num=num)
+    refs[stats.counts <= 0] = 0.0
+    tau2 = np.maximum(shell_power(refs), 1e-12)
+    # shells that no particle has reached yet get a weak prior (SNR 1 per coefficient), so
+    # that the first data inserted there are not smothered by an empty class's zero power
+    reached = shell_mean(stats.den.sum(axis=1), pad, tau2.shape[1]) > 0
+    tau2 = np.where(reached, tau2, sigma2[None, :])
+    return refs, stats, sigma2, tau2
+
+
+def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
+    """(K,) Å: where each class's spectral SNR, τ²·⟨Σ w·α²·CTF²/σ²⟩ per shell, first
+    falls below 1 (RELION's rlnEstimatedResolution of a class).
+
+    Not the FRC of half-set averages: both halves are aligned to the same reference, so
+    their noise correlates and the FRC stays high up to Nyquist (on the demo data 5 of 20
+    classes claimed 6 Å, Nyquist, against 17–27 Å from their FRC with the true projection;
+    this estimate gives 19–24 Å)."""
+    n_shells = state.tau2.shape[1]
+    weight = shell_mean(state.stats.den.sum(axis=1), state.pad, n_shells)
+    ssnr = params.tau2_fudge * state.tau2 * weight
+    return np.array([frc_resolution(curve, state.box, state.apix, threshold=1.0)
+                     for curve in ssnr])

@@ -1,13 +1,47 @@
-"""Classification parameters: CryoSPARC's names and defaults, from the ``classify:`` config.
+"""Classification settings: CryoSPARC's names and defaults, and every value derived from them.
 
-    >>> params = ClassifyParams.from_config({"n_classes": 20}, apix=3.0, box=64)
-    >>> params.force_max          # False: CryoSPARC turns it off for ≤ 20 classes
+    >>> params = ClassifyParams.from_config({"n_classes": 20, "max_res_A": 6.0}, seed=0)
+    >>> params.use_force_max      # False: CryoSPARC turns it off for ≤ 20 classes
+    >>> params.align_res_A        # 6.0: max_align_res_A, or max_res_A when that is 0
+    >>> params.psi_step(params.align_res_A, box=64, apix=3.0)   # degrees, for this stack
+
+Built once per job from the config's ``classify:`` section (``class2d.classify``; the
+workflow's rules ask the same object for the alignment resolution that sets the prepared
+box), then passed to every step.  A bad setting raises ``ConfigError`` naming its key.
+The defaults here are ``config/schema.yaml``'s and ``config/config.yaml``'s (a test checks).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
+
+from class2d.errors import ConfigError
+
+#: keys of the config's classify section that schedule workflow jobs, not the maths
+WORKFLOW_KEYS = frozenset({"iterations_per_job"})
+
+#: value checks beyond the type: key → (test, the problem when it fails)
+_CHECKS = {
+    "n_classes": (lambda v: v >= 1, "must be at least 1"),
+    "max_res_A": (lambda v: v > 0, "must be > 0 Å"),
+    "uncertainty_factor": (lambda v: v >= 1, "must be at least 1"),
+    "online_iterations": (lambda v: v >= 0, "must be 0 or more"),
+    "batch_per_class": (lambda v: v >= 1, "must be at least 1"),
+    "final_full_iterations": (lambda v: v >= 1, "must be at least 1"),
+    "zeropad": (lambda v: 1 <= v <= 4, "must be 1 to 4"),
+    "recenter_threshold": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
+    "max_poses": (lambda v: 1 <= v <= 32, "must be 1 to 32"),
+    "tau2_fudge": (lambda v: v > 0, "must be > 0"),
+    "batch_size": (lambda v: v >= 16, "must be at least 16"),
+    "local_shift_steps": (lambda v: v >= 0, "must be 0 or more"),
+}
+# settings in Å, degrees or log-units where 0 means automatic (or off)
+_CHECKS.update({key: (lambda v: v >= 0, "must be 0 (automatic) or more") for key in (
+    "max_align_res_A", "min_align_res_A", "start_res_A", "mask_diameter_A", "mask_edge_A",
+    "psi_step_deg", "shift_range_A", "shift_step_A", "particle_diameter_A",
+    "class_prune_margin")})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,22 +84,45 @@ class ClassifyParams:
 
     @classmethod
     def from_config(cls, section: dict, seed: int = 0) -> "ClassifyParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(section) - known
+        """Settings from the config's classify section (workflow-only keys ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"seed"}
+        unknown = sorted(set(section) - known - WORKFLOW_KEYS)
         if unknown:
-            raise ValueError(f"unknown classify keys: {sorted(unknown)}")
-        return cls(**{**section, "seed": seed})
+            raise ConfigError(f"classify.{unknown[0]}", "unknown setting (a typo? every "
+                              "setting is listed in config/config.yaml)")
+        return cls(**{k: v for k, v in section.items() if k in known}, seed=seed)
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value is None and field.type.endswith("| None"):
+                continue
+            key = f"classify.{field.name}"
+            wanted = _type_problem(field.type.split(" | ")[0], value)
+            if wanted:
+                raise ConfigError(key, f"must be {wanted}, got {value!r}")
+            test, problem = _CHECKS.get(field.name, (lambda v: True, ""))
+            if not test(value):
+                raise ConfigError(key, f"{problem}, got {value!r}")
+        if self.min_align_res_A and self.min_align_res_A <= self.align_res_A:
+            raise ConfigError("classify.min_align_res_A",
+                              f"must be coarser (larger) than the alignment resolution "
+                              f"{self.align_res_A:g} Å, got {self.min_align_res_A:g}")
 
     @property
     def use_force_max(self) -> bool:
+        """Force max over poses/shifts: as set, or CryoSPARC's default (on above 20 classes)."""
         return self.n_classes > 20 if self.force_max is None else bool(self.force_max)
 
     @property
     def align_res_A(self) -> float:
+        """Å, the finest alignment resolution: max_align_res_A, or max_res_A when that is 0.
+        The prepared stack is cropped to the smallest box that reaches it."""
         return self.max_align_res_A or self.max_res_A
 
     @property
     def first_res_A(self) -> float:
+        """Å, the alignment resolution of the first online iteration."""
         return self.start_res_A or max(4.0 * self.align_res_A, 25.0)
 
     def resolution_at(self, iteration: int) -> float:
@@ -111,3 +168,13 @@ class ClassifyParams:
         extent = (self.shift_range_A / apix) if self.shift_range_A else 0.1 * box
         half = int(math.floor(extent / step + 1e-6))
         return 2 * half + 1, step
+
+
+def _type_problem(kind: str, value) -> str | None:
+    """What a setting of type ``kind`` (bool, int, float) must be, when ``value`` is not."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "true or false"
+    number = numbers.Integral if kind == "int" else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, number):
+        return "an integer" if kind == "int" else "a number"
+    return None

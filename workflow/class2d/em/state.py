@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from class2d.io.atomic import atomic_path
+from class2d.io.npz import write_npz
 
 
 @dataclasses.dataclass
@@ -91,13 +91,10 @@ class ClassState:
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {f"stats_{k}": v for k, v in dataclasses.asdict(self.stats).items()}
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, iteration=self.iteration, references=self.references,
-                         sigma2=self.sigma2, tau2=self.tau2, alpha=self.alpha, classes=self.classes,
-                         shifts=self.shifts,
-                         apix=self.apix, pad=self.pad,
-                         history=json.dumps(self.history), **arrays)
+        write_npz(path, dict(iteration=self.iteration, references=self.references,
+                             sigma2=self.sigma2, tau2=self.tau2, alpha=self.alpha,
+                             classes=self.classes, shifts=self.shifts, apix=self.apix,
+                             pad=self.pad, history=json.dumps(self.history), **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ClassState":

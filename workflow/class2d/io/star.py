@@ -1,7 +1,8 @@
-"""RELION STAR particle files (3.0, 3.1+, 5) to and from the particle table.
+"""RELION STAR: particle files (3.0, 3.1+, 5) to and from the particle table; the one STAR writer.
 
     >>> table = read_star("Class2D/job012/run_it025_data.star")
     >>> write_star(table, "results/classify/particles.star")   # RELION 3.1 layout
+    >>> write_star_blocks({"classes": frame}, "results/classify/classes.star")
 
 Reading accepts
   * RELION 3.1+ (``data_optics`` + ``data_particles``, blocks in either order, any number of
@@ -21,19 +22,26 @@ Every column not named here is carried through untouched.
 
 Writing gives ``# version 30001`` + ``data_optics`` + ``data_particles``.  Columns that
 hold CryoSPARC-only fields (``"blob/sign"``, ``"uid"``…) are left out: RELION has no label
-for them and the ``.cs`` written beside keeps them.  Floats are written in full (Python's
-shortest round-trip form), so a table survives write → read exactly.
+for them and the ``.cs`` written beside keeps them.
+
+Every STAR file the package writes goes through :func:`format_star`, so all of them
+share one text form, and the same tables always give the same bytes (no time stamp, as
+``starfile.write`` puts in its banner): loop blocks only, tab-separated, a float in
+the shortest text that reads back to the same value at its column's precision (float64
+as Python's ``repr``, float32 as NumPy's shortest float32 form), so a table survives
+write → read exactly; NaN as ``nan``; strings that are empty or hold a space in double
+quotes.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 
 import numpy as np
 import pandas as pd
 import starfile
-import starfile.writer
 
 from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
@@ -44,6 +52,8 @@ from class2d.io.table import OPTICS_COLUMNS, ParticleTable, build_optics
 logger = logging.getLogger(__name__)
 
 STAR_VERSION = "# version 30001"
+#: first line of every STAR file written here
+BANNER = "# written by class2d"
 #: RELION 3.0 columns whose only content (the pixel size) moves into the optics group
 _LEGACY_PIXEL = ("rlnMagnification", "rlnDetectorPixelSize")
 
@@ -53,17 +63,24 @@ def is_cs_column(name: str) -> bool:
     return "/" in name or name == "uid"
 
 
-def read_star(path: str | os.PathLike) -> ParticleTable:
-    """Read a RELION particle STAR file (any version since 3.0) into a ``ParticleTable``."""
+def read_star_blocks(path: str | os.PathLike) -> dict[str, pd.DataFrame | dict]:
+    """Every data block of a STAR file, by name (``starfile.read``); InputError naming the
+    file when it is missing or not STAR."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InputError(path, "file not found")
     try:
-        blocks = starfile.read(path, always_dict=True)
+        return starfile.read(path, always_dict=True)
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot read the file ({err})") from err
     except Exception as err:  # starfile raises whatever pandas raises on malformed text
         raise InputError(path, f"not a readable STAR file ({type(err).__name__}: {err})") from err
+
+
+def read_star(path: str | os.PathLike) -> ParticleTable:
+    """Read a RELION particle STAR file (any version since 3.0) into a ``ParticleTable``."""
+    path = os.fspath(path)
+    blocks = read_star_blocks(path)
     particles = _particle_block(blocks, path)
     optics = blocks.get("optics")
     if isinstance(optics, dict):        # a single optics group written as a simple block
@@ -107,17 +124,46 @@ def write_star(table: ParticleTable, path: str | os.PathLike, overwrite: bool = 
         optics.insert(1, "rlnOpticsGroupName", names)
     if "rlnImageDimensionality" not in optics.columns:
         optics["rlnImageDimensionality"] = 2
-    writer = starfile.writer.StarWriter({"optics": optics, "particles": particles},
-                                        float_format=None, separator="\t")
-    lines = ["# written by class2d", ""]
-    for line in writer.data_block_generator():
-        if line.startswith("data_"):
+    write_star_blocks({"optics": optics, "particles": particles}, path, relion_version=True,
+                      overwrite=overwrite)
+    logger.info("wrote %d particles to %s", len(particles), path)
+
+
+def format_star(blocks: dict[str, pd.DataFrame], relion_version: bool = False) -> str:
+    """STAR text of loop blocks ``data_{name}``, in the form the module docstring states.
+
+    blocks: {block name: table}, written in order; relion_version: put ``# version 30001``
+    before each block (RELION 3.1+ reads particle files without it as 3.0).
+    """
+    lines = [BANNER, ""]
+    for name, frame in blocks.items():
+        if relion_version:
             lines += [STAR_VERSION, ""]
-        lines.append(line)
+        lines += [f"data_{name}", "", "loop_"]
+        lines += [f"_{column} #{k}" for k, column in enumerate(frame.columns, 1)]
+        text = frame.assign(**{column: frame[column].map(_quote) for column in frame.columns
+                               if not pd.api.types.is_numeric_dtype(frame[column])})
+        lines += text.to_csv(sep="\t", header=False, index=False, na_rep="nan",
+                             quoting=csv.QUOTE_NONE, lineterminator="\n").splitlines()
+        lines += ["", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_star_blocks(blocks: dict[str, pd.DataFrame], path: str | os.PathLike,
+                      relion_version: bool = False, overwrite: bool = True) -> None:
+    """Write :func:`format_star` text to ``path``, atomically (``overwrite=False``: refuse
+    to replace a file)."""
+    text = format_star(blocks, relion_version)
     with atomic_path(path, overwrite=overwrite) as tmp:
         with open(tmp, "w") as handle:
-            handle.write("\n".join(lines) + "\n")
-    logger.info("wrote %d particles to %s", len(particles), path)
+            handle.write(text)
+
+
+def _quote(value):
+    """A string value as a STAR token: in double quotes when empty or holding a space."""
+    if isinstance(value, str) and (not value or " " in value):
+        return f'"{value}"'
+    return value
 
 
 def _particle_block(blocks: dict, path: str) -> pd.DataFrame:

@@ -52,7 +52,8 @@ _NEIGHBOURS = 7
 
 @cuda.jit(device=True)
 def _score(cross, norm, a, inv_temp):
-    """The score of a pose, written as in ``cpu._score`` (so rounded the same way)."""
+    """The score of a pose, (2α·cross − α²·norm)/τ: the same as ``cpu._reduce_row``'s
+    (which multiplies by 1/τ before the difference, so the last bits may differ)."""
     return (2.0 * a * cross - a * a * norm) * inv_temp
 
 

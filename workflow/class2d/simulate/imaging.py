@@ -23,7 +23,7 @@ import numpy as np
 from scipy.special import erf
 
 from class2d.ctf import CTFParams, evaluate
-from class2d.fourier import centered_irfft2, centered_rfft2, rfft_frequencies
+from class2d.fourier import centered_irfft2, centered_rfft2, pixel_grid, rfft_frequencies
 from class2d.simulate.phantom import render
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def edge_field(edges: np.ndarray, size: int, box: int) -> np.ndarray:
     second sharp edge at its border.
     """
     height, angle, offset, width = (edges[:, i, None, None] for i in range(4))
-    y, x = np.mgrid[:size, :size] - size // 2
+    y, x = pixel_grid(size)
     theta = np.deg2rad(angle)
     t = x * np.cos(theta) + y * np.sin(theta) - offset
     field = height * 0.5 * (1.0 + erf(t / width))

@@ -13,10 +13,8 @@ import os
 
 import pandas as pd
 import starfile
-import starfile.writer
 
-from class2d.io import write_particles
-from class2d.io.atomic import atomic_path
+from class2d.io import write_particles, write_star_blocks
 from class2d.io.mrc import write_stack
 from class2d.simulate.dataset import STACK_NAME, Dataset, simulate
 
@@ -43,13 +41,7 @@ def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool 
     apix = float(dataset.table.optics["rlnImagePixelSize"].iloc[0])
     write_stack(paths[STACK_NAME], dataset.images, apix)
     write_stack(paths["references.mrcs"], dataset.references, apix)
-    writer = starfile.writer.StarWriter({"truth": dataset.truth}, float_format=None,
-                                        separator="\t", na_rep="nan")
-    with atomic_path(paths["truth.star"]) as tmp:
-        with open(tmp, "w") as handle:
-            # no starfile banner: it holds the time, and the output must repeat byte for byte
-            handle.write("\n".join(["# ground truth written by class2d.simulate", "",
-                                     *writer.data_block_generator()]) + "\n")
+    write_star_blocks({"truth": dataset.truth}, paths["truth.star"])
     table = dataclasses.replace(dataset.table, base_dir=out_dir)
     write_particles(table, paths["particles.star"])
     logger.info("wrote %d simulated particles to %s", dataset.table.n, out_dir)

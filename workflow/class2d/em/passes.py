@@ -1,0 +1,188 @@
+"""One pass of the E-step and its sufficient statistics over a set of particle rows.
+
+    >>> ctx = make_context(stack, params, res_A=12.0)          # frequencies and pose grids
+    >>> stats, out = score_rows(stack, state, params, backend, ctx, rows, 1.0, hard=False)
+    >>> out["best_class"], out["psi"], out["tx"]              # (n,) each, sorted by row
+
+Used by the online iterations and full passes (``online.py``) and by the class refill
+(``refill.py``); the maths of scoring is in ``estep.py``, of the classes in ``mstep.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+import numpy as np
+
+from class2d.em import mstep
+from class2d.em.estep import BatchData, Entries, score_batch, select_entries
+from class2d.em.grids import FrequencySet, PoseGrid
+from class2d.em.params import ClassifyParams
+from class2d.em.state import ClassState, Statistics
+from class2d.fourier import centered_rfft2, rfft_frequencies
+from class2d.prepare import PreparedStack
+
+#: online iterations insert coefficients up to this multiple of the alignment radius
+INSERT_MARGIN = 1.5
+#: the class-pruning prepass scores classes up to half the alignment radius …
+PREPASS_FRACTION = 0.5
+#: … when that is at least this many Fourier px (below, the full search is cheap anyway)
+PREPASS_MIN_RADIUS = 6.0
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What one pass needs besides the state: data, frequency sets, pose grids.
+
+    poses: the global search (particles not seen before);
+    local: shifts around each seen particle's last shift, all rotations
+    align_index: positions of the alignment coefficients within the reconstruction set
+    prepass: positions within the alignment set of the class-pruning prepass's
+    coefficients, or None for no prepass
+    """
+
+    stack: PreparedStack
+    align: FrequencySet
+    recon: FrequencySet
+    align_index: np.ndarray
+    poses: PoseGrid
+    local: PoseGrid
+    n_shells: int
+    prepass: np.ndarray | None
+
+    @functools.cached_property
+    def ctf_params(self):
+        """The particles' CTF parameters, read from the STAR file when a pass first needs them."""
+        return self.stack.table().ctf_params()
+
+
+def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
+                 full: bool = False) -> PassContext:
+    """Frequencies and poses at alignment resolution ``res_A``.  Online iterations insert
+    only up to INSERT_MARGIN × the alignment radius (the classes sharpen as the resolution
+    rises, as CryoSPARC's do); full passes insert up to the maximum resolution."""
+    box, apix = stack.box, stack.apix
+    r_recon = min(box / 2, box * apix / params.max_res_A)
+    r_align = min(r_recon, box * apix / res_A)
+    if not full:
+        r_recon = min(r_recon, INSERT_MARGIN * r_align)
+    r_min = box * apix / params.min_align_res_A if params.min_align_res_A else 1.0
+    side, step = params.shift_grid(res_A, box, apix)
+    psi_step = params.psi_step(res_A, box, apix)
+    local_side = min(side, 2 * params.local_shift_steps + 1)
+    recon = FrequencySet.within(box, r_recon, 1.0)
+    align_index = np.flatnonzero((recon.radius >= r_min) & (recon.radius <= r_align))
+    align = recon.subset(align_index)
+    r_pre = PREPASS_FRACTION * r_align
+    prepass = None
+    if params.class_prune_margin > 0 and r_pre >= max(PREPASS_MIN_RADIUS, r_min):
+        prepass = np.flatnonzero(align.radius <= r_pre)
+    return PassContext(stack=stack, align=align, recon=recon, align_index=align_index,
+                       poses=PoseGrid.make(psi_step, side, step),
+                       local=PoseGrid.make(psi_step, local_side, step),
+                       n_shells=box // 2 + 1, prepass=prepass)
+
+
+def load_spectra(stack: PreparedStack, rows: np.ndarray,
+                 shifts: np.ndarray | None = None) -> np.ndarray:
+    """Spectra (n, d, d//2+1) complex64 of prepared images, moved back by ``shifts`` (n, 2)
+    px first when given (so that a search around 0 is a search around those shifts)."""
+    spectra = centered_rfft2(stack.images(rows).astype(np.float32, copy=False))
+    if shifts is not None:
+        fy, fx = rfft_frequencies(stack.box)
+        ex = np.exp(2j * np.pi * fx * shifts[:, :1]).astype(np.complex64)      # (n, d//2+1)
+        ey = np.exp(2j * np.pi * fy[:, 0] * shifts[:, 1:]).astype(np.complex64)  # (n, d)
+        spectra = spectra * ey[:, :, None] * ex[:, None, :]
+    return spectra.astype(np.complex64, copy=False)
+
+
+def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
+               n_shells: int, halves: np.ndarray) -> Statistics:
+    """Sufficient statistics of a batch's entries: insertion into the half set of each
+    particle (``halves``: (N,) 0/1), noise residuals of each particle's best entry."""
+    k_count = grids.shape[0]
+    stats = Statistics.zeros(k_count, grids.shape[-1], n_shells)
+    fr = data.freqs
+    split = Entries.build(entries.rows, 2 * entries.classes + halves[entries.rows], entries.psi,
+                          entries.tx, entries.ty, entries.weight, 2 * k_count)
+    size = grids.shape[-1]
+    backend.backproject(stats.num.reshape(2 * k_count, size, size),
+                        stats.den.reshape(2 * k_count, size, size), split.offsets, split.rows,
+                        split.psi, split.tx, split.ty, split.weight, data.x, data.ctf,
+                        data.alpha, data.inv_sigma2, fr.fx, fr.fy, fr.wf, pad, fr.box)
+    best = entries.best_per_row()
+    ones = np.ones(best.size, np.float32)
+    resid = backend.noise_residuals(grids, entries.classes[best], entries.rows[best],
+                                    entries.psi[best], entries.tx[best], entries.ty[best], ones,
+                                    data.x, data.ctf, data.alpha, fr.fx, fr.fy, fr.wf, fr.shell,
+                                    pad, fr.box, n_shells)
+    stats.noise_sum = resid.sum(axis=0)
+    stats.noise_count = best.size * np.bincount(fr.shell, fr.wf.astype(np.float64), n_shells)
+    stats.counts = np.bincount(entries.classes, entries.weight.astype(np.float64), k_count)
+    return stats
+
+
+RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", "nsig",
+               "loglik", "ratio")
+
+
+def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
+               ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool):
+    """E-step and statistics over ``rows``: (stats, per-row results sorted by row).
+
+    Besides the ``RESULT_KEYS`` arrays, the results hold ``flops`` (of the products done)
+    and ``estep_seconds`` (their measured wall time: for the log, never for a result file,
+    whose bytes must not depend on the machine's speed).
+
+    Particles seen before search all rotations but only shifts near their last shift;
+    the others search the whole shift range.
+    """
+    grids = mstep.reference_grids(state.references, state.pad)
+    log_prior = np.log(np.maximum(state.stats.counts / max(state.stats.counts.sum(), 1e-12),
+                                  1e-3 / state.n_classes))
+    force_max = params.use_force_max
+    n_top = 1 if force_max else params.max_poses
+    total = Statistics.zeros(state.n_classes, grids.shape[-1], ctx.n_shells)
+    results = {key: [] for key in RESULT_KEYS}
+    flops = e_seconds = 0.0
+    seen = state.classes[rows] >= 0
+    for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
+        # chunks of equal size: a small last chunk would make small, slow products
+        n_chunks = -(-group.size // params.batch_size)
+        for chunk in np.array_split(group, n_chunks) if n_chunks else ():
+            prev = state.shifts[chunk] if poses is ctx.local else None
+            spectra = load_spectra(stack, chunk, prev)
+            ctf_chunk = ctx.ctf_params.take(chunk)
+            alpha = state.alpha[chunk]
+            recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
+                                    stack.apix)
+            data = recon.subset(ctx.align_index, ctx.align)
+            tic = time.perf_counter()
+            scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
+                                 force_max, ctx.prepass, params.class_prune_margin)
+            e_seconds += time.perf_counter() - tic
+            flops += scores.flops
+            entries = select_entries(scores, poses, hard=hard)
+            total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
+                                       (chunk % 2).astype(np.int64))
+            best = scores.best_class
+            n = np.arange(chunk.size)
+            psi, tx, ty = poses.pose(scores.top_i[n, best, 0], scores.refine[n, best])
+            if prev is not None:
+                tx, ty = tx + prev[:, 0], ty + prev[:, 1]
+            pose_p = np.exp(scores.top_s[n, best, 0] - scores.lse[n, best])
+            for key, value in zip(RESULT_KEYS, (
+                    chunk, best, psi, tx, ty, scores.gamma[n, best],
+                    1.0 / (scores.gamma ** 2).sum(axis=1), scores.gamma[n, best] * pose_p,
+                    scores.nsig[n, best], scores.loglik, scores.ratio[n, best])):
+                results[key].append(value)
+    out = {key: np.concatenate(value) for key, value in results.items()}
+    order = np.argsort(out["rows"], kind="stable")
+    out = {key: value[order] for key, value in out.items()}
+    out["flops"] = flops
+    out["estep_seconds"] = e_seconds
+    return total, out
+
+

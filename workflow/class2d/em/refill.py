@@ -1,0 +1,122 @@
+"""Refilling classes that emptied out or repeat a larger class's view, during online EM.
+
+    >>> stats = refill_classes(stack, stats, out, state, ctx, params, backend)
+
+A class to refill takes half of the currently largest class: that class's aligned batch
+particles split in two along their first principal component (a class that merged
+several views splits into them), each half inserted into one of the two classes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+
+from class2d.em.estep import BatchData, Entries
+from class2d.em.params import ClassifyParams
+from class2d.em.passes import PassContext, accumulate, load_spectra
+from class2d.em.state import ClassState, Statistics
+from class2d.prepare import PreparedStack
+
+logger = logging.getLogger(__name__)
+
+#: a class holding less than this share of an even split is replaced (see refill_classes)
+SPLIT_SHARE = 0.25
+#: two class averages this alike (up to rotation) are one view: the smaller class is refilled
+DUPLICATE_CORRELATION = 0.92
+#: a class is split only into groups of at least this many batch particles
+MIN_SPLIT = 10
+
+
+def aligned_images(stack: PreparedStack, rows: np.ndarray, psi: np.ndarray, tx: np.ndarray,
+                   ty: np.ndarray) -> np.ndarray:
+    """Particles brought into their class's frame (undo shift t, then rotation ψ): (m, d, d)."""
+    from scipy import ndimage
+
+    images = stack.images(rows)
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        moved = ndimage.shift(image, (-ty[i], -tx[i]), order=1, mode="constant")
+        out[i] = ndimage.rotate(moved, np.degrees(psi[i]), reshape=False, order=1, mode="constant")
+    return out
+
+
+def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
+    """Two groups of aligned images by the sign of their first principal component: (m,) bool."""
+    from scipy import ndimage
+
+    smooth = ndimage.gaussian_filter(images, (0, blur_px, blur_px)).reshape(len(images), -1)
+    smooth = smooth - smooth.mean(axis=0)
+    # the first principal component's scores are the top eigenvector of the (m, m) Gram
+    # matrix (times its singular value): much cheaper than an SVD of the (m, d²) data
+    _, vectors = np.linalg.eigh(smooth.astype(np.float64) @ smooth.T.astype(np.float64))
+    score = vectors[:, -1]
+    return score > np.median(score)
+
+
+def duplicate_classes(references: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Classes whose average is the same view as a larger class's, up to an in-plane
+    rotation (normalised correlation ≥ DUPLICATE_CORRELATION): the smaller of each pair."""
+    from scipy import ndimage
+
+    k_count, box, _ = references.shape
+    angles = np.arange(0.0, 360.0, 5.0)
+
+    def unit(images: np.ndarray) -> np.ndarray:
+        flat = images.reshape(len(images), -1) - images.reshape(len(images), -1).mean(1)[:, None]
+        return flat / np.maximum(np.linalg.norm(flat, axis=1), 1e-12)[:, None]
+
+    plain = unit(references)
+    turned = unit(np.stack([ndimage.rotate(ref, a, reshape=False, order=1)
+                            for ref in references for a in angles]))
+    best = (plain @ turned.T).reshape(k_count, k_count, angles.size).max(axis=2)
+    best = np.maximum(best, best.T)
+    np.fill_diagonal(best, 0.0)
+    out = set()
+    for a, b in zip(*np.nonzero(np.triu(best >= DUPLICATE_CORRELATION))):
+        if counts[a] > 0 and counts[b] > 0:
+            out.add(int(a if counts[a] < counts[b] else b))
+    return np.array(sorted(out), np.int64)
+
+
+def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
+                   ctx: PassContext, params: ClassifyParams, backend) -> Statistics:
+    """Replace classes that emptied out, or that repeat a larger class's view, by halves of
+    the largest class, split along the first principal component of its aligned particles
+    in this batch (a class that merged several views splits into them)."""
+    k_count = stats.counts.size
+    even = stats.counts.sum() / k_count
+    small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
+    if params.refill_duplicate_views:
+        small = np.union1d(small, duplicate_classes(state.references, stats.counts))
+    if small.size == 0:
+        return stats
+    num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
+    grids = np.zeros((k_count, num.shape[-1], num.shape[-1]), np.complex64)
+    blur = max(1.0, 0.25 * ctx.align.box / max(float(ctx.align.shell.max()), 1.0))
+    done = 0
+    for k in small:
+        j = int(np.argmax(counts))
+        sel = np.flatnonzero(out["best_class"] == j)
+        if sel.size < 2 * MIN_SPLIT:
+            break
+        rows, psi, tx, ty = (out[key][sel] for key in ("rows", "psi", "tx", "ty"))
+        group = split_groups(aligned_images(stack, rows, psi, tx, ty), blur)
+        if min(group.sum(), (~group).sum()) < MIN_SPLIT:
+            continue
+        data = BatchData.build(load_spectra(stack, rows), ctx.ctf_params.take(rows),
+                               state.alpha[rows], ctx.recon, state.sigma2, stack.apix)
+        entries = Entries.build(np.arange(rows.size), np.where(group, k, j), psi, tx, ty,
+                                np.ones(rows.size), k_count)
+        part = accumulate(backend, data, entries, grids, state.pad, ctx.n_shells,
+                          (rows % 2).astype(np.int64))
+        for c in (j, k):
+            num[c], den[c], counts[c] = part.num[c], part.den[c], part.counts[c]
+        done += 1
+    if done:
+        logger.info("split the largest class to refill %d emptied class(es)", done)
+    return dataclasses.replace(stats, num=num, den=den, counts=counts)
+
+

@@ -1,0 +1,66 @@
+"""Where the files of a run live: each name pattern spelled once, for the rules and the package.
+
+    >>> from class2d import layout
+    >>> layout.stack_path("results/prepare", 0)
+    'results/prepare/stack_000.mrcs'
+    >>> layout.state_path("results/classify", 3)
+    'results/classify/iter_003/state.npz'
+    >>> layout.state_path("results/classify", "{n}")        # a Snakemake wildcard pattern
+    'results/classify/iter_{n}/state.npz'
+
+Iterations and shards are numbered with three digits; a number given as a string (a
+wildcard such as ``"{n}"``) is put in as it is, so the rules build their patterns here too.
+"""
+
+from __future__ import annotations
+
+import os
+
+#: the prepared folder's description (boxes, pixel sizes, shard row ranges)
+PREPARED_META = "prepared.yaml"
+#: the prepared folder's copy of the input particle table
+PREPARED_PARTICLES = "particles.star"
+#: an iteration's model state (``em.state.ClassState``)
+STATE = "state.npz"
+#: a full pass's per-particle results (class, pose, posterior, …)
+ASSIGNMENTS = "assignments.npz"
+
+
+def number(n: int | str) -> str:
+    """``7`` → ``"007"``; a string (a wildcard such as ``"{n}"``) is returned as it is."""
+    return n if isinstance(n, str) else f"{int(n):03d}"
+
+
+def stack_name(shard: int | str) -> str:
+    """File name of a prepared shard's image stack: ``stack_NNN.mrcs``."""
+    return f"stack_{number(shard)}.mrcs"
+
+
+def stack_path(prepare_dir: str, shard: int | str) -> str:
+    return os.path.join(prepare_dir, stack_name(shard))
+
+
+def prepared_meta(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, PREPARED_META)
+
+
+def prepared_particles(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, PREPARED_PARTICLES)
+
+
+def iteration_dir(classify_dir: str, n: int | str) -> str:
+    """Folder of iteration n's files: ``iter_NNN``."""
+    return os.path.join(classify_dir, f"iter_{number(n)}")
+
+
+def state_path(classify_dir: str, n: int | str) -> str:
+    return os.path.join(iteration_dir(classify_dir, n), STATE)
+
+
+def assignments_path(classify_dir: str, n: int | str) -> str:
+    return os.path.join(iteration_dir(classify_dir, n), ASSIGNMENTS)
+
+
+def shard_result_path(classify_dir: str, n: int | str, shard: int | str) -> str:
+    """One shard's part of full pass n: ``iter_NNN/shard_SSS.npz``."""
+    return os.path.join(iteration_dir(classify_dir, n), f"shard_{number(shard)}.npz")
