@@ -416,5 +416,6 @@ def test_cuda_and_cpu_backends_classify_alike(gpu, tmp_path):
         for _ in range(params.online_iterations):
             state = online.online_iteration(stack, state, params, backend)
         part = online.full_pass_shard(stack, state, params, backend, 0, last=True)
-        labels.append(online.gather_full_pass(stack, state, [part], params)[1]["best_class"])
+        _, out = online.gather_full_pass(stack, state, [part], params, backend)
+        labels.append(out["best_class"])
     assert adjusted_rand(labels[0], labels[1]) >= 0.99

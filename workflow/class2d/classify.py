@@ -79,7 +79,7 @@ class Classification:
             with np.load(path) as data:
                 parts.append({key: data[key] for key in data.files})
         state, out = online.gather_full_pass(self.stack, ClassState.load(previous), parts,
-                                             self.params)
+                                             self.params, self.kernels)
         write_npz(assignments_path, out)
         state.save(state_path)
 
