@@ -17,7 +17,9 @@ import pytest
 from begal import FOLDER, PARTICLE_DIAMETER_A, write_particles
 from class2d import io, layout
 from class2d.classify import classify_all
-from class2d.em.state import ClassState
+from class2d.em import mstep
+from class2d.em.params import ClassifyParams
+from class2d.em.state import ClassState, Statistics
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
 
@@ -75,3 +77,28 @@ def test_crowded_coloured_particles_leave_no_class_empty(tmp_path):
     sizes = np.bincount(classes, minlength=8)
     assert sizes.min() >= 0.25 * classes.size / 8
     assert sizes.max() <= 0.30 * classes.size
+
+
+
+def test_class_resolution_reads_the_last_run_of_resolved_shells():
+    """Spectral SNR built exactly: den 1 on every node of both halves (weight 2 per shell),
+    no data inserted (so no noise to remove), T = 2: SSNR = 4·τ².  A dip below 1 at shell 4
+    (coloured noise at low frequency) and one stray shell at 26 must not set the resolution:
+    the last run of 3 shells at ≥ 1 ends at shell 20.  Reading the first drop below 1, as
+    before, gave box·apix/3 (64 Å)."""
+    box, apix, pad = 64, 3.0, 2
+    grid = pad * box
+    n_shells = box // 2 + 1
+    ssnr = np.full(n_shells, 2.0)
+    ssnr[4] = 0.4
+    ssnr[21:] = 0.2
+    ssnr[26] = 2.0
+    stats = Statistics(num=np.zeros((1, 2, grid, grid), np.complex128),
+                       den=np.ones((1, 2, grid, grid)), counts=np.array([100.0]),
+                       noise_sum=np.zeros(n_shells), noise_count=np.zeros(n_shells))
+    state = ClassState(iteration=1, references=np.zeros((1, box, box), np.float32),
+                       stats=stats, sigma2=np.ones(n_shells), tau2=ssnr[None] / 4,
+                       alpha=np.ones(1, np.float32), classes=np.zeros(1, np.int32),
+                       shifts=np.zeros((1, 2), np.float32), apix=apix, pad=pad, history=[])
+    params = ClassifyParams(n_classes=1, tau2_fudge=2.0)
+    assert mstep.class_resolution(state, params)[0] == pytest.approx(box * apix / 20)
