@@ -24,7 +24,7 @@ import numpy as np
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import (centered_rfft2, centre_of_mass_shifts, circular_mask,
-                             frc_resolution, pixel_grid, pixel_radius, shell_index, shift_images)
+                             pixel_grid, pixel_radius, shell_index, shift_images)
 
 logger = logging.getLogger(__name__)
 
