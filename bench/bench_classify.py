@@ -1,6 +1,7 @@
 """End-to-end CPU benchmark: 3,000 particles of 64 px (16 objects + junk) into 20 classes.
 
     python bench/bench_classify.py [--particles 3000] [--exhaustive] [--relion]
+    python bench/bench_classify.py --workflow [--repeats 3] [--iterations-per-job 20]
 
 Prints the work done (particles, classes, poses searched, FLOPs), the seconds of
 prepare and classify, the achieved E-step GFLOP/s and its ratio to the float32 matmul
@@ -9,21 +10,34 @@ one after the classification, so that a slow moment of a shared machine does not
 the ratio); with --relion (and RELION installed) also runs relion_refine's 2D
 classification on the same data and prints the time ratio and both adjusted Rand indices
 against the ground truth.
+
+With --workflow it times the same data and settings two ways, in alternating order, each
+in a fresh process: in-process (``prepare_stack`` then ``classify_all``) and through the
+Snakemake workflow (prepare and classify, the later stages off); it prints both wall
+times (interpreter start and imports included in both), their ratio, where the workflow's
+time went (its jobs' wall time per rule from Snakemake's job records, and the time
+outside jobs), the load average, and whether both gave the same class averages.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import collections
+import json
 import logging
 import os
 import platform
 import shutil
+import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
 import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS reads on load
 import numpy as np
+import yaml
 
 from class2d import io
 from class2d.classify import classify_all
@@ -34,6 +48,22 @@ from class2d.simulate import simulate, write_dataset
 
 CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 120.0,
             "mask_diameter_A": 150.0}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: the in-process run of --workflow, in a fresh process: argv star, out_dir, classify config
+IN_PROCESS = """
+import json, os, sys, time
+import class2d
+from class2d.classify import classify_all
+from class2d.em.params import ClassifyParams
+from class2d.prepare import prepare_stack
+star, out, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+tic = time.perf_counter()
+prepare_stack(star, os.path.join(out, "prepare"),
+              max_res_A=ClassifyParams.from_config(config, 0).align_res_A)
+classify_all(os.path.join(out, "prepare"), os.path.join(out, "classify"), config, 0, "cpu")
+print(time.perf_counter() - tic)
+"""
 
 
 def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
@@ -94,21 +124,107 @@ def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float,
     return seconds, data["rlnClassNumber"].to_numpy()
 
 
+def job_times(outdir: str) -> dict[str, list[float]]:
+    """Wall seconds of each job that wrote into ``outdir``, by rule, from Snakemake's job
+    records (``.snakemake/metadata``: one per output file, named by its path in URL-safe
+    base64; paths too long for one file name, which a temporary folder's are not, skipped)."""
+    records = os.path.join(REPO, ".snakemake", "metadata")
+    jobs = {}
+    for name in os.listdir(records):
+        if name.startswith("@"):
+            continue
+        path = base64.urlsafe_b64decode(name).decode(errors="replace")
+        if path.startswith(outdir + os.sep):
+            with open(os.path.join(records, name)) as fh:
+                info = json.load(fh)
+            key = (info["rule"], info["endtime"])       # one job's outputs share its end
+            jobs[key] = min(jobs.get(key, info["endtime"]), info["starttime"])
+    by_rule = collections.defaultdict(list)
+    for (rule, end), start in jobs.items():
+        by_rule[rule].append(end - start)
+    return by_rule
+
+
+def compare_workflow(star: str, work: str, config: dict, repeats: int,
+                     iterations_per_job: int | None) -> None:
+    """In-process against workflow runs on ``star``, alternating which goes first."""
+    cores = os.cpu_count() or 1
+    if iterations_per_job:
+        config = {**config, "iterations_per_job": iterations_per_job}
+    # untimed: fills Numba's cache of this checkout, which a changed source file empties
+    subprocess.run([sys.executable, "-c", IN_PROCESS, star, os.path.join(work, "warm-up"),
+                    json.dumps({**config, "online_iterations": 2})], check=True,
+                   capture_output=True)
+    times = {"in-process": [], "workflow": []}
+    work_only = []
+    for r in range(repeats):
+        order = ["in-process", "workflow"] if r % 2 == 0 else ["workflow", "in-process"]
+        for kind in order:
+            out = os.path.join(work, f"{kind}_{r}")
+            load = os.getloadavg()[0]
+            if kind == "in-process":
+                cmd = [sys.executable, "-c", IN_PROCESS, star, out, json.dumps(config)]
+            else:
+                settings = {"particles": star, "outdir": out, "backend": "cpu", "seed": 0,
+                            "classify": config, **{stage: {"activate": False} for stage in
+                                                   ("dedup", "select", "rebalance", "templates")}}
+                with open(out + ".yaml", "w") as fh:
+                    yaml.safe_dump(settings, fh)
+                cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores),
+                       "--configfile", out + ".yaml", "--directory", REPO]
+            tic = time.perf_counter()
+            run = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            seconds = time.perf_counter() - tic
+            if run.returncode:
+                raise SystemExit(f"{kind} run failed:\n{run.stderr[-3000:]}")
+            if kind == "in-process":
+                work_only.append(float(run.stdout.split()[-1]))
+            times[kind].append(seconds)
+            print(f"run {r + 1} {kind}: {seconds:.1f} s (load average {load:.1f} before, "
+                  f"{os.getloadavg()[0]:.1f} after)", flush=True)
+        with open(os.path.join(work, f"in-process_{r}", "classify", "classes.mrcs"), "rb") as a, \
+                open(os.path.join(work, f"workflow_{r}", "classify", "classes.mrcs"), "rb") as b:
+            print(f"  same class averages (bytes): {'yes' if a.read() == b.read() else 'NO'}")
+    jobs = job_times(os.path.join(work, f"workflow_{repeats - 1}"))
+    in_jobs = sum(sum(v) for v in jobs.values())
+    print(f"last workflow run: {sum(len(v) for v in jobs.values())} jobs, "
+          f"{in_jobs:.1f} s in jobs, {times['workflow'][-1] - in_jobs:.1f} s outside them "
+          "(Snakemake's start, DAG, scheduling)")
+    for rule, seconds in sorted(jobs.items(), key=lambda item: -sum(item[1])):
+        print(f"  {rule}: {len(seconds)} job(s), {sum(seconds):.1f} s")
+    med = {kind: statistics.median(v) for kind, v in times.items()}
+    for kind, values in times.items():
+        print(f"{kind}: median {med[kind]:.1f} s, range {min(values):.1f}-{max(values):.1f} s "
+              f"over {len(values)} runs")
+    print(f"in-process work alone (after imports): median {statistics.median(work_only):.1f} s")
+    pairs = [w / i for w, i in zip(times["workflow"], times["in-process"])]
+    print(f"workflow / in-process: {med['workflow'] / med['in-process']:.2f} (medians); "
+          f"per pair {', '.join(f'{p:.2f}' for p in pairs)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, default=3000)
     parser.add_argument("--exhaustive", action="store_true",
                         help="score every class at every pose (class_prune_margin 0)")
     parser.add_argument("--relion", action="store_true", help="also time relion_refine")
+    parser.add_argument("--workflow", action="store_true",
+                        help="time the Snakemake workflow against the in-process run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (--workflow)")
+    parser.add_argument("--iterations-per-job", type=int, default=0,
+                        help="classify.iterations_per_job (--workflow; 0: the config's)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, "
           f"numpy {np.__version__}")
-    peak_before = matmul_peak()
     with tempfile.TemporaryDirectory() as work:
         data = simulate(args.particles, box=64, apix=3.0, snr=0.05, n_objects=16,
                         junk_fraction=0.1, duplicate_fraction=0.0, seed=7)
         star = write_dataset(data, os.path.join(work, "data"))
+        if args.workflow:
+            compare_workflow(star, work, CLASSIFY, args.repeats, args.iterations_per_job)
+            return
+        peak_before = matmul_peak()
         tic = time.perf_counter()
         prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"])
         t_prepare = time.perf_counter() - tic

@@ -1,22 +1,29 @@
-# Online EM: one job per iteration (or per `iterations_per_job`), each reading the previous
-# state file, then full passes scattered over shards and gathered; then the outputs.
+# Online EM: one job per `iterations_per_job` iterations, the first of them also making the
+# initial classes, each later one reading the previous job's state file; every job saves
+# every iteration's state (a rerun resumes from the newest). Then full passes scattered
+# over shards and gathered; then the outputs.
 
 
 rule init_classes:
     input:
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
-        state_path(0),
+        state_path(FIRST_END),
     params:
         em=em_config(),
         seed=config["seed"],
         backend=config["backend"],
+        iterations=FIRST_END,
     conda:
         CONDA_ENV
     log:
         out("logs/classify/init_classes.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["iteration"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/init_classes.py"
@@ -26,11 +33,12 @@ rule classify_iteration:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         state_path("{n}"),
     wildcard_constraints:
-        n=numbers(ONLINE_ENDS),
+        n=numbers(ONLINE_ENDS[1:]),
     params:
         em=em_config(),
         seed=config["seed"],
@@ -40,7 +48,10 @@ rule classify_iteration:
         CONDA_ENV
     log:
         out("logs/classify/iteration_{n}.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["iteration"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_iteration.py"
@@ -50,6 +61,7 @@ rule classify_full_shard:
     input:
         state=lambda wc: previous_state(int(wc.n)),
         meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
         shards=shard_paths(),
     output:
         layout.shard_result_path(CLASSIFY_DIR, "{n}", "{s}"),
@@ -65,7 +77,10 @@ rule classify_full_shard:
         CONDA_ENV
     log:
         out("logs/classify/full_{n}_shard_{s}.log"),
+    threads: THREADS
     resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["full_shard"],
         gpu=0 if config["backend"] == "cpu" else 1,
     script:
         "../scripts/classify_full_shard.py"
@@ -88,6 +103,10 @@ rule gather_full_pass:
         CONDA_ENV
     log:
         out("logs/classify/gather_{n}.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/gather_full_pass.py"
 
@@ -113,5 +132,9 @@ rule export_classes:
         CONDA_ENV
     log:
         out("logs/classify/export_classes.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/export_classes.py"

@@ -1,14 +1,23 @@
 # Paths and small helpers shared by every stage: only wiring, no science. File names come
 # from class2d.layout and derived settings from class2d's ClassifyParams, as the package uses them.
 import os
+import sys
 
 from class2d import layout
 from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
+from class2d.errors import ConfigError, InputError
+from class2d.prepare import shard_count
 
 OUT = config["outdir"]
 PREPARE_DIR = os.path.join(OUT, "prepare")
 CLASSIFY_DIR = os.path.join(OUT, "classify")
 CONDA_ENV = "../envs/class2d.yaml"
+
+# ---- what each job may use: memory_gb for every job, `threads` for the heavy ones.
+# runtime (minutes) is an upper bound for shards of up to 10⁵ particles of 256 px on 2 cores.
+MEM_MB = int(config["memory_gb"] * 1000)
+THREADS = config["threads"]
+RUNTIME = {"light": 30, "prepare": 120, "iteration": 120, "full_shard": 240}
 
 
 def out(path):
@@ -23,9 +32,24 @@ def input_particles():
     return config["particles"]
 
 
+def count_shards():
+    """Shards of the prepared stack, known when the DAG is built: prepare.shards, or from
+    the particle count (read cheaply from the input file; the demo's from the config)."""
+    prep = config["prepare"]
+    demo = config["particles"] == "demo"
+    particles = config["demo"]["n_particles"] if demo else config["particles"]
+    try:
+        return shard_count(particles, prep["shards"], prep["particles_per_shard"])
+    except (ConfigError, InputError) as err:
+        sys.exit(f"error: {err}")
+
+
+N_SHARDS = count_shards()
+
+
 def shard_paths():
     """The prepared stack's image files, one per shard."""
-    return [layout.stack_path(PREPARE_DIR, s) for s in range(config["prepare"]["shards"])]
+    return [layout.stack_path(PREPARE_DIR, s) for s in range(N_SHARDS)]
 
 
 def final_outputs():
@@ -47,12 +71,14 @@ N_ONLINE = CLS["online_iterations"]
 N_LAST = N_ONLINE + CLS["final_full_iterations"]
 ONLINE_ENDS = sorted(set(range(CLS["iterations_per_job"], N_ONLINE + 1, CLS["iterations_per_job"]))
                      | ({N_ONLINE} if N_ONLINE else set()))
-N_SHARDS = config["prepare"]["shards"]
+# the first online job also makes the initial classes (iteration 0): one job fewer to start
+FIRST_END = ONLINE_ENDS[0] if ONLINE_ENDS else 0
 
 
 def em_config():
     """The classify section as the package takes it (workflow-only keys removed)."""
-    return {k: v for k, v in CLS.items() if k not in WORKFLOW_KEYS}
+    return {**{k: v for k, v in CLS.items() if k not in WORKFLOW_KEYS},
+            "memory_gb": config["memory_gb"]}
 
 
 def alignment_res_A():

@@ -15,5 +15,9 @@ rule remove_duplicates:
         CONDA_ENV
     log:
         out("logs/remove_duplicates.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/remove_duplicates.py"

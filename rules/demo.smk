@@ -7,10 +7,15 @@ rule simulate_demo:
     params:
         demo=config["demo"],
         seed=config["seed"],
+        memory_gb=config["memory_gb"],
     conda:
         CONDA_ENV
     log:
         out("logs/simulate_demo.log"),
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["prepare"],
     script:
         "../scripts/simulate_demo.py"
 
@@ -25,5 +30,9 @@ rule compare_with_truth:
         CONDA_ENV
     log:
         out("logs/compare_with_truth.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/compare_with_truth.py"

@@ -1,22 +1,55 @@
-rule prepare_stack:
+# Each shard of the prepared stack is its own job (in parallel; on a cluster, one node each);
+# prepare_stack then writes the table and prepared.yaml once every shard is there.
+
+
+rule prepare_shard:
     input:
         particles=input_particles(),
     output:
-        star=layout.prepared_particles(PREPARE_DIR),
-        meta=layout.prepared_meta(PREPARE_DIR),
-        shards=shard_paths(),
+        layout.stack_path(PREPARE_DIR, "{s}"),
+    wildcard_constraints:
+        s=numbers(range(N_SHARDS)),
     params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.meta),
+        shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
         diameter_A=config["prepare"]["diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
-        shards=config["prepare"]["shards"],
+        max_res_A=alignment_res_A(),
+        memory_gb=config["memory_gb"],
+    conda:
+        CONDA_ENV
+    log:
+        out("logs/prepare/shard_{s}.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["prepare"],
+    script:
+        "../scripts/prepare_shard.py"
+
+
+rule prepare_stack:
+    input:
+        particles=input_particles(),
+        shards=shard_paths(),
+    output:
+        star=layout.prepared_particles(PREPARE_DIR),
+        meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.meta),
+        shards=N_SHARDS,
+        box_px=config["prepare"]["box_px"],
+        diameter_A=config["prepare"]["diameter_A"],
+        invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=alignment_res_A(),
     conda:
         CONDA_ENV
     log:
         out("logs/prepare_stack.log"),
+    threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/prepare_stack.py"

@@ -17,5 +17,9 @@ rule rebalance_classes:
         CONDA_ENV
     log:
         out("logs/rebalance_classes.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/rebalance_classes.py"

@@ -24,5 +24,9 @@ rule select_classes:
         CONDA_ENV
     log:
         out("logs/select_classes.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/select_classes.py"

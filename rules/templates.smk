@@ -16,5 +16,9 @@ rule export_templates:
         CONDA_ENV
     log:
         out("logs/export_templates.log"),
+    threads: 1
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["light"],
     script:
         "../scripts/export_templates.py"

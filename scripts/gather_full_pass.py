@@ -4,4 +4,5 @@ from class2d.runner import run_step
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_step(gather_step, sm.input.meta, sm.input.state, list(sm.input.parts), sm.output.state,
-         sm.output.assignments, sm.params.em, sm.params.seed, log=sm.log[0])
+         sm.output.assignments, sm.params.em, sm.params.seed, log=sm.log[0],
+         threads=sm.threads)

@@ -8,4 +8,4 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_step(remove_duplicates, sm.input.particles, os.path.dirname(sm.output.particles),
          min_separation_A=sm.params.min_separation_A, score=sm.params.score,
          micrograph_apix=sm.params.micrograph_apix,
-         pass_through_without_locations=sm.params.pass_through, log=sm.log[0])
+         pass_through_without_locations=sm.params.pass_through, log=sm.log[0], threads=sm.threads)

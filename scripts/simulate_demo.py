@@ -6,4 +6,4 @@ from class2d.simulate import simulate_demo
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_step(simulate_demo, os.path.dirname(sm.output.star), seed=sm.params.seed,
-         log=sm.log[0], **sm.params.demo)
+         memory_gb=sm.params.memory_gb, log=sm.log[0], threads=sm.threads, **sm.params.demo)

@@ -1,7 +1,12 @@
-"""Shared test fixtures: the real cryo-EM files in ``../shared/data`` (addressed by label)."""
+"""Shared test fixtures: the real cryo-EM files in ``../shared/data`` (addressed by label).
+
+Under ``CI=true`` a test marked ``relion`` or ``chromium`` that skips (the tool is not
+installed) is reported as failed: CI installs both, so a skip there means the install broke.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,30 @@ DATA_FILES = {
     "cs_refine3d": "metadata/cryosparc/cryosparc_P12_J24_001_particles.cs",
     "cs_schema_only": "metadata/cryosparc/4k_dataset_schema_only.cs",
 }
+
+
+#: markers of tests that need an external tool CI installs; under CI their skips fail
+REQUIRED_IN_CI = ("relion", "chromium")
+
+
+def in_ci() -> bool:
+    """True where the environment says this is a CI run (``CI=true``, as CI services set it)."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under CI, turn the skip of a test that needs RELION or Chromium into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    needs = [name for name in REQUIRED_IN_CI if item.get_closest_marker(name)]
+    if needs:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = (f"CI=true and this test needs {', '.join(needs)}, "
+                           f"but it was skipped: {reason}")
 
 
 @pytest.fixture(scope="session")

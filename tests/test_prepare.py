@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from class2d import io, layout
-from class2d.errors import InputError
+from class2d.ctf import CTFParams
+from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop
-from class2d.prepare import alignment_box, background_mask, prepare_stack
+from class2d.prepare import (alignment_box, background_mask, finish_prepare, prepare_shard,
+                             prepare_stack, shard_count)
 from class2d.simulate import simulate, write_dataset
 
 
@@ -47,6 +49,19 @@ def test_prepared_stack_is_cropped_normalised_and_sharded(demo_star, tmp_path):
         with mrcfile.open(path) as mrc:
             assert float(mrc.voxel_size.x) == pytest.approx(4.0)
     assert io.read_particles(os.path.join(stack.folder, "particles.star")).n == 120
+
+
+def test_ctf_table_holds_every_particles_ctf_as_the_star_gives_it(demo_star, tmp_path):
+    star, data = demo_star
+    stack = prepare_stack(star, tmp_path / "prep", max_res_A=8.0, shards=2)
+    assert os.path.isfile(layout.prepared_ctf(stack.folder))
+    from_star = io.read_particles(star).ctf_params()
+    for name, ours, theirs, simulated in zip(CTFParams._fields, stack.ctf_params, from_star,
+                                             data.table.ctf_params()):
+        assert ours.shape == (120,) and ours.dtype == np.float64, name
+        np.testing.assert_array_equal(ours, theirs, err_msg=name)
+        np.testing.assert_allclose(ours, simulated, rtol=1e-6, err_msg=name)
+    assert len(np.unique(stack.ctf_params.defocus_u)) > 10        # per particle, not one value
 
 
 def test_invert_contrast_flips_the_sign(demo_star, tmp_path):
@@ -90,3 +105,66 @@ def test_mixed_box_sizes_are_refused(demo_star, tmp_path):
 def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(InputError, match="nothing.star"):
         prepare_stack(tmp_path / "nothing.star", tmp_path / "out")
+
+
+# --- at scale: shards prepared by their own jobs, in batches from the memory budget ----------
+
+def test_same_bytes_whatever_the_batches_and_the_shards(demo_star, tmp_path):
+    """One shard in one batch; three shards, each its own call, in batches of 4 particles
+    (memory_gb just above the base): the images are the same bytes."""
+    star, _ = demo_star
+    whole = prepare_stack(star, tmp_path / "one", max_res_A=8.0)
+    settings = dict(max_res_A=8.0, memory_gb=0.601)       # 229 kB per particle: 4 a batch
+    for s in (2, 0, 1):                                    # any order, as parallel jobs finish
+        prepare_shard(star, tmp_path / "three" / layout.stack_name(s), s, 3, **settings)
+    split = finish_prepare(star, tmp_path / "three", 3, max_res_A=8.0)
+    assert split.shard_rows == ((0, 40), (40, 80), (80, 120))
+    one = mrcfile.read(tmp_path / "one" / layout.stack_name(0))
+    three = np.concatenate([mrcfile.read(tmp_path / "three" / layout.stack_name(s))
+                            for s in range(3)])
+    assert one.tobytes() == three.tobytes()
+    np.testing.assert_array_equal(split.images(np.arange(120)), whole.images(np.arange(120)))
+
+
+def test_budget_too_small_for_one_batch(demo_star, tmp_path):
+    star, _ = demo_star
+    with pytest.raises(ConfigError, match=r"config memory_gb: 0.6 GB is too small for one "
+                                          r"prepare \(64 -> 32 px\) batch"):
+        prepare_shard(star, tmp_path / "out" / "stack_000.mrcs", 0, 1, max_res_A=8.0,
+                      memory_gb=0.6)
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+def test_more_shards_than_particles(demo_star, tmp_path):
+    star, _ = demo_star
+    with pytest.raises(ConfigError, match=r"config prepare.shards: 121 shard\(s\) for 120 "):
+        shard_count(star, 121)
+    with pytest.raises(ConfigError, match="prepare.shards"):
+        prepare_stack(star, tmp_path / "out", shards=121)
+    assert shard_count(star, 0, 50) == 3 and shard_count(star, 0, 120) == 1
+    assert shard_count(star, 7) == 7 and shard_count(10**6, 0, 50_000) == 20
+
+
+def test_stacks_missing_halfway_leave_no_shard(demo_star, tmp_path):
+    """The second half of the particles names a stack that is not there: the shard that
+    needs it fails naming the stack, and leaves nothing; the first half's shard is made."""
+    star, data = demo_star
+    folder = tmp_path / "input"
+    folder.mkdir()
+    io.write_stack(folder / "first.mrcs", data.images[:60], 2.0)
+    table = io.read_particles(star)
+    table.base_dir = str(folder)
+    table.particles["rlnImageName"] = ([f"{i + 1:06d}@first.mrcs" for i in range(60)]
+                                       + [f"{i + 1:06d}@second.mrcs" for i in range(60)])
+    io.write_particles(table, folder / "particles.star")
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=r"second\.mrcs: file not found"):
+        prepare_stack(folder / "particles.star", out, max_res_A=8.0)
+    assert os.listdir(out) == []
+    prepare_shard(folder / "particles.star", out / "stack_000.mrcs", 0, 2, max_res_A=8.0)
+    with pytest.raises(InputError, match=r"second\.mrcs: file not found"):
+        prepare_shard(folder / "particles.star", out / "stack_001.mrcs", 1, 2, max_res_A=8.0)
+    assert os.listdir(out) == ["stack_000.mrcs"]
+    with pytest.raises(InputError, match=r"stack_001\.mrcs: file not found"):
+        finish_prepare(folder / "particles.star", out, 2, max_res_A=8.0)
+    assert os.listdir(out) == ["stack_000.mrcs"]

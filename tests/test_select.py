@@ -297,6 +297,7 @@ def _browser():
     return sync_api, executable
 
 
+@pytest.mark.chromium
 def test_selection_page_in_a_browser(noisy_set, tmp_path):
     sync_api, executable = _browser()
     first = select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "auto",

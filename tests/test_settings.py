@@ -33,6 +33,7 @@ def test_every_schema_default_is_the_config_value_and_the_params_default():
             assert sub_spec["default"] == config[key][sub], f"{key}.{sub}"
     params = {f.name: f.default for f in dataclasses.fields(ClassifyParams)}
     assert params.pop("seed") == config["seed"]
+    assert params.pop("memory_gb") == config["memory_gb"]      # top-level, passed along
     assert set(params) | WORKFLOW_KEYS == set(config["classify"])
     for key, default in params.items():
         value = config["classify"][key]

@@ -21,6 +21,10 @@ import scipy.fft
 logger = logging.getLogger(__name__)
 
 
+#: threads of SciPy's FFTs (-1: every core); run_step sets the job's threads
+FFT_WORKERS = -1
+
+
 def pixel_grid(box: int) -> tuple[np.ndarray, np.ndarray]:
     """Pixel coordinates relative to the centre pixel (box//2, box//2): y, x (box, box) int64.
 
@@ -49,7 +53,7 @@ def rfft_frequencies(box: int, apix: float = 1.0) -> tuple[np.ndarray, np.ndarra
 def centered_rfft2(images: np.ndarray) -> np.ndarray:
     """``rfft2`` of images whose origin is the centre pixel: (…, D, D//2+1) complex, of the
     input's precision (float32 in, complex64 out), on every core (SciPy's FFT workers)."""
-    return scipy.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)), workers=-1)
+    return scipy.fft.rfft2(np.fft.ifftshift(images, axes=(-2, -1)), workers=FFT_WORKERS)
 
 
 def centered_irfft2(spectra: np.ndarray, box: int) -> np.ndarray:

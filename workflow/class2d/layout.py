@@ -20,10 +20,14 @@ import os
 PREPARED_META = "prepared.yaml"
 #: the prepared folder's copy of the input particle table
 PREPARED_PARTICLES = "particles.star"
+#: the prepared particles' CTF parameters as arrays (``ctf.CTFParams``), read by every pass
+PREPARED_CTF = "ctf.npz"
 #: an iteration's model state (``em.state.ClassState``)
 STATE = "state.npz"
 #: a full pass's per-particle results (class, pose, posterior, …)
 ASSIGNMENTS = "assignments.npz"
+#: the classify settings the run's states were made with (``classify.Classification``)
+SETTINGS = "settings.json"
 
 
 def number(n: int | str) -> str:
@@ -48,6 +52,10 @@ def prepared_particles(prepare_dir: str) -> str:
     return os.path.join(prepare_dir, PREPARED_PARTICLES)
 
 
+def prepared_ctf(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, PREPARED_CTF)
+
+
 def iteration_dir(classify_dir: str, n: int | str) -> str:
     """Folder of iteration n's files: ``iter_NNN``."""
     return os.path.join(classify_dir, f"iter_{number(n)}")
@@ -55,6 +63,15 @@ def iteration_dir(classify_dir: str, n: int | str) -> str:
 
 def state_path(classify_dir: str, n: int | str) -> str:
     return os.path.join(iteration_dir(classify_dir, n), STATE)
+
+
+def settings_path(classify_dir: str) -> str:
+    return os.path.join(classify_dir, SETTINGS)
+
+
+def classify_dir_of(state_file: str) -> str:
+    """The classify folder that holds the state file ``…/iter_NNN/state.npz``."""
+    return os.path.dirname(os.path.dirname(state_file))
 
 
 def assignments_path(classify_dir: str, n: int | str) -> str:

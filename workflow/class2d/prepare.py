@@ -1,11 +1,14 @@
 """Stack preparation: Fourier-crop to the alignment box, normalise, split into shards.
 
     >>> stack = prepare_stack("particles.star", "results/prepare", max_res_A=6.0,
-    ...                       diameter_A=150.0, shards=2)
+    ...                       diameter_A=150.0, shards=2)     # in one process, or per job:
+    >>> prepare_shard("particles.star", "results/prepare/stack_001.mrcs", 1, 2, max_res_A=6.0)
+    >>> finish_prepare("particles.star", "results/prepare", 2, max_res_A=6.0)
     >>> stack = PreparedStack.open("results/prepare")
     >>> stack.images(np.arange(100))             # (100, d, d) float32, from memory maps
 
 The prepared folder holds ``particles.star`` (the input table, every column kept),
+``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, normalised:
 background mean 0 and s.d. 1 outside the particle diameter, as RELION normalises) and
 ``prepared.yaml`` (boxes, pixel sizes, shard row ranges); ``class2d.layout`` names them.
@@ -15,24 +18,29 @@ The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
+from typing import NamedTuple
 
 import mrcfile
 import numpy as np
 import yaml
 
 from class2d import io, layout
-from class2d.errors import InputError
+from class2d.budget import DEFAULT_MEMORY_GB, prepare_batch
+from class2d.ctf import CTFParams
+from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop, pixel_radius
 from class2d.io.atomic import atomic_path
-from class2d.io.mrc import read_images, write_stack
+from class2d.io.count import count_particles
+from class2d.io.mrc import read_header, read_images
+from class2d.io.npz import write_npz
+from class2d.io.stack_writer import stack_writer
+from class2d.progress import Progress
 
 logger = logging.getLogger(__name__)
-
-#: images read, cropped and normalised at a time
-BATCH = 1024
 
 
 def alignment_box(box: int, apix: float, max_res_A: float | None, box_px: int | None) -> int:
@@ -97,6 +105,13 @@ class PreparedStack:
     def table(self) -> io.ParticleTable:
         return io.read_particles(layout.prepared_particles(self.folder))
 
+    @functools.cached_property
+    def ctf_params(self) -> CTFParams:
+        """Every particle's CTF parameters, (n,) float64 each: read from ``ctf.npz`` once
+        (at 10⁶ particles, parsing them from the STAR file took seconds)."""
+        with np.load(layout.prepared_ctf(self.folder)) as data:
+            return CTFParams(**{name: data[name] for name in CTFParams._fields})
+
     def images(self, rows: np.ndarray) -> np.ndarray:
         """Images of the given rows (sorted or not): (m, box, box) float32."""
         rows = np.asarray(rows)
@@ -109,22 +124,31 @@ class PreparedStack:
         return out
 
 
-def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
-                  max_res_A: float | None = None, box_px: int | None = None,
-                  diameter_A: float | None = None, invert_contrast: bool = False,
-                  shards: int = 1) -> PreparedStack:
-    """Prepare ``particles`` (a .star or .cs) into ``out_dir``; returns the prepared stack.
+class Geometry(NamedTuple):
+    """The boxes and pixel sizes of a preparation, derived once from the table and settings."""
+
+    box: int
+    """px, input images"""
+    apix: float
+    """Å/px, input images"""
+    new_box: int
+    """px, the alignment box"""
+    new_apix: float
+    """Å/px in the alignment box"""
+    radius: float
+    """px of the alignment box: normalisation uses the pixels outside this circle"""
+
+
+def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
+             box_px: int | None, diameter_A: float | None) -> Geometry:
+    """Check the table (one box and pixel size, CTF columns) and derive the prepared geometry.
 
     max_res_A: Å, the highest resolution the alignment will use (sets the crop:
-        ``ClassifyParams.align_res_A``); None: no crop
-    box_px: alignment box in px (overrides max_res_A)
-    shards: pieces the prepared stack is split into (contiguous rows)
-    diameter_A: Å, particle diameter; normalisation uses the pixels outside it
-        (default: 75 % of the box, as RELION's default background radius)
+    ``ClassifyParams.align_res_A``; None: no crop); box_px: alignment box in px
+    (overrides max_res_A); diameter_A: Å, particle diameter (default: 75 % of the box,
+    as RELION's default background radius).
     """
-    table = io.read_particles(particles)
     io.require_ctf(table)
-    source = os.fspath(particles)
     boxes = np.unique(table.box_size())
     if boxes.size != 1:
         raise InputError(source, f"mixed box sizes {boxes.tolist()}: prepare each size separately")
@@ -138,34 +162,114 @@ def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
     if radius >= new_box / 2 * math.sqrt(2) - 1:
         raise InputError(source, f"particle diameter {diameter_A} Å leaves no background in a "
                          f"{box * apix:.0f} Å box")
-    background = background_mask(new_box, radius)
-    shards = max(1, min(int(shards), table.n))
-    edges = np.linspace(0, table.n, shards + 1).round().astype(int)
-    shard_rows = tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    return Geometry(box, apix, new_box, new_apix, radius)
+
+
+def shard_rows(n: int, shards: int) -> tuple[tuple[int, int], ...]:
+    """Row range (start, stop) of each of ``shards`` contiguous, near-equal shards of n rows."""
+    if not 1 <= shards <= n:
+        raise ConfigError("prepare.shards", f"{shards} shard(s) for {n} particles: need between "
+                                            f"1 and one shard per particle")
+    edges = np.linspace(0, n, shards + 1).round().astype(int)
+    return tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+
+
+def shard_count(particles: str | os.PathLike | int, shards: int = 0,
+                particles_per_shard: int = 50_000) -> int:
+    """The number of shards: ``shards``, or with 0 ceil(particles / particles_per_shard).
+
+    particles: a particle file (its rows are counted cheaply, see
+    :func:`~class2d.io.count.count_particles`) or the count itself.  The workflow calls this
+    while it builds its DAG.  ``ConfigError`` for more shards than particles.
+    """
+    n = particles if isinstance(particles, int) else count_particles(particles)
+    if particles_per_shard < 1:
+        raise ConfigError("prepare.particles_per_shard",
+                          f"must be ≥ 1, got {particles_per_shard}")
+    count = int(shards) or max(1, -(-n // int(particles_per_shard)))
+    shard_rows(n, count)            # the check
+    return count
+
+
+def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, shard: int,
+                  shards: int, *, max_res_A: float | None = None, box_px: int | None = None,
+                  diameter_A: float | None = None, invert_contrast: bool = False,
+                  memory_gb: float = DEFAULT_MEMORY_GB) -> None:
+    """Prepare shard ``shard`` of ``shards`` of ``particles`` into ``shard_path``.
+
+    Images are read, cropped and normalised in batches sized from ``memory_gb`` and
+    written through a temporary file renamed at the end: a failure (a stack missing
+    halfway, NaN pixels) leaves no shard.  The bytes depend on the shard's rows only, not
+    on the batch size or on other shards.  Other arguments as :func:`geometry`.
+    """
+    source = os.fspath(particles)
+    table = io.read_particles(particles)
+    geo = geometry(table, source, max_res_A, box_px, diameter_A)
+    a, b = shard_rows(table.n, shards)[shard]
+    batch = prepare_batch(memory_gb, geo.box, geo.new_box)
+    background = background_mask(geo.new_box, geo.radius)
     names = table.particles["rlnImageName"].astype(str).to_numpy()
-    logger.info("preparing %d particles: box %d -> %d px, %.3f -> %.3f Å/px, %d shard(s)",
-                table.n, box, new_box, apix, new_apix, shards)
-    for s, (a, b) in enumerate(shard_rows):
-        out = np.empty((b - a, new_box, new_box), np.float32)
-        for start in range(a, b, BATCH):
-            rows = np.arange(start, min(start + BATCH, b))
+    logger.info("shard %d of %d: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
+                "batches of %d", shard, shards, a, b - 1, geo.box, geo.new_box, geo.apix,
+                geo.new_apix, batch)
+    with (Progress(f"prepare shard {shard}", b - a, logger) as progress,
+          stack_writer(shard_path, b - a, geo.new_box, geo.new_apix) as stack):
+        for start in range(a, b, batch):
+            rows = np.arange(start, min(start + batch, b))
             images = read_images(table, rows)
             bad = ~np.isfinite(images).all(axis=(1, 2))
             if bad.any():
                 raise InputError(source, f"image {names[rows[bad][0]]} holds NaN or Inf values "
                                  f"({int(bad.sum())} such image(s) in this batch)")
-            cropped = fourier_crop(images, new_box)
+            cropped = fourier_crop(images, geo.new_box)
+            del images
             if invert_contrast:
                 cropped = -cropped
-            out[rows - a] = normalise(cropped, background)
-        write_stack(layout.stack_path(out_dir, s), out, new_apix)
+            stack.write(start - a, normalise(cropped, background))
+            progress.advance(rows.size)
+
+
+def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,
+                   max_res_A: float | None = None, box_px: int | None = None,
+                   diameter_A: float | None = None,
+                   invert_contrast: bool = False) -> PreparedStack:
+    """Write ``particles.star`` and (last) ``prepared.yaml`` beside the prepared shards.
+
+    Every shard must be in ``out_dir`` with its rows and box (``InputError`` otherwise).
+    """
+    source = os.fspath(particles)
+    table = io.read_particles(particles)
+    geo = geometry(table, source, max_res_A, box_px, diameter_A)
+    rows = shard_rows(table.n, shards)
+    out_dir = os.fspath(out_dir)
+    for s, (a, b) in enumerate(rows):
+        header = read_header(layout.stack_path(out_dir, s))
+        if (header.n, header.nx) != (b - a, geo.new_box):
+            raise InputError(header.path, f"holds {header.n} images of {header.nx} px, shard {s} "
+                             f"needs {b - a} of {geo.new_box} px: prepare it again")
     io.write_particles(table, layout.prepared_particles(out_dir))
-    meta = {"box": new_box, "apix": new_apix, "original_box": box, "original_apix": apix,
-            "shard_rows": [list(r) for r in shard_rows], "source": os.path.abspath(source),
-            "n": table.n, "diameter_A": float(2 * radius * new_apix),
+    write_npz(layout.prepared_ctf(out_dir), table.ctf_params()._asdict())
+    meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,
+            "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
+            "source": os.path.abspath(source), "n": table.n,
+            "diameter_A": float(2 * geo.radius * geo.new_apix),
             "invert_contrast": bool(invert_contrast)}
     with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)
+    logger.info("prepared %d particles in %d shard(s): box %d -> %d px", table.n, shards,
+                geo.box, geo.new_box)
     return PreparedStack.open(out_dir)
+
+
+def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  max_res_A: float | None = None, box_px: int | None = None,
+                  diameter_A: float | None = None, invert_contrast: bool = False,
+                  shards: int = 1, memory_gb: float = DEFAULT_MEMORY_GB) -> PreparedStack:
+    """Prepare ``particles`` (a .star or .cs) into ``out_dir`` in one process: every shard
+    (:func:`prepare_shard`), then :func:`finish_prepare`.  Returns the prepared stack."""
+    settings = dict(max_res_A=max_res_A, box_px=box_px, diameter_A=diameter_A,
+                    invert_contrast=invert_contrast)
+    for s in range(shards):
+        prepare_shard(particles, layout.stack_path(os.fspath(out_dir), s),
+                      s, shards, memory_gb=memory_gb, **settings)
+    return finish_prepare(particles, out_dir, shards, **settings)

@@ -2,17 +2,24 @@
 
     >>> run_step(prepare_stack, "particles.star", "out", log="logs/prepare.log")
 
+The last line of every step's log gives its time and peak memory, e.g.
+``prepare_stack: done in 81.2 s, peak memory 1.21 GB`` (or ``failed after …``).
+
 Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from class2d.errors import ConfigError, InputError
+from class2d.progress import peak_memory_gb
 
 
 def setup_logging(log: str | None = None) -> None:
@@ -24,13 +31,45 @@ def setup_logging(log: str | None = None) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
-def run_step(func: Callable[..., Any], *args: Any, log: str | None = None, **kwargs: Any) -> Any:
+def limit_threads(threads: int) -> contextlib.AbstractContextManager:
+    """Hold Numba, SciPy's FFTs and (inside the returned context) BLAS to ``threads``."""
+    import numba
+    import threadpoolctl
+
+    from class2d import fourier
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    fourier.FFT_WORKERS = threads
+    return threadpoolctl.threadpool_limits(limits=threads)
+
+
+def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
+             threads: int | None = None, **kwargs: Any) -> Any:
     """Call ``func``; bad input or a bad setting ends the process with one line
-    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``."""
+    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``.
+
+    threads: the CPU threads the job was given (Snakemake's ``threads``): Numba, BLAS and
+    the FFTs use no more.
+
+    Meant as a process's last call: the objects alive when it returns are never collected.
+    """
     setup_logging(log)
+    logger = logging.getLogger(func.__module__)
+    started = time.perf_counter()
+    outcome = "failed after"
     try:
-        return func(*args, **kwargs)
+        with limit_threads(threads) if threads else contextlib.nullcontext():
+            result = func(*args, **kwargs)
+        outcome = "done in"
+        return result
     except (InputError, ConfigError, FileNotFoundError) as err:
-        logging.getLogger(func.__module__).error("%s", err)
+        logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
+    finally:
+        logger.info("%s: %s %.1f s, peak memory %.2f GB", func.__name__, outcome,
+                    time.perf_counter() - started, peak_memory_gb())
+        # The step is the whole job: spare the interpreter's garbage collection at exit,
+        # which walks every object of NumPy, SciPy, Numba and pandas (measured: 0.07 s a job
+        # on an idle 2-core machine, 0.6 s under load, against 0.01-0.05 s frozen).
+        gc.freeze()

@@ -12,9 +12,9 @@ is in ``passes.py``, the class refill in ``refill.py``, the M-step in ``mstep.py
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
@@ -64,8 +64,8 @@ def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> Class
                        (unique_rows % 2).astype(np.int64))
     refs, stats, _, tau2 = mstep.finish(stats, np.tile(sigma2, (k_count, 1)), sigma2, params,
                                         box, stack.apix, pad, recenter=False)
-    return ClassState(iteration=0, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                      alpha=alpha, classes=np.full(stack.n, -1, np.int32),
+    return ClassState(iteration=0, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                      tau2=tau2, alpha=alpha, classes=np.full(stack.n, -1, np.int32),
                       shifts=np.zeros((stack.n, 2), np.float32), apix=stack.apix, pad=pad,
                       history=[])
 
@@ -114,8 +114,8 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
                 "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
                 "iteration %(seconds).2f s", _timed(row, out, tic))
-    return ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                      alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
+    return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                      tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
                       pad=state.pad, history=state.history + [row])
 
 
@@ -146,7 +146,7 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     tic = time.perf_counter()
     stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
                             hard=last and params.hard_last_iteration)
-    out.update({f"stats_{f.name}": getattr(stats, f.name) for f in dataclasses.fields(stats)})
+    out.update(stats.to_file())
     logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
                 "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
                 _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,
@@ -155,16 +155,26 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     return out
 
 
-def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
+def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Mapping],
                      params: ClassifyParams, backend) -> tuple[ClassState, dict]:
     """Sum the shards' statistics into the next state; concatenate per-particle results.
     A class left with fewer than ``refill.MIN_SPLIT`` particles is refilled from the
     largest (``refill.refill_classes``; its moved particles keep the posterior values of
-    their old class), so that no class is written empty while others hold hundreds."""
-    stats = Statistics(*(sum(p[f"stats_{f.name}"] for p in parts)
-                         for f in dataclasses.fields(Statistics)))
-    out = {key: np.concatenate([p[key] for p in parts]) for key in RESULT_KEYS}
-    out["flops"] = float(sum(float(p["flops"]) for p in parts))
+    their old class), so that no class is written empty while others hold hundreds.
+
+    parts: each shard's results, read once in order (an iterator that loads one shard file
+    at a time holds one shard's statistics, not all of them)."""
+    stats = None
+    columns: dict[str, list] = {key: [] for key in RESULT_KEYS}
+    flops = 0.0
+    for part in parts:
+        shard = Statistics.from_file(part)
+        stats = shard if stats is None else stats + shard
+        for key in RESULT_KEYS:
+            columns[key].append(np.asarray(part[key]))
+        flops += float(part["flops"])
+    out = {key: np.concatenate(value) for key, value in columns.items()}
+    out["flops"] = flops
     n = state.iteration + 1
     ctx = make_context(stack, params, params.align_res_A, full=True)
     changed = changed_share(state, out)
@@ -177,7 +187,7 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: list[dict],
     row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed)
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
                 "%(gflops).1f GFLOP", row)
-    new = ClassState(iteration=n, references=refs, stats=stats, sigma2=sigma2, tau2=tau2,
-                     alpha=state.alpha, classes=classes, shifts=shifts, apix=state.apix,
+    new = ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
+                     tau2=tau2, alpha=state.alpha, classes=classes, shifts=shifts, apix=state.apix,
                      pad=state.pad, history=state.history + [row])
     return new, out

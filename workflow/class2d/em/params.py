@@ -34,7 +34,8 @@ _CHECKS = {
     "recenter_threshold": (lambda v: 0 <= v <= 1, "must be between 0 and 1"),
     "max_poses": (lambda v: 1 <= v <= 32, "must be 1 to 32"),
     "tau2_fudge": (lambda v: v > 0, "must be > 0"),
-    "batch_size": (lambda v: v >= 16, "must be at least 16"),
+    "batch_size": (lambda v: v == 0 or v >= 16, "must be 0 (from memory_gb) or at least 16"),
+    "memory_gb": (lambda v: v > 0, "must be > 0 GB"),
     "local_shift_steps": (lambda v: v >= 0, "must be 0 or more"),
 }
 # settings in Å, degrees or log-units where 0 means automatic (or off)
@@ -42,6 +43,13 @@ _CHECKS.update({key: (lambda v: v >= 0, "must be 0 (automatic) or more") for key
     "max_align_res_A", "min_align_res_A", "start_res_A", "mask_diameter_A", "mask_edge_A",
     "psi_step_deg", "shift_range_A", "shift_step_A", "particle_diameter_A",
     "class_prune_margin")})
+
+from class2d.budget import DEFAULT_MEMORY_GB, estep_batch
+
+
+#: copies of the class statistics (2 half sets of (zeropad · box)² complex128 + float64) an
+#: E-step job holds at once: the state's, the batch's sum, one chunk's, their blend
+CLASS_COPIES = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +87,8 @@ class ClassifyParams:
     max_poses: int = 8                    # poses kept per particle and class when marginalising
     class_prune_margin: float = 20.0      # skip classes this far behind at low res (0: off)
     tau2_fudge: float = 2.0               # RELION's regularisation T
-    batch_size: int = 2048                # particles per E-step chunk (memory)
+    batch_size: int = 0                   # particles per E-step chunk; 0: from memory_gb
+    memory_gb: float = DEFAULT_MEMORY_GB  # GB a job may use: the config's top-level memory_gb
     seed: int = 0
 
     @classmethod
@@ -97,7 +106,8 @@ class ClassifyParams:
             value = getattr(self, field.name)
             if value is None and field.type.endswith("| None"):
                 continue
-            key = f"classify.{field.name}"
+            # memory_gb is the config's top-level key, handed to the classify steps
+            key = field.name if field.name == "memory_gb" else f"classify.{field.name}"
             wanted = _type_problem(field.type.split(" | ")[0], value)
             if wanted:
                 raise ConfigError(key, f"must be {wanted}, got {value!r}")
@@ -108,6 +118,18 @@ class ClassifyParams:
             raise ConfigError("classify.min_align_res_A",
                               f"must be coarser (larger) than the alignment resolution "
                               f"{self.align_res_A:g} Å, got {self.min_align_res_A:g}")
+        if self.min_align_res_A and self.start_res_A >= self.min_align_res_A:
+            raise ConfigError("classify.start_res_A",
+                              f"must be finer (smaller) than min_align_res_A "
+                              f"{self.min_align_res_A:g} Å, got {self.start_res_A:g}")
+
+    def estep_batch(self, box: int) -> int:
+        """Particles per E-step chunk in a ``box``-px alignment box: ``batch_size``, or with
+        0 what ``memory_gb`` holds besides the class statistics (at most 2048)."""
+        if self.batch_size:
+            return self.batch_size
+        per_class = CLASS_COPIES * 2 * (self.zeropad * box) ** 2 * 24
+        return estep_batch(self.memory_gb, box, fixed_bytes=self.n_classes * per_class)
 
     @property
     def use_force_max(self) -> bool:
@@ -122,8 +144,15 @@ class ClassifyParams:
 
     @property
     def first_res_A(self) -> float:
-        """Å, the alignment resolution of the first online iteration."""
-        return self.start_res_A or max(4.0 * self.align_res_A, 25.0)
+        """Å, the alignment resolution of the first online iteration: start_res_A, or 4 ×
+        the alignment resolution (at least 25 Å) but no coarser than half the high-pass
+        min_align_res_A, so that every iteration aligns on some frequencies."""
+        if self.start_res_A:
+            return self.start_res_A
+        auto = max(4.0 * self.align_res_A, 25.0)
+        if self.min_align_res_A:
+            auto = max(self.align_res_A, min(auto, self.min_align_res_A / 2))
+        return auto
 
     def resolution_at(self, iteration: int) -> float:
         """Alignment resolution (Å) of online iteration 1…n: rises linearly in 1/Å, reaching

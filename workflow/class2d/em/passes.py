@@ -11,7 +11,7 @@ Used by the online iterations and full passes (``online.py``) and by the class r
 from __future__ import annotations
 
 import dataclasses
-import functools
+import logging
 import time
 
 import numpy as np
@@ -23,6 +23,9 @@ from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import centered_rfft2, circular_mask, rfft_frequencies
 from class2d.prepare import PreparedStack
+from class2d.progress import Progress
+
+logger = logging.getLogger(__name__)
 
 #: online iterations insert coefficients up to this multiple of the alignment radius
 INSERT_MARGIN = 1.5
@@ -55,10 +58,10 @@ class PassContext:
     prepass: np.ndarray | None
     window: np.ndarray
 
-    @functools.cached_property
+    @property
     def ctf_params(self):
-        """The particles' CTF parameters, read from the STAR file when a pass first needs them."""
-        return self.stack.table().ctf_params()
+        """The particles' CTF parameters (the prepared stack's, loaded once per stack)."""
+        return self.stack.ctf_params
 
 
 def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
@@ -171,36 +174,38 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     results = {key: [] for key in RESULT_KEYS}
     flops = e_seconds = 0.0
     seen = state.classes[rows] >= 0
-    for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
-        # chunks of equal size: a small last chunk would make small, slow products
-        n_chunks = -(-group.size // params.batch_size)
-        for chunk in np.array_split(group, n_chunks) if n_chunks else ():
-            prev = state.shifts[chunk] if poses is ctx.local else None
-            spectra = load_spectra(stack, chunk, ctx.window, prev)
-            ctf_chunk = ctx.ctf_params.take(chunk)
-            alpha = state.alpha[chunk]
-            recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
-                                    stack.apix)
-            data = recon.subset(ctx.align_index, ctx.align)
-            tic = time.perf_counter()
-            scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
-                                 force_max, ctx.prepass, params.class_prune_margin)
-            e_seconds += time.perf_counter() - tic
-            flops += scores.flops
-            entries = select_entries(scores, poses, hard=hard)
-            total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
-                                       (chunk % 2).astype(np.int64))
-            best = scores.best_class
-            n = np.arange(chunk.size)
-            psi, tx, ty = poses.pose(scores.top_i[n, best, 0], scores.refine[n, best])
-            if prev is not None:
-                tx, ty = tx + prev[:, 0], ty + prev[:, 1]
-            pose_p = np.exp(scores.top_s[n, best, 0] - scores.lse[n, best])
-            for key, value in zip(RESULT_KEYS, (
-                    chunk, best, psi, tx, ty, scores.gamma[n, best],
-                    1.0 / (scores.gamma ** 2).sum(axis=1), scores.gamma[n, best] * pose_p,
-                    scores.nsig[n, best], scores.loglik, scores.ratio[n, best])):
-                results[key].append(value)
+    with Progress("E-step", rows.size, logger) as progress:
+        for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
+            # chunks of equal size: a small last chunk would make small, slow products
+            n_chunks = -(-group.size // params.estep_batch(stack.box))
+            for chunk in np.array_split(group, n_chunks) if n_chunks else ():
+                prev = state.shifts[chunk] if poses is ctx.local else None
+                spectra = load_spectra(stack, chunk, ctx.window, prev)
+                ctf_chunk = ctx.ctf_params.take(chunk)
+                alpha = state.alpha[chunk]
+                recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
+                                        stack.apix)
+                data = recon.subset(ctx.align_index, ctx.align)
+                tic = time.perf_counter()
+                scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
+                                     force_max, ctx.prepass, params.class_prune_margin)
+                e_seconds += time.perf_counter() - tic
+                flops += scores.flops
+                entries = select_entries(scores, poses, hard=hard)
+                total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
+                                           (chunk % 2).astype(np.int64))
+                best = scores.best_class
+                n = np.arange(chunk.size)
+                psi, tx, ty = poses.pose(scores.top_i[n, best, 0], scores.refine[n, best])
+                if prev is not None:
+                    tx, ty = tx + prev[:, 0], ty + prev[:, 1]
+                pose_p = np.exp(scores.top_s[n, best, 0] - scores.lse[n, best])
+                for key, value in zip(RESULT_KEYS, (
+                        chunk, best, psi, tx, ty, scores.gamma[n, best],
+                        1.0 / (scores.gamma ** 2).sum(axis=1), scores.gamma[n, best] * pose_p,
+                        scores.nsig[n, best], scores.loglik, scores.ratio[n, best])):
+                    results[key].append(value)
+                progress.advance(chunk.size)
     out = {key: np.concatenate(value) for key, value in results.items()}
     order = np.argsort(out["rows"], kind="stable")
     out = {key: value[order] for key, value in out.items()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import mrcfile
 import mrcfile.utils
@@ -25,8 +25,9 @@ import numpy as np
 from class2d import __version__
 from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
-from class2d.io.paths import factorize
-from class2d.io.table import ParticleTable
+
+if TYPE_CHECKING:
+    from class2d.io.table import ParticleTable
 
 logger = logging.getLogger(__name__)
 #: the header's first label: the same images give the same bytes, whenever written
@@ -153,6 +154,9 @@ def stack_box_sizes(image_paths: np.ndarray, base_dir: str, source: str) -> np.n
     image_paths: (n,) stack paths (relative to ``base_dir`` or absolute); every distinct stack's
     header is read once; ``InputError`` (naming ``source``) for non-square or mixed sizes.
     """
+    # io.paths brings pandas: imported here, not by a job that only reads stacks
+    from class2d.io.paths import factorize
+
     unique, inverse = factorize(image_paths)
     sizes = np.zeros(len(unique), np.int64)
     for k, stack in enumerate(unique):

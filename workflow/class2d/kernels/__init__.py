@@ -15,6 +15,8 @@ import types
 
 import numpy as np
 
+from class2d.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,9 +45,10 @@ def cuda_available() -> tuple[bool, str]:
 
 
 def get_backend(name: str = "auto") -> types.ModuleType:
-    """The kernel module for ``name`` (auto, cuda, cpu)."""
+    """The kernel module for ``name`` (auto, cuda, cpu); ConfigError (one line naming the
+    ``backend`` key) for an unknown name, or for cuda where it cannot run."""
     if name not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"backend must be auto, cuda or cpu, not {name!r}")
+        raise ConfigError("backend", f"must be auto, cuda or cpu, not {name!r}")
     if name == "auto" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
         logger.info("backend auto: using the CPU because the CUDA simulator is on "
                     "(NUMBA_ENABLE_CUDASIM=1); ask for backend cuda to run on it")
@@ -56,7 +59,7 @@ def get_backend(name: str = "auto") -> types.ModuleType:
             from class2d.kernels import cuda as backend
             return backend
         if name == "cuda":
-            raise RuntimeError(f"backend: cuda was asked for, but {why}")
+            raise ConfigError("backend", f"cuda was asked for, but {why}")
         logger.info("backend auto: using the CPU because %s", why)
     from class2d.kernels import cpu
     return cpu

@@ -11,23 +11,25 @@ Every public function has the signature and the semantics of its CPU twin (shape
 meanings are documented once, in ``cpu.py``): inputs are host NumPy arrays, outputs host
 arrays, and ``backproject`` updates ``num``/``den`` in place, so the E- and M-step code
 swaps backends freely.  Device memory is sized from the inputs; where a call would not fit
-in the free device memory it runs in chunks of particles, entries or classes.
+in the free device memory it runs in chunks of pairs, entries or classes.  Buffers are
+pooled and reused across calls, copies are pinned and asynchronous on one stream
+(``cuda_device``); the class grids and their rotations stay on the card while a pass uses
+the same grids object (``cuda_resident``, which makes them read-only meanwhile).
 
 Where the work happens:
 - ``cuda_score``: the fused, tiled scoring kernel and its reduction over poses;
   tunables TILE_N, TILE_Q, TILE_F, MICRO_N, MICRO_Q, MERGE_THREADS;
 - ``cuda_insert``: rotation of references, back-insertion (float64 atomics), residuals;
+- ``cuda_resident``: the grids and rotations kept on the card between calls;
 - ``cuda_device``: scalar maths of ``scalar.py`` compiled for the device, THREADS,
-  MAX_BLOCKS, MEMORY_FRACTION;
+  MAX_BLOCKS, MEMORY_FRACTION; the buffer pool, the stream, the transfer counters;
 - ``cuda_ptx``: compiles every kernel for a GPU architecture without a GPU (the simulator
   cannot catch CUDA compile errors): ``python -m class2d.kernels.cuda_ptx 9.0``.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from class2d.kernels import cuda_insert, cuda_score, unscored
+from class2d.kernels import cuda_insert, cuda_score
 
 
 def rotate_references(grids, fx, fy, psi, pad):
@@ -47,21 +49,11 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
     candidates: (N, K) bool or None (all): class k only for the particles where it is true
     returns (top_s (N, K, P) float32, top_i (N, K, P) int64, lse (N, K) float32,
     nsig (N, K) int32, refine (N, K, 3) float32, ratio (N, K) float32), P = n_top.
-    Particles are uploaded once per chunk; the fused kernel scores one class per launch.
-    With candidates, each class is scored on its own particles.
+    All classes in one launch per kernel, over the (class, candidate particle) pairs; an
+    ``arot`` that ``rotate_references`` returned is already on the card.
     """
-    if candidates is None or candidates.all():
-        return cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side,
-                                        sig_log, n_top)
-    out = unscored(p_stack.shape[0], arot.shape[0], n_top)
-    for k in range(arot.shape[0]):
-        rows = np.flatnonzero(candidates[:, k])
-        if rows.size:
-            result = cuda_score.score_classes(p_stack[rows], ctf2[rows], arot[k:k + 1], phase,
-                                              alpha[rows], inv_temp, side, sig_log, n_top)
-            for field, value in zip(out, result):
-                field[rows, k] = value[:, 0]
-    return out
+    return cuda_score.score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log,
+                                    n_top, candidates)
 
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,

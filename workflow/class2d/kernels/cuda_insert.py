@@ -7,7 +7,8 @@
     ...                         fx, fy, wf, shell, pad, box, n_shells)    # (E, S) float64
 
 One thread per (class, rotation, frequency) or (entry, frequency), grid-stride; the sums of
-the CPU twins become float64 atomic adds.  Shapes and meanings are those of
+the CPU twins become float64 atomic adds (their only float64 arithmetic: the per-item
+values are float32).  Shapes and meanings are those of
 ``class2d.kernels.cpu``; the launch shape is ``cuda_device.THREADS`` / ``MAX_BLOCKS``.
 """
 
@@ -16,10 +17,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import cuda
+from numba import complex64, cuda, float32, float64
 
-from class2d.kernels import cuda_device as dev
+from class2d.kernels import cuda_device as dev, cuda_resident
 from class2d.kernels.cuda_device import coords, corner, phase_angle, sample
+
+
+@cuda.jit(device=True)
+def _unit(angle):
+    """exp(i·angle) as complex64 (``complex()`` of two float32 would be complex128)."""
+    return complex64(math.cos(angle)) + complex64(1j) * complex64(math.sin(angle))
 
 
 @cuda.jit
@@ -55,16 +62,17 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
         a = alpha[i]
         g = weight[e] * wf[f] * ctf[i, f] * inv_sigma2[f]
         ang = -phase_angle(fx[f], fy[f], tx[e], ty[e], box)
-        val = g * a * spectra[i, f] * complex(math.cos(ang), math.sin(ang))
+        val = g * a * spectra[i, f] * _unit(ang)
         wden = g * a * a * ctf[i, f]
         y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
         y0, x0, dy, dx = corner(y, x, size)
         if y0 < 0:
             continue
+        one = float32(1.0)
         for oy in range(2):
-            wy = dy if oy else 1.0 - dy
+            wy = dy if oy else one - dy
             for ox in range(2):
-                wxy = wy * (dx if ox else 1.0 - dx)
+                wxy = wy * (dx if ox else one - dx)
                 ny = y0 + oy
                 nx = x0 + ox
                 for mirror in range(2):
@@ -74,9 +82,9 @@ def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                         ny = size - ny
                         nx = size - nx
                     im = wxy * val.imag if mirror == 0 else -wxy * val.imag
-                    cuda.atomic.add(num, (k, ny, 2 * nx), wxy * val.real)
-                    cuda.atomic.add(num, (k, ny, 2 * nx + 1), im)
-                    cuda.atomic.add(den, (k, ny, nx), wxy * wden)
+                    cuda.atomic.add(num, (k, ny, 2 * nx), float64(wxy * val.real))
+                    cuda.atomic.add(num, (k, ny, 2 * nx + 1), float64(im))
+                    cuda.atomic.add(den, (k, ny, nx), float64(wxy * wden))
 
 
 @cuda.jit
@@ -91,29 +99,45 @@ def _noise_kernel(grids, classes, rows, psi, tx, ty, weight,
         i = rows[e]
         y, x = coords(fx[f], fy[f], math.cos(psi[e]), math.sin(psi[e]), pad, center)
         ang = phase_angle(fx[f], fy[f], tx[e], ty[e], box)
-        model = alpha[i] * ctf[i, f] * sample(grids[classes[e]], y, x) * complex(
-            math.cos(ang), math.sin(ang))
+        model = alpha[i] * ctf[i, f] * sample(grids[classes[e]], y, x) * _unit(ang)
         diff = spectra[i, f] - model
-        cuda.atomic.add(out, (e, shell[f]),
-                        weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag))
+        cuda.atomic.add(out, (e, shell[f]), float64(
+            weight[e] * wf[f] * (diff.real * diff.real + diff.imag * diff.imag)))
 
 
 def rotate_references(grids, fx, fy, psi, pad):
-    """Every class at every rotation: (K, R, F) complex64 (see ``cpu.rotate_references``)."""
+    """Every class at every rotation: (K, R, F) complex64 (see ``cpu.rotate_references``).
+
+    Where the classes fit on the card at once, the grids and their rotations stay there
+    (``cuda_resident``): the same grids object at the same frequencies and angles returns
+    the same read-only array, without work.  Otherwise classes are rotated in chunks.
+    """
     n_class, size = grids.shape[0], grids.shape[1]
     n_rot, n_freq = psi.shape[0], fx.shape[0]
+    hit = cuda_resident.find_rotations(grids, fx, fy, psi, pad)
+    if hit is not None:
+        return hit.host
+    if n_class * n_rot * n_freq == 0:
+        return np.empty((n_class, n_rot, n_freq), np.complex64)
+    freq = tuple(dev.to_device(name, a, np.float32) for name, a in
+                 (("rot_fx", fx), ("rot_fy", fy), ("rot_psi", psi)))
+    step = dev.chunk_size(n_class, 8 * n_freq + 4 * n_rot,
+                          8 * (size * size + n_rot * n_freq) + 4 * n_rot * n_freq, "class")
+    stream = dev.stream()
+    if step == n_class and cuda_resident.keeps(grids):
+        d_out = cuda.device_array((n_class, n_rot, n_freq), np.complex64)
+        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS, stream](
+            cuda_resident.device_grids(grids), *freq, int(pad), d_out)
+        return cuda_resident.add_rotations(grids, fx, fy, psi, pad, d_out)
     out = np.empty((n_class, n_rot, n_freq), np.complex64)
-    if out.size == 0:
-        return out
-    freq = (dev.upload(fx, np.float32), dev.upload(fy, np.float32), dev.upload(psi, np.float32))
-    step = dev.chunk_size(n_class, 8 * n_freq + 4 * n_rot, 8 * (size * size + n_rot * n_freq),
-                          "class")
     for k0 in range(0, n_class, step):
         k1 = min(n_class, k0 + step)
-        d_out = cuda.device_array((k1 - k0, n_rot, n_freq), np.complex64)
-        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS](
-            dev.upload(grids[k0:k1], np.complex64), *freq, int(pad), d_out)
-        d_out.copy_to_host(out[k0:k1])
+        d_out = dev.buffer("rotations", (k1 - k0, n_rot, n_freq), np.complex64)
+        _rotate_kernel[dev.blocks(d_out.size), dev.THREADS, stream](
+            dev.to_device("grids", grids[k0:k1], np.complex64), *freq, int(pad), d_out)
+        host = dev.to_host("rotations", d_out)
+        dev.sync()
+        out[k0:k1] = host
     return out
 
 
@@ -123,18 +147,26 @@ def _entry_arrays(rows, psi, tx, ty, weight):
             np.ascontiguousarray(weight, np.float32))
 
 
-def _particle_data(rows, spectra, ctf, alpha):
-    """Device copies of the particle rows that ``rows`` use, and ``rows`` renumbered to them."""
+def _particle_data(prefix, rows, spectra, ctf, alpha):
+    """Device copies (pooled buffers ``prefix``…) of the particle rows that ``rows`` use, and
+    ``rows`` renumbered to them."""
     used, local = np.unique(rows, return_inverse=True)
-    return (dev.upload(local, np.int64), dev.upload(spectra[used], np.complex64),
-            dev.upload(ctf[used], np.float32), dev.upload(alpha[used], np.float32))
+    return (dev.to_device(prefix + "local", local, np.int64),
+            dev.to_device(prefix + "x", spectra[used], np.complex64),
+            dev.to_device(prefix + "ctf", ctf[used], np.float32),
+            dev.to_device(prefix + "alpha", alpha[used], np.float32))
+
+
+def _entries(prefix, *arrays):
+    """Pooled device copies of entry arrays (classes/rows int64, then float32 poses)."""
+    return tuple(dev.to_device(f"{prefix}entry{j}", a, a.dtype) for j, a in enumerate(arrays))
 
 
 def backproject(num, den, offsets, rows, psi, tx, ty, weight,
                 x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
     """Insert entries into ``num`` (complex128) and ``den`` (float64) in place.
 
-    Classes are processed in chunks that fit the device (their grids go there and back);
+    Classes are processed in chunks that fit the device (their sums go there and back);
     within a chunk, entries in pieces whose particle rows fit.
     """
     if num.dtype != np.complex128 or den.dtype != np.float64:
@@ -143,37 +175,34 @@ def backproject(num, den, offsets, rows, psi, tx, ty, weight,
     n_freq = fx.shape[0]
     rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
     offsets = np.asarray(offsets, np.int64)
-    freq = tuple(dev.upload(a, np.float32) for a in (inv_sigma2, fx, fy, wf))
+    freq = tuple(dev.to_device(f"bp_freq{j}", a, np.float32)
+                 for j, a in enumerate((inv_sigma2, fx, fy, wf)))
     entry_bytes = 60 + 12 * n_freq                 # entry arrays + its particle row, at most
     classes = dev.chunk_size(n_class, 16 * n_freq + entry_bytes, 24 * size * size, "class")
+    stream = dev.stream()
     for k0 in range(0, n_class, classes):
         k1 = min(n_class, k0 + classes)
         e0, e1 = int(offsets[k0]), int(offsets[k1])
         if e1 <= e0:
             continue
         part_num = num[k0:k1]
-        contiguous = part_num.flags.c_contiguous
-        d_num = cuda.to_device(part_num.view(np.float64) if contiguous
-                               else np.ascontiguousarray(part_num).view(np.float64))
-        d_den = dev.upload(den[k0:k1], np.float64)
+        d_num = dev.to_device("bp_num", np.ascontiguousarray(part_num).view(np.float64),
+                              np.float64)
+        d_den = dev.to_device("bp_den", den[k0:k1], np.float64)
         entry_class = np.repeat(np.arange(k1 - k0), np.diff(offsets[k0:k1 + 1]))
         step = dev.chunk_size(e1 - e0, 0, entry_bytes, "entry")     # grids already there
         for a in range(e0, e1, step):
             b = min(e1, a + step)
-            local, d_x, d_ctf, d_alpha = _particle_data(rows[a:b], x, ctf, alpha)
-            _backproject_kernel[dev.blocks((b - a) * n_freq), dev.THREADS](
-                d_num, d_den, dev.upload(entry_class[a - e0:b - e0], np.int64), local,
-                cuda.to_device(psi[a:b]), cuda.to_device(tx[a:b]), cuda.to_device(ty[a:b]),
-                cuda.to_device(weight[a:b]), d_x, d_ctf, d_alpha, *freq, int(pad), int(box))
-        if contiguous:
-            d_num.copy_to_host(part_num.view(np.float64))
-        else:
-            part_num[...] = d_num.copy_to_host().view(np.complex128)
-        part_den = den[k0:k1]
-        if part_den.flags.c_contiguous:
-            d_den.copy_to_host(part_den)
-        else:
-            part_den[...] = d_den.copy_to_host()
+            local, d_x, d_ctf, d_alpha = _particle_data("bp_", rows[a:b], x, ctf, alpha)
+            d_class, d_psi, d_tx, d_ty, d_weight = _entries(
+                "bp_", entry_class[a - e0:b - e0], psi[a:b], tx[a:b], ty[a:b], weight[a:b])
+            _backproject_kernel[dev.blocks((b - a) * n_freq), dev.THREADS, stream](
+                d_num, d_den, d_class, local, d_psi, d_tx, d_ty, d_weight, d_x, d_ctf,
+                d_alpha, *freq, int(pad), int(box))
+        host_num, host_den = dev.to_host("bp_num", d_num), dev.to_host("bp_den", d_den)
+        dev.sync()
+        part_num[...] = host_num.view(np.complex128)
+        den[k0:k1] = host_den
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
@@ -188,16 +217,20 @@ def noise_residuals(grids, classes, rows, psi, tx, ty, weight,
         return out
     rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
     classes = np.ascontiguousarray(classes, np.int64)
-    d_grids = dev.upload(grids, np.complex64)
-    freq = tuple(dev.upload(a, np.float32) for a in (fx, fy, wf)) + (dev.upload(shell, np.int64),)
+    d_grids = cuda_resident.device_grids(grids)
+    freq = tuple(dev.to_device(f"nr_freq{j}", a, np.float32) for j, a in enumerate((fx, fy, wf)))
+    freq += (dev.to_device("nr_shell", shell, np.int64),)
     step = dev.chunk_size(n_entry, 0, 8 * n_shells + 36 + 12 * n_freq, "entry")  # grids are there
+    stream = dev.stream()
     for a in range(0, n_entry, step):
         b = min(n_entry, a + step)
-        local, d_x, d_ctf, d_alpha = _particle_data(rows[a:b], x, ctf, alpha)
-        d_out = cuda.to_device(out[a:b])
-        _noise_kernel[dev.blocks((b - a) * n_freq), dev.THREADS](
-            d_grids, cuda.to_device(classes[a:b]), local, cuda.to_device(psi[a:b]),
-            cuda.to_device(tx[a:b]), cuda.to_device(ty[a:b]), cuda.to_device(weight[a:b]),
-            d_x, d_ctf, d_alpha, *freq, int(pad), int(box), d_out)
-        d_out.copy_to_host(out[a:b])
+        local, d_x, d_ctf, d_alpha = _particle_data("nr_", rows[a:b], x, ctf, alpha)
+        entries = _entries("nr_", classes[a:b], psi[a:b], tx[a:b], ty[a:b], weight[a:b])
+        d_out = dev.to_device("nr_out", out[a:b], np.float64)
+        _noise_kernel[dev.blocks((b - a) * n_freq), dev.THREADS, stream](
+            d_grids, entries[0], local, *entries[1:], d_x, d_ctf, d_alpha, *freq, int(pad),
+            int(box), d_out)
+        host = dev.to_host("nr_out", d_out)
+        dev.sync()
+        out[a:b] = host
     return out

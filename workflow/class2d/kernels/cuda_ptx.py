@@ -3,7 +3,8 @@
 The simulator runs the kernels as Python, so it cannot see what Numba's CUDA compiler
 rejects (typing and lowering differ from the CPU target).  This compiles each kernel, with
 the production tunables and the argument types the drivers pass, to PTX through NVVM, and
-assembles it with ``ptxas`` when that is installed (registers, shared memory, spills).
+assembles it with ``ptxas`` when that is installed (registers, shared memory, spills), and
+lists float64 instructions that no kernel asked for (``hidden_float64``).
 
     >>> ptx = compile_all((9, 0))                  # {kernel: PTX text}; needs libNVVM
 
@@ -23,10 +24,14 @@ import types
 import numpy as np
 from numba import cuda, typeof
 
-from class2d.kernels import cuda_insert, cuda_score
+from class2d.kernels import cuda_insert, cuda_resident, cuda_score
 
 #: exit status of the command line when it cannot run here (no NVVM, or the simulator)
 CANNOT_RUN = 3
+#: kernels whose float64 is meant: the atomic sums of back-insertion and residuals
+FLOAT64_SUMS = ("backproject", "noise")
+#: libdevice's sinf/cosf reduce huge arguments (|x| > 10⁵) in float64 with this constant
+_SLOW_PATH = "0d3BF921FB54442D19"
 
 
 def _array(ndim: int, dtype) -> object:
@@ -35,23 +40,29 @@ def _array(ndim: int, dtype) -> object:
 
 def signatures() -> dict[str, tuple[object, tuple]]:
     """{name: (kernel, argument types)} as the drivers launch them."""
-    f32, c64 = np.float32, np.complex64
+    f32, c64, i32 = np.float32, np.complex64, np.int32
     scalar_f32, integer = typeof(np.float32(1)), typeof(1)
-    k = cuda_score.kernels(cuda_score.TILE_N, cuda_score.TILE_Q, cuda_score.TILE_F,
-                           cuda_score.MICRO_N, cuda_score.MICRO_Q, cuda_score.MERGE_THREADS)
-    common = (_array(2, f32), _array(2, c64), _array(2, c64), _array(2, f32), _array(1, f32),
+    k = cuda_score.kernels(*cuda_score.tunables())
+    scored = (_array(2, f32), _array(3, c64), _array(2, c64), _array(2, f32), _array(1, f32),
               scalar_f32)
-    parts = (_array(3, f32), _array(3, np.int32), _array(2, np.float64), _array(2, np.int32))
+    parts = (_array(3, f32), _array(3, i32), _array(2, f32), _array(2, i32))
+    pairs = (_array(1, i32), _array(1, i32))
+    outputs = (_array(3, f32), _array(3, i32), _array(2, f32), _array(2, i32))
     entries = (_array(1, np.int64), _array(1, np.int64)) + (_array(1, f32),) * 4
     particles = (_array(2, c64), _array(2, f32), _array(1, f32))
     return {
-        "norm": (cuda_score._norm_kernel, (_array(2, f32),) * 3),
-        "partials": (k.partials, common + (integer, scalar_f32) + parts),
-        "merge": (k.merge, common + (integer, scalar_f32) + parts + (
-            _array(2, f32), _array(2, np.int32), _array(1, f32), _array(1, np.int32),
-            _array(1, f32), _array(2, np.uint8), _array(2, f32), _array(1, f32))),
-        "recount": (k.recount, common + (integer, _array(1, np.int32), _array(2, np.int32),
-                                         _array(1, f32), _array(1, np.int32))),
+        "norm": (cuda_score._norm_kernel, (_array(2, f32), _array(3, f32)) + pairs
+                 + (_array(2, f32),)),
+        "fill": (cuda_score._fill_kernel, outputs + (_array(3, f32), _array(2, f32))),
+        "power": (cuda_resident._power_kernel, (_array(3, c64), _array(3, f32))),
+        "partials": (k.partials, scored + (integer, scalar_f32, _array(1, i32))
+                     + (_array(1, i32),) * 3 + parts),
+        "merge": (k.merge, (scalar_f32,) + pairs + parts + outputs + (
+            _array(1, f32), _array(2, np.uint8))),
+        "refine": (k.refine, scored + (integer,) + pairs + (
+            _array(3, f32), _array(3, i32), _array(3, f32), _array(2, f32))),
+        "recount": (k.recount, scored + (integer,) + pairs + (
+            _array(1, i32), _array(2, i32), _array(1, f32), _array(2, i32))),
         "rotate": (cuda_insert._rotate_kernel, (_array(3, c64),) + (_array(1, f32),) * 3 + (
             integer, _array(3, c64))),
         "backproject": (cuda_insert._backproject_kernel, (
@@ -107,6 +118,29 @@ def ptxas_report(ptx: dict[str, str], cc: tuple[int, int]) -> dict[str, str] | N
     return report
 
 
+def hidden_float64(ptx: dict[str, str]) -> dict[str, list[str]]:
+    """{kernel: float64 instructions nobody asked for} (empty lists: none).
+
+    Not counted: libdevice's float64 reduction of huge sin/cos arguments (a branch no
+    argument here takes), and in FLOAT64_SUMS kernels the float64 atomic adds and the
+    conversions of their float32 terms."""
+    found = {}
+    for name, text in ptx.items():
+        ops = []
+        for line in text.splitlines():
+            line = line.strip()
+            if ".f64" not in line or line.startswith((".", "//")) or _SLOW_PATH in line:
+                continue
+            op = line.split()[0]
+            if op in ("cvt.rn.f64.s64", "cvt.rn.f32.f64"):        # the slow path's ends
+                continue
+            if name in FLOAT64_SUMS and (op.startswith(("atom.", "red.")) or op == "cvt.f64.f32"):
+                continue
+            ops.append(op)
+        found[name] = ops
+    return found
+
+
 def main(argv: list[str]) -> int:
     cc = tuple(int(part) for part in (argv[0] if argv else "9.0").split("."))
     from numba.cuda.cudadrv import nvvm
@@ -118,6 +152,11 @@ def main(argv: list[str]) -> int:
     report = ptxas_report(ptx, cc) or {}
     for name in ptx:
         print(f"{name:12s} sm_{cc[0]}{cc[1]}  {report.get(name, 'PTX ok (no ptxas)')}")
+    hidden = {name: ops for name, ops in hidden_float64(ptx).items() if ops}
+    if hidden:
+        print(f"hidden float64: {hidden}")
+        return 1
+    print("hidden float64: none")
     return 0
 
 

@@ -6,6 +6,7 @@
     >>> data.truth[["true_class", "rlnAnglePsi", "junk", "duplicate_of"]]
     >>> test = simulate(16 * 150, snr=0.05, n_objects=16, junk_fraction=0, duplicate_fraction=0)
     >>> write_dataset(data, "demo")             # demo/particles.star (+ .mrcs, truth.star, ...)
+    >>> write_simulated("big", chunk=512, n_particles=100_000, box=256, apix=1.0)  # on disk
 
 What is simulated
 -----------------
@@ -61,8 +62,9 @@ Simplifications: the CTF has no envelope; the ice is uniform.
 """
 
 from class2d.simulate.dataset import JUNK_TYPES, Dataset, simulate
-from class2d.simulate.output import read_truth, simulate_demo, write_dataset
+from class2d.simulate.output import read_truth, simulate_demo, write_dataset, write_simulated
 from class2d.simulate.phantom import Phantom, euler_matrix, make_phantom, project, rasterize
 
 __all__ = ["JUNK_TYPES", "Dataset", "Phantom", "euler_matrix", "make_phantom", "project",
-           "rasterize", "read_truth", "simulate", "simulate_demo", "write_dataset"]
+           "rasterize", "read_truth", "simulate", "simulate_demo", "write_dataset",
+           "write_simulated"]

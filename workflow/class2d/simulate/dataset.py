@@ -18,8 +18,9 @@ import pandas as pd
 from class2d.ctf import CTFParams
 from class2d.io.table import ParticleTable
 from class2d.simulate.imaging import Scene, coloured_noise, form_images, signal_variance
-from class2d.simulate.layout import (Picks, duplicate_picks, fibonacci_views, most_distinct,
-                                     place_particles, random_views, view_directions)
+from class2d.simulate.layout import (Picks, duplicate_picks, fibonacci_views,
+                                     first_pick_content, most_distinct, place_particles,
+                                     random_views)
 from class2d.simulate.phantom import (Phantom, euler_matrix, make_phantom, projected_gaussians,
                                       render)
 
@@ -58,20 +59,129 @@ class Dataset(NamedTuple):
     """image units per unit of :func:`~class2d.simulate.phantom.project` (1 / noise s.d.)"""
 
 
+class Plan(NamedTuple):
+    """Everything about a simulated set but its images: O(n) numbers, never O(n · box²).
+
+    Particles are drawn in an internal order (first picks, then duplicates) and written in
+    output order (grouped by micrograph): output row ``new_row[j]`` holds particle j.
+    """
+
+    table: ParticleTable
+    """RELION 3.1 particle table, output order (see :class:`Dataset`)"""
+    truth: pd.DataFrame
+    """ground truth, output order (see :class:`Dataset`)"""
+    references: np.ndarray
+    """(K, box, box) float64, unscaled noise-free projections of the classes"""
+    phantoms: tuple[Phantom, ...]
+    """the 3D objects"""
+    content: dict[str, np.ndarray]
+    """per particle (internal order): ``view1``, ``view2``, ``edge`` (see :func:`~class2d.simulate.layout.first_pick_content`), ``neighbours`` (n, k, 7) views like ``view1``"""
+    origins: np.ndarray
+    """(n, 2) Å, ``rlnOriginX/YAngst`` per particle (internal order)"""
+    ctf_params: CTFParams
+    """per particle (internal order)"""
+    new_row: np.ndarray
+    """(n,) int64, the output row of each particle"""
+    snr_sample: np.ndarray
+    """internal rows whose mean signal variance sets the noise level: the first
+    ``SNR_SAMPLE`` good particles (all of them in sets of up to that many)"""
+    noise_seed: np.random.SeedSequence
+    """seeds the noise, drawn in internal order image after image"""
+    box: int
+    apix: float
+    snr: float
+    ctf_pad: int
+    colour: tuple[float, float, float]
+    """the noise's (exponent, corner Å, floor): exponent 0 for white noise (see
+    :func:`~class2d.simulate.imaging.coloured_noise`)"""
+
+
+#: good particles whose signal variance sets the noise level (all of them up to this many)
+SNR_SAMPLE = 5000
+
+
 def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: float = 0.1,
              n_objects: int | None = None, junk_fraction: float = 0.1,
-             duplicate_fraction: float = 0.05, n_micrographs: int = 20, seed: int = 0, *,
-             junk_types: Sequence[str] = JUNK_TYPES, n_references: int = 16,
-             diameter_fraction: float = 0.6,
-             defocus_range: tuple[float, float] = (8000.0, 25000.0),
-             max_astigmatism: float = 1000.0, voltage: float = 300.0, cs: float = 2.7,
-             amplitude_contrast: float = 0.1, micrograph_apix: float = 1.0,
-             micrograph_size: int = 4096, min_separation: float | None = None,
-             duplicate_distance: tuple[float, float] = (6.0, 15.0), pick_sigma: float = 5.0,
-             ctf_pad: int = 2, noise_exponent: float = 0.0,
-             noise_corner_A: float | None = None, noise_floor: float = 0.0,
-             neighbours: int = 0) -> Dataset:
-    """Simulate a particle set with known views, classes, junk and duplicate picks.
+             duplicate_fraction: float = 0.05, n_micrographs: int = 20, seed: int = 0,
+             **options) -> Dataset:
+    """Simulate a particle set with known views, classes, junk and duplicate picks, in memory.
+
+    The arguments are :func:`plan_dataset`'s.  Memory: ~24 · n · box² bytes (images, clean
+    images, the float64 rendering); :func:`~class2d.simulate.output.write_simulated` writes
+    large sets to disk in bounded memory, with the same images.
+    """
+    started = time.perf_counter()
+    plan = plan_dataset(n_particles, box, apix, snr, n_objects, junk_fraction,
+                        duplicate_fraction, n_micrographs, seed, **options)
+    clean = render_clean(plan, np.arange(n_particles))
+    alone = (render_clean(plan, plan.snr_sample, crowd=False)
+             if plan.content["neighbours"].size else clean[plan.snr_sample])
+    scale = noise_scale(plan, signal_variance(alone))
+    clean32, images = add_noise(clean, scale, np.random.default_rng(plan.noise_seed),
+                                plan.colour, plan.apix)
+    order = np.argsort(plan.new_row)
+    logger.info("simulated %d particles (%d junk, %d duplicates, %d classes) in %.2f s",
+                n_particles, int((plan.truth["junk"] != "").sum()),
+                int((plan.truth["duplicate_of"] >= 0).sum()), len(plan.references),
+                time.perf_counter() - started)
+    return Dataset(plan.table, images[order], plan.truth,
+                   (plan.references * scale).astype(np.float32), clean32[order], plan.phantoms,
+                   scale)
+
+
+def render_clean(plan: Plan, rows: np.ndarray, crowd: bool = True) -> np.ndarray:
+    """Noise-free, CTF-modulated images of particles ``rows`` (internal order), unscaled:
+    (m, box, box) float64, with their neighbours unless ``crowd`` is false (the SNR is the
+    particle's alone).  Each image depends on its particle alone, not on the others
+    rendered with it."""
+    views = (plan.content["view1"][rows], plan.content["view2"][rows])
+    if crowd:
+        views += tuple(np.moveaxis(plan.content["neighbours"][rows], 1, 0))
+    scene = _scene(plan.phantoms, views, plan.content["edge"][rows], plan.origins[rows, 0],
+                   plan.origins[rows, 1], plan.apix)
+    n = len(plan.new_row)
+    ctf = CTFParams(*(np.broadcast_to(values, (n,))[rows] for values in plan.ctf_params))
+    return form_images(scene, ctf, plan.box, plan.apix, pad=plan.ctf_pad)
+
+
+def noise_scale(plan: Plan, variances: np.ndarray) -> float:
+    """Image units per projection unit (1 / noise s.d.) from the sample's signal variances."""
+    return 1.0 / np.sqrt(variances.mean() / plan.snr) if variances.mean() > 0 else 1.0
+
+
+def add_noise(clean: np.ndarray, scale: float, rng: np.random.Generator,
+              colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              apix: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy) float32 images: ``clean · scale`` plus noise of s.d. 1 from ``rng``:
+    white, or coloured when ``colour`` (exponent, corner Å, floor) has an exponent > 0
+    (:func:`~class2d.simulate.imaging.coloured_noise`; apix: Å/px).
+
+    Consecutive calls continue one noise stream: the images do not depend on how the
+    particles were split into calls."""
+    clean32 = (clean * scale).astype(np.float32)
+    exponent, corner_A, floor = colour
+    if exponent:
+        noise = coloured_noise(rng, len(clean32), clean32.shape[-1], apix, exponent, corner_A,
+                               floor)
+    else:
+        noise = rng.standard_normal(clean32.shape, dtype=np.float32)
+    return clean32, clean32 + noise
+
+
+def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: float = 0.1,
+                 n_objects: int | None = None, junk_fraction: float = 0.1,
+                 duplicate_fraction: float = 0.05, n_micrographs: int = 20, seed: int = 0, *,
+                 junk_types: Sequence[str] = JUNK_TYPES, n_references: int = 16,
+                 diameter_fraction: float = 0.6,
+                 defocus_range: tuple[float, float] = (8000.0, 25000.0),
+                 max_astigmatism: float = 1000.0, voltage: float = 300.0, cs: float = 2.7,
+                 amplitude_contrast: float = 0.1, micrograph_apix: float = 1.0,
+                 micrograph_size: int = 4096, min_separation: float | None = None,
+                 duplicate_distance: tuple[float, float] = (6.0, 15.0), pick_sigma: float = 5.0,
+                 ctf_pad: int = 2, noise_exponent: float = 0.0,
+                 noise_corner_A: float | None = None, noise_floor: float = 0.0,
+                 neighbours: int = 0) -> Plan:
+    """Draw everything about a particle set but its images (see :class:`Plan`).
 
     n_particles: rows in total (duplicates included); box: px (even); apix: Å/px;
     snr: mean over good particles of var(noise-free image) / noise variance.
@@ -87,31 +197,30 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
     distinct particles on a micrograph; pick_sigma (Å): pick error per axis.
     ctf_pad: the CTF is applied on a canvas this many times the box (1 = in the box).
     noise_exponent: 0 for white noise; > 0 for noise whose power falls as
-    (1 + (f·noise_corner_A)²)^(−noise_exponent/2), cut from a larger canvas (see
-    :func:`~class2d.simulate.imaging.coloured_noise`; denoised micrographs: about 6);
-    noise_corner_A: Å, default the particle diameter; noise_floor: white power added to
-    that spectrum (relative to its peak).  neighbours: other particles (random objects,
-    views and ψ) drawn around every pick, their centres 0.8–1.3 diameters
-    from its particle's, so that the box holds parts of them as on a crowded micrograph.
+    (1 + (f·noise_corner_A)²)^(−noise_exponent/2) + noise_floor, cut from a larger canvas
+    (:func:`~class2d.simulate.imaging.coloured_noise`; denoised micrographs: about 6);
+    noise_corner_A: Å, default the particle diameter.  neighbours: other particles (random
+    objects, views and ψ) drawn around every pick, their centres 0.8–1.3 diameters from
+    its particle's, so that the box holds parts of them as on a crowded micrograph.
     """
     _check(n_particles, box, snr, n_objects, junk_fraction, duplicate_fraction, junk_types)
-    started = time.perf_counter()
-    rng_phantom, rng_views, rng_junk, rng_picks, rng_noise, rng_crowd = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+    # the sixth stream (crowding) leaves the first five, and so every set without
+    # neighbours, as they were
+    *streams, noise_seed, crowd_seed = np.random.SeedSequence(seed).spawn(6)
+    rng_phantom, rng_views, rng_junk, rng_picks = (np.random.default_rng(s) for s in streams)
     diameter = diameter_fraction * box * apix
     phantoms, ref_rot, ref_tilt, references = _classes(rng_phantom, n_objects, n_references,
                                                        diameter, box, apix)
-    n_classes = len(ref_rot)
 
     n_dup = min(int(round(duplicate_fraction * n_particles)), n_particles - 1)
     n_first = n_particles - n_dup
     n_junk = int(round(junk_fraction * n_first))
     junk = np.full(n_first, "", dtype=object)
     junk[rng_junk.choice(n_first, n_junk, replace=False)] = np.resize(np.asarray(junk_types), n_junk)
-    content = _first_pick_content(rng_views, junk, n_objects, ref_rot, ref_tilt, diameter, apix,
+    content = first_pick_content(rng_views, junk, n_objects, ref_rot, ref_tilt, diameter, apix,
                                   references.max(axis=(1, 2)).mean(), box)
-    content["neighbours"] = _neighbours(rng_crowd, n_first, neighbours, n_objects, ref_rot,
-                                        ref_tilt, diameter)
+    content["neighbours"] = _neighbours(np.random.default_rng(crowd_seed), n_first, neighbours,
+                                        n_objects, ref_rot, ref_tilt, diameter)
 
     micrograph = rng_picks.permutation(np.resize(np.arange(n_micrographs), n_first))
     min_separation = diameter if min_separation is None else min_separation
@@ -138,25 +247,8 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
     ctf_params = CTFParams(defocus_u[mic], defocus_v[mic], defocus_angle[mic],
                            np.full(n_particles, voltage), np.full(n_particles, cs),
                            np.full(n_particles, amplitude_contrast))
-
-    views = (content["view1"], content["view2"])
-    clean = form_images(_scene(phantoms, views, content["edge"], origin_x, origin_y, apix),
-                        ctf_params, box, apix, pad=ctf_pad)
     good = content["junk"] == ""
-    variances = signal_variance(clean[good] if good.any() else clean)
-    if neighbours:      # after the SNR: it is the particle's, not its neighbours'
-        crowd = tuple(np.moveaxis(content["neighbours"], 1, 0))
-        clean += form_images(_scene(phantoms, crowd, np.zeros((n_particles, 4)), origin_x,
-                                    origin_y, apix), ctf_params, box, apix, pad=ctf_pad)
-    noise_sd = np.sqrt(variances.mean() / snr) if variances.mean() > 0 else 1.0
-    scale = 1.0 / noise_sd
-    clean32 = (clean * scale).astype(np.float32)
-    if noise_exponent:
-        noise = coloured_noise(rng_noise, n_particles, box, apix, noise_exponent,
-                               noise_corner_A or diameter, noise_floor)
-    else:
-        noise = rng_noise.standard_normal(clean32.shape, dtype=np.float32)
-    images = clean32 + noise
+    snr_sample = (np.flatnonzero(good) if good.any() else np.arange(n_particles))[:SNR_SAMPLE]
 
     scores = np.empty(n_particles)
     for kind, (mean, sd) in PICK_SCORES.items():
@@ -179,11 +271,11 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
         "micrograph": mic, "centre_x": picks.centre_x, "centre_y": picks.centre_y,
     }).iloc[order].reset_index(drop=True)
     table = _particle_table(picks, ctf_params, scores, order, apix, box, micrograph_apix)
-    logger.info("simulated %d particles (%d junk, %d duplicates, %d classes) in %.2f s",
-                n_particles, int((truth["junk"] != "").sum()), n_dup, n_classes,
-                time.perf_counter() - started)
-    return Dataset(table, images[order], truth,
-                   (references * scale).astype(np.float32), clean32[order], phantoms, scale)
+    return Plan(table, truth, references, phantoms,
+                {name: content[name] for name in ("view1", "view2", "edge", "neighbours")},
+                np.column_stack([origin_x, origin_y]), ctf_params, new_row, snr_sample,
+                noise_seed, box, apix, snr, ctf_pad,
+                (noise_exponent, noise_corner_A or diameter, noise_floor))
 
 
 def _check(n_particles: int, box: int, snr: float, n_objects: int | None, junk_fraction: float,
@@ -254,69 +346,6 @@ def _particle_table(picks: Picks, ctf_params: CTFParams, scores: np.ndarray, ord
         "rlnImagePixelSize": [apix], "rlnImageSize": [box], "rlnImageDimensionality": [2],
     })
     return ParticleTable(particles, optics)
-
-
-def _first_pick_content(rng: np.random.Generator, junk: np.ndarray, n_objects: int | None,
-                        ref_rot: np.ndarray, ref_tilt: np.ndarray, diameter: float, apix: float,
-                        particle_peak: float, box: int) -> dict[str, np.ndarray]:
-    """What each first pick holds, relative to its true centre (one entry per pick).
-
-    rot/tilt/psi/phantom: the particle's pose and object (NaN/-1 for junk); view1/view2:
-    (rot, tilt, psi, x Å, y Å, present, phantom) of up to two projected objects; edge:
-    (height, angle, offset px from the true centre, width px).
-    """
-    n = len(junk)
-    good = junk == ""
-    n_classes = len(ref_rot)
-    true_class = np.full(n, -1, np.int64)
-    if n_objects:
-        true_class[good] = rng.permutation(np.resize(np.arange(n_classes), good.sum()))
-        rot, tilt = ref_rot[true_class], ref_tilt[true_class]
-        phantom = true_class.copy()
-    else:
-        rot, tilt = random_views(rng, n)
-        nearest = view_directions(rot, tilt) @ view_directions(ref_rot, ref_tilt).T
-        true_class[good] = np.argmax(nearest[good], axis=1)
-        phantom = np.where(good, 0, -1)
-    psi = rng.uniform(-180.0, 180.0, n)
-    view1 = np.column_stack([rot, tilt, psi, np.zeros((n, 2)), good | (junk == "aggregate"),
-                             np.maximum(phantom, 0)])
-    view2 = np.zeros((n, 7))
-
-    aggregate = np.flatnonzero(junk == "aggregate")
-    if aggregate.size:
-        # two objects side by side, the pair's midpoint near the pick: they cross the box edge
-        if n_objects:
-            pair = rng.integers(0, n_classes, (aggregate.size, 2))
-            angles = np.stack([ref_rot[pair], ref_tilt[pair]], axis=-1)
-        else:
-            pair = np.zeros((aggregate.size, 2))
-            angles = np.stack(random_views(rng, 2 * aggregate.size), -1).reshape(-1, 2, 2)
-        direction = rng.uniform(0.0, 2.0 * np.pi, aggregate.size)
-        unit = np.column_stack([np.cos(direction), np.sin(direction)])
-        half_gap = 0.5 * diameter * rng.uniform(0.8, 1.0, (aggregate.size, 1))
-        middle = rng.uniform(-0.05, 0.05, (aggregate.size, 2)) * box * apix
-        view1[aggregate, :2] = angles[:, 0]
-        view1[aggregate, 3:5] = middle - half_gap * unit
-        view1[aggregate, 6] = pair[:, 0]
-        view2[aggregate] = np.column_stack([angles[:, 1], rng.uniform(-180.0, 180.0, aggregate.size),
-                                            middle + half_gap * unit, np.ones(aggregate.size),
-                                            pair[:, 1]])
-
-    edge = np.zeros((n, 4))
-    edges = np.flatnonzero(junk == "edge")
-    if edges.size:
-        # carbon: a sharp step; ice: a gradual one
-        sharp = rng.random(edges.size) < 0.5
-        edge[edges] = np.column_stack([
-            particle_peak * rng.uniform(0.7, 1.5, edges.size),
-            rng.uniform(-180.0, 180.0, edges.size),
-            rng.uniform(-0.3, 0.3, edges.size) * box,
-            np.where(sharp, rng.uniform(0.5, 1.5, edges.size), rng.uniform(4.0, 10.0, edges.size)),
-        ])
-    nan = np.where(good, 1.0, np.nan)
-    return {"junk": junk, "true_class": true_class, "phantom": phantom, "rot": rot * nan,
-            "tilt": tilt * nan, "psi": psi * nan, "view1": view1, "view2": view2, "edge": edge}
 
 
 def _neighbours(rng: np.random.Generator, n: int, count: int, n_objects: int | None,

@@ -28,8 +28,9 @@ from class2d.simulate.phantom import render
 
 logger = logging.getLogger(__name__)
 
-#: particles drawn and CTF-modulated at a time (bounds memory: pad² · box² · 16 bytes each)
-BATCH = 256
+#: bytes of canvases drawn and CTF-modulated at a time (each particle's take ~40 · (pad · box)²
+#: bytes: the canvas, its transform, their product and the inverse transform)
+BATCH_BYTES = 256 * 2 ** 20
 
 
 class Scene(NamedTuple):
@@ -82,8 +83,9 @@ def form_images(scene: Scene, ctf_params: CTFParams, box: int, apix: float,
     distinct, which = np.unique(table, axis=0, return_inverse=True)
     ctfs = evaluate(CTFParams(*distinct.T), fx, fy, np.float64)
     out = np.empty((n, box, box))
-    for lo in range(0, n, BATCH):
-        rows = slice(lo, min(lo + BATCH, n))
+    batch = max(1, BATCH_BYTES // (40 * size * size))
+    for lo in range(0, n, batch):
+        rows = slice(lo, min(lo + batch, n))
         canvas = render(scene.peaks[rows], scene.centres[rows], scene.precisions[rows], size)
         has_edge = np.flatnonzero(scene.edges[rows, 0] != 0)
         if has_edge.size:
@@ -116,8 +118,9 @@ def coloured_noise(rng: np.random.Generator, n: int, box: int, apix: float, expo
     amplitude /= np.sqrt((weight * amplitude ** 2).sum() / size ** 2)
     start = size // 2 - box // 2
     out = np.empty((n, box, box), np.float32)
-    for lo in range(0, n, BATCH):
-        count = min(BATCH, n - lo)
+    batch = max(1, BATCH_BYTES // (40 * size * size))
+    for lo in range(0, n, batch):
+        count = min(batch, n - lo)
         white = rng.standard_normal((count, size, size))
         coloured = centered_irfft2(centered_rfft2(white) * amplitude, size)
         out[lo:lo + count] = coloured[:, start:start + box, start:start + box]

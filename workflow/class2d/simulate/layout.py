@@ -163,3 +163,66 @@ def duplicate_picks(rng: np.random.Generator, picks: Picks, originals: np.ndarra
         coords[i] = start + step
     return Picks(picks.micrograph[originals], picks.centre_x[originals],
                  picks.centre_y[originals], coords[:, 0], coords[:, 1])
+
+
+def first_pick_content(rng: np.random.Generator, junk: np.ndarray, n_objects: int | None,
+                        ref_rot: np.ndarray, ref_tilt: np.ndarray, diameter: float, apix: float,
+                        particle_peak: float, box: int) -> dict[str, np.ndarray]:
+    """What each first pick holds, relative to its true centre (one entry per pick).
+
+    rot/tilt/psi/phantom: the particle's pose and object (NaN/-1 for junk); view1/view2:
+    (rot, tilt, psi, x Å, y Å, present, phantom) of up to two projected objects; edge:
+    (height, angle, offset px from the true centre, width px).
+    """
+    n = len(junk)
+    good = junk == ""
+    n_classes = len(ref_rot)
+    true_class = np.full(n, -1, np.int64)
+    if n_objects:
+        true_class[good] = rng.permutation(np.resize(np.arange(n_classes), good.sum()))
+        rot, tilt = ref_rot[true_class], ref_tilt[true_class]
+        phantom = true_class.copy()
+    else:
+        rot, tilt = random_views(rng, n)
+        nearest = view_directions(rot, tilt) @ view_directions(ref_rot, ref_tilt).T
+        true_class[good] = np.argmax(nearest[good], axis=1)
+        phantom = np.where(good, 0, -1)
+    psi = rng.uniform(-180.0, 180.0, n)
+    view1 = np.column_stack([rot, tilt, psi, np.zeros((n, 2)), good | (junk == "aggregate"),
+                             np.maximum(phantom, 0)])
+    view2 = np.zeros((n, 7))
+
+    aggregate = np.flatnonzero(junk == "aggregate")
+    if aggregate.size:
+        # two objects side by side, the pair's midpoint near the pick: they cross the box edge
+        if n_objects:
+            pair = rng.integers(0, n_classes, (aggregate.size, 2))
+            angles = np.stack([ref_rot[pair], ref_tilt[pair]], axis=-1)
+        else:
+            pair = np.zeros((aggregate.size, 2))
+            angles = np.stack(random_views(rng, 2 * aggregate.size), -1).reshape(-1, 2, 2)
+        direction = rng.uniform(0.0, 2.0 * np.pi, aggregate.size)
+        unit = np.column_stack([np.cos(direction), np.sin(direction)])
+        half_gap = 0.5 * diameter * rng.uniform(0.8, 1.0, (aggregate.size, 1))
+        middle = rng.uniform(-0.05, 0.05, (aggregate.size, 2)) * box * apix
+        view1[aggregate, :2] = angles[:, 0]
+        view1[aggregate, 3:5] = middle - half_gap * unit
+        view1[aggregate, 6] = pair[:, 0]
+        view2[aggregate] = np.column_stack([angles[:, 1], rng.uniform(-180.0, 180.0, aggregate.size),
+                                            middle + half_gap * unit, np.ones(aggregate.size),
+                                            pair[:, 1]])
+
+    edge = np.zeros((n, 4))
+    edges = np.flatnonzero(junk == "edge")
+    if edges.size:
+        # carbon: a sharp step; ice: a gradual one
+        sharp = rng.random(edges.size) < 0.5
+        edge[edges] = np.column_stack([
+            particle_peak * rng.uniform(0.7, 1.5, edges.size),
+            rng.uniform(-180.0, 180.0, edges.size),
+            rng.uniform(-0.3, 0.3, edges.size) * box,
+            np.where(sharp, rng.uniform(0.5, 1.5, edges.size), rng.uniform(4.0, 10.0, edges.size)),
+        ])
+    nan = np.where(good, 1.0, np.nan)
+    return {"junk": junk, "true_class": true_class, "phantom": phantom, "rot": rot * nan,
+            "tilt": tilt * nan, "psi": psi * nan, "view1": view1, "view2": view2, "edge": edge}

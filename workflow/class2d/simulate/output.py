@@ -2,6 +2,7 @@
 
     >>> star = write_dataset(simulate(2000), "demo")      # "demo/particles.star"
     >>> truth = read_truth("demo/truth.star")              # rows as in particles.star
+    >>> write_simulated("big", chunk=512, n_particles=100_000, box=256, apix=1.0, seed=0)
     >>> simulate_demo("results/demo", seed=0, n_objects=0)   # what the workflow's rule calls
 """
 
@@ -11,12 +12,19 @@ import dataclasses
 import logging
 import os
 
+import numpy as np
 import pandas as pd
 import starfile
 
+from class2d.budget import DEFAULT_MEMORY_GB, simulate_chunk
 from class2d.io import write_particles, write_star_blocks
 from class2d.io.mrc import write_stack
-from class2d.simulate.dataset import STACK_NAME, Dataset, simulate
+from class2d.io.stack_writer import stack_writer
+from class2d.io.table import ParticleTable
+from class2d.progress import Progress
+from class2d.simulate.dataset import (STACK_NAME, Dataset, add_noise, noise_scale, plan_dataset,
+                                      render_clean)
+from class2d.simulate.imaging import signal_variance
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,50 @@ def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool 
     ``particles.star`` comes last, so it exists only when the rest are complete.
     Refuses to replace any of them unless ``overwrite``.  Returns the STAR path.
     """
+    paths = _paths(out_dir, overwrite)
+    # through the writer of write_simulated, so that both give the same header statistics
+    with stack_writer(paths[STACK_NAME], *dataset.images.shape[:2], _apix(dataset.table)) as stack:
+        stack.write(0, dataset.images)
+    return _write_metadata(paths, dataset.table, dataset.truth, dataset.references)
+
+
+def write_simulated(out_dir: str | os.PathLike, chunk: int = 1024, overwrite: bool = False,
+                    **kwargs) -> str:
+    """Simulate and write a data set of any size, ``chunk`` images in memory at a time.
+
+    ``kwargs`` go to :func:`~class2d.simulate.dataset.plan_dataset` (``seed`` included).
+    The files and their images are those of ``write_dataset(simulate(**kwargs))``, and the
+    bytes do not depend on ``chunk``.  Memory: O(n) numbers plus ~24 · chunk · box² bytes.
+    The noise level comes from the first ``SNR_SAMPLE`` good particles, rendered once
+    more.  Returns the STAR path.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be ≥ 1 image, got {chunk}")
+    paths = _paths(out_dir, overwrite)
+    plan = plan_dataset(**kwargs)
+    n = len(plan.new_row)
+    variances = np.concatenate([signal_variance(render_clean(plan, plan.snr_sample[lo:lo + chunk],
+                                                               crowd=False))
+                                for lo in range(0, plan.snr_sample.size, chunk)])
+    scale = noise_scale(plan, variances)
+    rng = np.random.default_rng(plan.noise_seed)
+    with (Progress(f"simulate {paths[STACK_NAME]}", n, logger) as progress,
+          stack_writer(paths[STACK_NAME], n, plan.box, plan.apix) as stack):
+        for lo in range(0, n, chunk):
+            rows = np.arange(lo, min(lo + chunk, n))
+            _, images = add_noise(render_clean(plan, rows), scale, rng, plan.colour, plan.apix)
+            stack.write_rows(plan.new_row[rows], images)
+            progress.advance(rows.size)
+    return _write_metadata(paths, plan.table, plan.truth,
+                           (plan.references * scale).astype(np.float32))
+
+
+def _apix(table: ParticleTable) -> float:
+    return float(table.optics["rlnImagePixelSize"].iloc[0])
+
+
+def _paths(out_dir: str | os.PathLike, overwrite: bool) -> dict[str, str]:
+    """The path of each of FILES; ``FileExistsError`` if one exists and not ``overwrite``."""
     out_dir = os.fspath(out_dir)
     paths = {name: os.path.join(out_dir, name) for name in FILES}
     if not overwrite:
@@ -38,13 +90,17 @@ def write_dataset(dataset: Dataset, out_dir: str | os.PathLike, overwrite: bool 
         if existing:
             raise FileExistsError(f"{existing[0]}: exists (refusing to overwrite)")
     os.makedirs(out_dir, exist_ok=True)
-    apix = float(dataset.table.optics["rlnImagePixelSize"].iloc[0])
-    write_stack(paths[STACK_NAME], dataset.images, apix)
-    write_stack(paths["references.mrcs"], dataset.references, apix)
-    write_star_blocks({"truth": dataset.truth}, paths["truth.star"])
-    table = dataclasses.replace(dataset.table, base_dir=out_dir)
-    write_particles(table, paths["particles.star"])
-    logger.info("wrote %d simulated particles to %s", dataset.table.n, out_dir)
+    return paths
+
+
+def _write_metadata(paths: dict[str, str], table: ParticleTable, truth: pd.DataFrame,
+                    references: np.ndarray) -> str:
+    """Write references, truth and (last) particles.star beside the stack; the STAR path."""
+    write_stack(paths["references.mrcs"], references, _apix(table))
+    write_star_blocks({"truth": truth}, paths["truth.star"])
+    out_dir = os.path.dirname(paths["particles.star"])
+    write_particles(dataclasses.replace(table, base_dir=out_dir), paths["particles.star"])
+    logger.info("wrote %d simulated particles to %s", table.n, out_dir)
     return paths["particles.star"]
 
 
@@ -56,10 +112,12 @@ def read_truth(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def simulate_demo(out_dir: str | os.PathLike, seed: int = 0, n_objects: int = 0,
-                  **kwargs) -> str:
+                  memory_gb: float = DEFAULT_MEMORY_GB, **kwargs) -> str:
     """Simulate and write the demo data set; ``n_objects`` 0 means random views.
 
-    ``kwargs`` go to :func:`~class2d.simulate.dataset.simulate`.  Returns the STAR path.
+    memory_gb: sets the images simulated at a time; ``kwargs`` go to
+    :func:`~class2d.simulate.dataset.plan_dataset`.  Returns the STAR path.
     """
-    dataset = simulate(seed=seed, n_objects=n_objects or None, **kwargs)
-    return write_dataset(dataset, out_dir, overwrite=True)
+    chunk = simulate_chunk(memory_gb, kwargs.get("box", 64), kwargs.get("ctf_pad", 2))
+    return write_simulated(out_dir, chunk, overwrite=True, seed=seed,
+                           n_objects=n_objects or None, **kwargs)
