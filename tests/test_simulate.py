@@ -440,6 +440,15 @@ def test_written_in_chunks_same_bytes_whatever_the_chunk(tmp_path):
                             print_file=open(os.devnull, "w"))
 
 
+def test_crowded_coloured_set_written_in_chunks_has_the_simulated_images(tmp_path):
+    """Coloured noise and neighbours stream too: chunks of 7 give simulate()'s images."""
+    options = {**CHUNKED, "n_particles": 60, "noise_exponent": 6.0, "noise_floor": 1e-6,
+               "neighbours": 2}
+    data = simulate(**options)
+    table = io.read_particles(write_simulated(tmp_path / "chunks", chunk=7, **options))
+    np.testing.assert_array_equal(io.read_images(table), data.images)
+
+
 def test_written_in_chunks_memory_does_not_grow_with_the_set(tmp_path):
     """Peak traced memory of 3,000 particles vs 500 (chunks of 16): it grows by far less than
     the 41 MB the extra images take (measured: 61 vs 79 MB, both set by the planning)."""
