@@ -14,10 +14,10 @@ import starfile
 
 from class2d import io
 from class2d.ctf import CTFParams, evaluate
-from class2d.fourier import centered_irfft2, centered_rfft2, rfft_frequencies
+from class2d.fourier import centered_irfft2, centered_rfft2, circular_mask, rfft_frequencies
 from class2d.simulate import (JUNK_TYPES, Phantom, euler_matrix, make_phantom, project, rasterize,
                               read_truth, simulate, simulate_demo, write_dataset, write_simulated)
-from class2d.simulate.imaging import Scene, form_images
+from class2d.simulate.imaging import Scene, coloured_noise, form_images
 from class2d.simulate.layout import rotational_similarity
 from class2d.simulate.phantom import projected_gaussians
 
@@ -244,6 +244,45 @@ def test_measured_snr_matches_request(snr):
     assert abs(noise.std() - 1) < 0.01 and abs(noise.mean()) < 0.01
 
 
+def test_coloured_noise_has_unit_variance_and_the_requested_spectrum():
+    """Drawn in the box itself (pad 1, periodic) the power per ring follows the formula; cut
+    from a larger canvas (the default) the box edge's leakage flattens the fall, as in a
+    box extracted from a denoised micrograph."""
+    rng = np.random.default_rng(0)
+    box, apix, corner = 64, 3.0, 100.0
+    fy, fx = rfft_frequencies(box, apix)
+    f = np.hypot(fx, fy)
+    law = (1 + (f * corner) ** 2) ** -3.0 + 1e-6
+    rings = [(f >= lo) & (f < lo + 0.01) for lo in (0.02, 0.04, 0.08, 0.13)]
+    drops = {}
+    for pad in (1, 4):
+        noise = coloured_noise(rng, 200, box, apix, exponent=6.0, corner_A=corner, floor=1e-6,
+                               pad=pad)
+        assert abs(noise.var() - 1) < 0.05 and abs(noise.mean()) < 0.05
+        power = (np.abs(centered_rfft2(noise)) ** 2).mean(axis=0)
+        ratio = np.array([power[ring].mean() / law[ring].mean() for ring in rings])
+        drops[pad] = power[rings[1]].mean() / power[rings[3]].mean()
+        if pad == 1:
+            np.testing.assert_allclose(ratio / ratio.mean(), 1.0, atol=0.1)
+    want = law[rings[1]].mean() / law[rings[3]].mean()          # about 100
+    assert drops[1] == pytest.approx(want, rel=0.1)
+    assert drops[4] < want / 3
+
+
+def test_neighbours_add_density_outside_the_particle_only():
+    base = {"n_particles": 40, "n_objects": 4, "junk_fraction": 0.0, "duplicate_fraction": 0.0,
+            "seed": 2}
+    alone, crowded = simulate(**base), simulate(**base, neighbours=2)
+    np.testing.assert_array_equal(alone.truth, crowded.truth)
+    np.testing.assert_array_equal(simulate(**base).images, alone.images)
+    # neighbours' centres lie 0.8–1.3 diameters (0.48–0.78 box) away: their density fills
+    # the box's rim and stays out of its middle
+    rim, middle = circular_mask(BOX, 0.4 * BOX) < 0.5, circular_mask(BOX, 0.1 * BOX) > 0.5
+    extra = np.abs(crowded.clean - alone.clean)
+    assert extra[:, rim].mean() > 5 * extra[:, middle].mean()
+    assert (extra[:, rim].max(axis=1) > 0.1 * np.abs(alone.clean).max()).mean() > 0.5
+
+
 def test_truth_angles_and_origins_reproduce_images(demo):
     """truth's pose and origin, through project + CTF, give the particle's noise-free image."""
     good = np.flatnonzero(demo.truth["junk"] == "")[:40]
@@ -399,6 +438,15 @@ def test_written_in_chunks_same_bytes_whatever_the_chunk(tmp_path):
         assert mrc.header.dmax == data.images.max() and mrc.header.dmin == data.images.min()
     assert mrcfile.validate(str(tmp_path / "chunk7" / "particles.mrcs"),
                             print_file=open(os.devnull, "w"))
+
+
+def test_crowded_coloured_set_written_in_chunks_has_the_simulated_images(tmp_path):
+    """Coloured noise and neighbours stream too: chunks of 7 give simulate()'s images."""
+    options = {**CHUNKED, "n_particles": 60, "noise_exponent": 6.0, "noise_floor": 1e-6,
+               "neighbours": 2}
+    data = simulate(**options)
+    table = io.read_particles(write_simulated(tmp_path / "chunks", chunk=7, **options))
+    np.testing.assert_array_equal(io.read_images(table), data.images)
 
 
 def test_written_in_chunks_memory_does_not_grow_with_the_set(tmp_path):

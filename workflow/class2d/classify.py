@@ -119,7 +119,8 @@ class Classification:
                assignments_path: str) -> None:
         """Sum the shards' statistics: writes the assignments, then the state."""
         state, out = online.gather_full_pass(self.stack, ClassState.load(previous),
-                                             _load_each(shard_paths), self.params)
+                                             _load_each(shard_paths), self.params,
+                                             self.kernels)
         write_npz(assignments_path, out)
         state.save(state_path)
 

@@ -86,7 +86,7 @@ def evaluate(params: CTFParams, fx: np.ndarray, fy: np.ndarray,
                                                    + np.sin(theta) * np.sin(phi))
     chi = (np.pi * lam * defocus * s2 - 0.5 * np.pi * cs_a * lam ** 3 * s2 * s2
            + np.deg2rad(per_particle(params.phase_shift))
-           + np.arctan(q0 / np.sqrt(1.0 - q0 * q0)))
+           + np.arctan2(q0, np.sqrt(1.0 - q0 * q0)))   # amplitude contrast 1 (no CTF): π/2
     ctf = np.sin(chi) * per_particle(params.scale)
     bfac = per_particle(params.bfactor)
     if np.any(bfac != 0):

@@ -49,13 +49,15 @@ def gallery(images: np.ndarray, labels: list[str], path: str | os.PathLike,
 
 def convergence_table(history: list[dict], path: str | os.PathLike) -> None:
     """One row per iteration: kind, resolution, poses, log-likelihood, changes, classes, work
-    (GFLOP of the E-step products; the times they took are in the jobs' logs)."""
+    (GFLOP of the E-step products; the times they took are in the jobs' logs).  Classes in
+    use and the largest class count the pass's own best classes (``pass_sizes``), not the
+    blended statistics, which keep a class that lost every particle at its old size."""
     header = ["iteration", "kind", "res_A", "poses", "local_poses", "frequencies", "particles",
               "loglik", "changed", "classes_nonempty", "largest_class", "gflops"]
     with atomic_path(path) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(header) + "\n")
         for row in history:
-            sizes = np.asarray(row["class_sizes"])
+            sizes = np.asarray(row.get("pass_sizes", row["class_sizes"]))
             values = dict(row, classes_nonempty=int((sizes > 0.5).sum()),
                           largest_class=float(sizes.max() / max(sizes.sum(), 1e-12)))
             fh.write("\t".join(_fmt(values[key]) for key in header) + "\n")

@@ -24,7 +24,7 @@ import numpy as np
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import (centered_rfft2, centre_of_mass_shifts, circular_mask,
-                             frc_resolution, pixel_grid, pixel_radius, shell_index, shift_images)
+                             pixel_grid, pixel_radius, shell_index, shift_images)
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +163,33 @@ def finish(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
     return refs, stats, sigma2, tau2
 
 
+def reference_noise(stats: Statistics, tau2: np.ndarray, params: ClassifyParams, box: int,
+                    apix: float, pad: int) -> np.ndarray:
+    """(K, S) noise power per shell of each class average, from its two half sets: the
+    halves hold independent particles, so |A₁ − A₂|² / 4 per coefficient is the power of
+    the full average's noise (each half has twice that noise; the signal cancels)."""
+    halves = [reconstruct(stats.num[:, h], stats.den[:, h], tau2, pad, box, params.tau2_fudge)
+              for h in (0, 1)]
+    radius, edge = params.mask_radius_px(box, apix)
+    return shell_power((halves[0] - halves[1]) * circular_mask(box, radius, edge)) / 4.0
+
+
+#: shells in a row at spectral SNR ≥ 1 that count as resolved (see class_resolution)
+RUN_SHELLS = 3
+
+
 def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
-    """(K,) Å: where each class's spectral SNR, τ²·⟨Σ w·α²·CTF²/σ²⟩ per shell, first
-    falls below 1 (RELION's rlnEstimatedResolution of a class).
+    """(K,) Å: the last shell of the last run of RUN_SHELLS shells at which each class's
+    spectral SNR, T·τ²_signal·⟨Σ w·α²·CTF²/σ²⟩, is at least 1 (RELION's
+    rlnEstimatedResolution of a class, which takes the first shell below 1; never finer
+    than the stack's Nyquist, 2·apix).
+
+    τ²_signal is the average's power less its own noise power (``reference_noise``): the
+    power of a featureless blob's average beyond the blob's extent is noise, which made it
+    claim Nyquist (7.1 Å on real particles).  The last run, not the first drop: coloured
+    noise (neighbours, ice) can hold a low shell below 1 while the particle's features lie
+    above it (a class sharp to 10 Å read 113 Å on real particles); a run, not one shell, so
+    that a noisy shell alone does not count.
 
     Not the FRC of half-set averages: both halves are aligned to the same reference, so
     their noise correlates and the FRC stays high up to Nyquist (on the demo data 5 of 20
@@ -173,6 +197,14 @@ def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
     this estimate gives 19–24 Å)."""
     n_shells = state.tau2.shape[1]
     weight = shell_mean(state.stats.den.sum(axis=1), state.pad, n_shells)
-    ssnr = params.tau2_fudge * state.tau2 * weight
-    return np.array([frc_resolution(curve, state.box, state.apix, threshold=1.0)
-                     for curve in ssnr])
+    noise = reference_noise(state.stats, state.tau2, params, state.box, state.apix, state.pad)
+    ssnr = params.tau2_fudge * np.maximum(state.tau2 - noise, 0.0) * weight
+    out = []
+    for curve in ssnr:
+        above = curve >= 1.0
+        above[0] = False
+        # ends of runs of RUN_SHELLS shells at or above 1: the last is the resolution
+        runs = np.flatnonzero(np.convolve(above, np.ones(RUN_SHELLS), "valid") == RUN_SHELLS)
+        shell = runs[-1] + RUN_SHELLS - 1 if runs.size else 1
+        out.append(state.box * state.apix / shell)
+    return np.array(out)

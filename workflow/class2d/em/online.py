@@ -3,7 +3,7 @@
     >>> state = init_classes(stack, params, backend)                     # iteration 0
     >>> state = online_iteration(stack, state, params, backend)          # 1 … n
     >>> part = full_pass_shard(stack, state, params, backend, shard=0, last=True)  # per shard
-    >>> state, assignments = gather_full_pass(stack, state, [part], params)
+    >>> state, assignments = gather_full_pass(stack, state, [part], params, backend)
 
 Every random choice is drawn from ``numpy.random.default_rng([seed, iteration])`` so a
 resumed run repeats exactly what an uninterrupted one would have done.  A pass over rows
@@ -23,17 +23,18 @@ from class2d.em.estep import BatchData, Entries
 from class2d.em.grids import FrequencySet
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import RESULT_KEYS, accumulate, load_spectra, make_context, score_rows
-from class2d.em.refill import refill_classes
+from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes
 from class2d.em.state import ClassState, Statistics
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
 
 
-def initial_sigma2(stack: PreparedStack, rng: np.random.Generator, n_shells: int) -> np.ndarray:
-    """Noise power per shell, first guess: the particles' own mean power per shell."""
+def initial_sigma2(stack: PreparedStack, rng: np.random.Generator, n_shells: int,
+                   window: np.ndarray) -> np.ndarray:
+    """Noise power per shell, first guess: the windowed particles' own mean power per shell."""
     rows = np.sort(rng.choice(stack.n, min(stack.n, 500), replace=False))
-    spectra = load_spectra(stack, rows)
+    spectra = load_spectra(stack, rows, window)
     freqs = FrequencySet.within(stack.box, stack.box / 2, 0.0)
     power = np.abs(freqs.take(spectra)) ** 2
     sums = np.bincount(freqs.shell, power.sum(axis=0), n_shells)
@@ -48,10 +49,11 @@ def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> Class
     k_count, pad, box = params.n_classes, params.zeropad, stack.box
     per_class = max(3, min(stack.n // k_count, 20))
     rows = rng.choice(stack.n, size=per_class * k_count, replace=per_class * k_count > stack.n)
-    sigma2 = initial_sigma2(stack, rng, ctx.n_shells)
+    sigma2 = initial_sigma2(stack, rng, ctx.n_shells, ctx.window)
     alpha = np.ones(stack.n, np.float32)
     unique_rows, local = np.unique(rows, return_inverse=True)
-    data = BatchData.build(load_spectra(stack, unique_rows), ctx.ctf_params.take(unique_rows),
+    data = BatchData.build(load_spectra(stack, unique_rows, ctx.window),
+                           ctx.ctf_params.take(unique_rows),
                            alpha[unique_rows], ctx.recon, sigma2, stack.apix)
     classes = np.repeat(np.arange(k_count), per_class)
     zeros = np.zeros(rows.size)
@@ -68,14 +70,21 @@ def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> Class
                       history=[])
 
 
-def _updated(state: ClassState, out: dict) -> tuple[np.ndarray, np.ndarray, float]:
-    """Per-particle class and shift memory after a pass; the share of changed classes."""
+def changed_share(state: ClassState, out: dict) -> float:
+    """Share of the pass's particles seen before whose best class is not their last one
+    (1.0 when none was seen before)."""
+    previous = state.classes[out["rows"]]
+    seen = previous >= 0
+    return float(np.mean(previous[seen] != out["best_class"][seen])) if seen.any() else 1.0
+
+
+def _updated(state: ClassState, out: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-particle class and shift memory after a pass."""
     rows = out["rows"]
     classes, shifts = state.classes.copy(), state.shifts.copy()
-    changed = float(np.mean(classes[rows] != out["best_class"]))
     classes[rows] = out["best_class"]
     shifts[rows] = np.stack([out["tx"], out["ty"]], axis=1)
-    return classes, shifts, changed
+    return classes, shifts
 
 
 def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
@@ -91,14 +100,16 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     batch, out = score_rows(stack, state, params, backend, ctx, rows,
                             1.0 / params.temperature_at(n), hard=False)
     stats = state.stats.blend(batch, params.step_size_at(n))
+    changed = changed_share(state, out)
     if n < params.online_iterations:
-        stats = refill_classes(stack, stats, out, state, ctx, params, backend)
+        stats, out = refill_classes(stack, stats, out, state, ctx, backend,
+                                    online_refills(stats, state, params), rng)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=True)
     alpha = state.alpha.copy()
     if params.per_particle_scale and n > 1:
         alpha[rows] = np.clip(out["ratio"], 0.2, 5.0)
-    classes, shifts, changed = _updated(state, out)
+    classes, shifts = _updated(state, out)
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
                 "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
@@ -116,6 +127,7 @@ def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
             "particles": int(out["best_class"].size),
             "loglik": float(np.mean(out["loglik"])), "changed": changed,
             "class_sizes": [round(float(c), 2) for c in stats.counts],
+            "pass_sizes": np.bincount(out["best_class"], minlength=stats.counts.size).tolist(),
             "gflops": out["flops"] / 1e9}
 
 
@@ -144,8 +156,11 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
 
 
 def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Mapping],
-                     params: ClassifyParams) -> tuple[ClassState, dict]:
+                     params: ClassifyParams, backend) -> tuple[ClassState, dict]:
     """Sum the shards' statistics into the next state; concatenate per-particle results.
+    A class left with fewer than ``refill.MIN_SPLIT`` particles is refilled from the
+    largest (``refill.refill_classes``; its moved particles keep the posterior values of
+    their old class), so that no class is written empty while others hold hundreds.
 
     parts: each shard's results, read once in order (an iterator that loads one shard file
     at a time holds one shard's statistics, not all of them)."""
@@ -160,11 +175,15 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
         flops += float(part["flops"])
     out = {key: np.concatenate(value) for key, value in columns.items()}
     out["flops"] = flops
+    n = state.iteration + 1
+    ctx = make_context(stack, params, params.align_res_A, full=True)
+    changed = changed_share(state, out)
+    empty = np.flatnonzero(np.bincount(out["best_class"], minlength=state.n_classes) < MIN_SPLIT)
+    stats, out = refill_classes(stack, stats, out, state, ctx, backend, empty,
+                                np.random.default_rng([params.seed, n]))
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
-    n = state.iteration + 1
-    classes, shifts, changed = _updated(state, out)
-    ctx = make_context(stack, params, params.align_res_A, full=True)
+    classes, shifts = _updated(state, out)
     row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed)
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
                 "%(gflops).1f GFLOP", row)

@@ -1,10 +1,13 @@
 """Refilling classes that emptied out or repeat a larger class's view, during online EM.
 
-    >>> stats = refill_classes(stack, stats, out, state, ctx, params, backend)
+    >>> small = online_refills(stats, state, params)          # or the full pass's empty ones
+    >>> stats, out = refill_classes(stack, stats, out, state, ctx, backend, small, rng)
 
-A class to refill takes half of the currently largest class: that class's aligned batch
-particles split in two along their first principal component (a class that merged
-several views splits into them), each half inserted into one of the two classes.
+A class to refill takes half of the currently largest class: that class's aligned
+particles of the pass split in two along their first principal component (a class that
+merged several views splits into them), each half inserted into one of the two classes.
+Online iterations refill from their batch, full passes from every particle (so that no
+class is written empty while others hold hundreds, as CryoSPARC re-seeds its classes).
 """
 
 from __future__ import annotations
@@ -26,8 +29,10 @@ logger = logging.getLogger(__name__)
 SPLIT_SHARE = 0.25
 #: two class averages this alike (up to rotation) are one view: the smaller class is refilled
 DUPLICATE_CORRELATION = 0.92
-#: a class is split only into groups of at least this many batch particles
+#: a class is split only into groups of at least this many particles of the pass
 MIN_SPLIT = 10
+#: at most this many of the largest class's particles are split (the rest stay in it)
+MAX_SPLIT = 2000
 
 
 def aligned_images(stack: PreparedStack, rows: np.ndarray, psi: np.ndarray, tx: np.ndarray,
@@ -81,32 +86,53 @@ def duplicate_classes(references: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.array(sorted(out), np.int64)
 
 
-def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
-                   ctx: PassContext, params: ClassifyParams, backend) -> Statistics:
-    """Replace classes that emptied out, or that repeat a larger class's view, by halves of
-    the largest class, split along the first principal component of its aligned particles
-    in this batch (a class that merged several views splits into them)."""
-    k_count = stats.counts.size
-    even = stats.counts.sum() / k_count
-    small = np.flatnonzero(stats.counts < SPLIT_SHARE * even)
+def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams) -> np.ndarray:
+    """Classes an online iteration refills: those whose blended count fell below SPLIT_SHARE
+    of an even share (the blended count, so that a class one batch leaves nearly empty is
+    not refilled at once: refilled from the batch's counts, classes of simulated crowded
+    particles kept emptying and refilling), and with ``refill_duplicate_views`` those
+    repeating a larger class's view."""
+    counts = stats.counts
+    small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
     if params.refill_duplicate_views:
-        small = np.union1d(small, duplicate_classes(state.references, stats.counts))
+        small = np.union1d(small, duplicate_classes(state.references, counts))
+    return small
+
+
+def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
+                   ctx: PassContext, backend, small: np.ndarray,
+                   rng: np.random.Generator) -> tuple[Statistics, dict]:
+    """Replace the classes ``small`` by halves of the largest class (by ``stats.counts``,
+    updated as classes are replaced): its particles in this pass, split along the first
+    principal component of their aligned images (a class that merged several views splits
+    into them).
+
+    At most MAX_SPLIT of those particles, drawn with ``rng``, are split (the rest stay);
+    all of them are inserted anew, hard, at their best poses, and the two classes'
+    statistics are replaced by theirs.  Returns the statistics and ``out`` with the moved
+    particles' ``best_class`` set to their new class.
+    """
+    k_count = stats.counts.size
     if small.size == 0:
-        return stats
+        return stats, out
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
+    best = out["best_class"].copy()
     grids = np.zeros((k_count, num.shape[-1], num.shape[-1]), np.complex64)
     blur = max(1.0, 0.25 * ctx.align.box / max(float(ctx.align.shell.max()), 1.0))
     done = 0
     for k in small:
         j = int(np.argmax(counts))
-        sel = np.flatnonzero(out["best_class"] == j)
+        sel = np.flatnonzero(best == j)
         if sel.size < 2 * MIN_SPLIT:
             break
+        sample = np.sort(rng.choice(sel.size, min(sel.size, MAX_SPLIT), replace=False))
         rows, psi, tx, ty = (out[key][sel] for key in ("rows", "psi", "tx", "ty"))
-        group = split_groups(aligned_images(stack, rows, psi, tx, ty), blur)
-        if min(group.sum(), (~group).sum()) < MIN_SPLIT:
+        group = np.zeros(sel.size, bool)
+        group[sample] = split_groups(aligned_images(stack, rows[sample], psi[sample],
+                                                    tx[sample], ty[sample]), blur)
+        if min(group.sum(), sample.size - group.sum()) < MIN_SPLIT:
             continue
-        data = BatchData.build(load_spectra(stack, rows), ctx.ctf_params.take(rows),
+        data = BatchData.build(load_spectra(stack, rows, ctx.window), ctx.ctf_params.take(rows),
                                state.alpha[rows], ctx.recon, state.sigma2, stack.apix)
         entries = Entries.build(np.arange(rows.size), np.where(group, k, j), psi, tx, ty,
                                 np.ones(rows.size), k_count)
@@ -114,9 +140,9 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
                           (rows % 2).astype(np.int64))
         for c in (j, k):
             num[c], den[c], counts[c] = part.num[c], part.den[c], part.counts[c]
+        best[sel[group]] = k
         done += 1
     if done:
         logger.info("split the largest class to refill %d emptied class(es)", done)
-    return dataclasses.replace(stats, num=num, den=den, counts=counts)
-
-
+    return (dataclasses.replace(stats, num=num, den=den, counts=counts),
+            {**out, "best_class": best})

@@ -19,9 +19,10 @@ What is simulated
   rotation, greedily), equally many particles each, at random ψ and shift.
 * Micrographs with their own defocus (8000–25000 Å) and astigmatism (≤ 1000 Å); the CTF
   multiplies the Fourier transform of the scene on a canvas twice the box, so fringes
-  cross the box edge as on a micrograph; white Gaussian noise at
+  cross the box edge as on a micrograph; Gaussian noise at
   SNR = mean over good particles of var(noise-free CTF-modulated image in the box) /
-  noise variance.  Images are scaled to noise s.d. 1 (RELION's normalisation), particles
+  noise variance, white or (``noise_exponent``) coloured as on denoised micrographs and
+  cut from a larger canvas, so that the box edge is a discontinuity.  Images are scaled to noise s.d. 1 (RELION's normalisation), particles
   white (extracted with contrast inverted).
 * Junk (``truth["junk"]``): ``noise`` (noise only), ``edge`` (a sharp carbon step or a
   gradual ice edge across the box at a random angle and offset, through the CTF),
@@ -54,8 +55,10 @@ sum along the third axis.
   size (default 1 Å, micrographs 4096 px) is in the optics table as
   ``rlnMicrographOriginalPixelSize`` and ``rlnMicrographPixelSize``.
 
-Simplifications: neighbouring particles are not drawn into each other's boxes; the CTF
-has no envelope; the noise is white.
+* Crowding (``neighbours``): other particles drawn around every pick, partly inside
+  its box.
+
+Simplifications: the CTF has no envelope; the ice is uniform.
 """
 
 from class2d.simulate.dataset import JUNK_TYPES, Dataset, simulate

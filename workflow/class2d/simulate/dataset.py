@@ -17,7 +17,7 @@ import pandas as pd
 
 from class2d.ctf import CTFParams
 from class2d.io.table import ParticleTable
-from class2d.simulate.imaging import Scene, form_images, signal_variance
+from class2d.simulate.imaging import Scene, coloured_noise, form_images, signal_variance
 from class2d.simulate.layout import (Picks, duplicate_picks, fibonacci_views,
                                      first_pick_content, most_distinct, place_particles,
                                      random_views)
@@ -41,7 +41,7 @@ class Dataset(NamedTuple):
     table: ParticleTable
     """RELION 3.1 particle table (pick coordinates, micrographs, CTF, pick score); no poses"""
     images: np.ndarray
-    """(n, box, box) float32, CTF-modulated particles plus white noise of s.d. 1"""
+    """(n, box, box) float32, CTF-modulated particles (and neighbours) plus noise of s.d. 1"""
     truth: pd.DataFrame
     """(n rows) ``true_class``, ``phantom`` (index into ``phantoms``), ``rlnAngleRot/Tilt/Psi``
     (degrees), ``rlnOriginXAngst/YAngst`` (Å), ``junk`` ('' for a good particle),
@@ -75,7 +75,7 @@ class Plan(NamedTuple):
     phantoms: tuple[Phantom, ...]
     """the 3D objects"""
     content: dict[str, np.ndarray]
-    """per particle (internal order): ``view1``, ``view2``, ``edge`` (see :func:`~class2d.simulate.layout.first_pick_content`)"""
+    """per particle (internal order): ``view1``, ``view2``, ``edge`` (see :func:`~class2d.simulate.layout.first_pick_content`), ``neighbours`` (n, k, 7) views like ``view1``"""
     origins: np.ndarray
     """(n, 2) Å, ``rlnOriginX/YAngst`` per particle (internal order)"""
     ctf_params: CTFParams
@@ -91,6 +91,9 @@ class Plan(NamedTuple):
     apix: float
     snr: float
     ctf_pad: int
+    colour: tuple[float, float, float]
+    """the noise's (exponent, corner Å, floor): exponent 0 for white noise (see
+    :func:`~class2d.simulate.imaging.coloured_noise`)"""
 
 
 #: good particles whose signal variance sets the noise level (all of them up to this many)
@@ -111,8 +114,11 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
     plan = plan_dataset(n_particles, box, apix, snr, n_objects, junk_fraction,
                         duplicate_fraction, n_micrographs, seed, **options)
     clean = render_clean(plan, np.arange(n_particles))
-    scale = noise_scale(plan, signal_variance(clean[plan.snr_sample]))
-    clean32, images = add_noise(clean, scale, np.random.default_rng(plan.noise_seed))
+    alone = (render_clean(plan, plan.snr_sample, crowd=False)
+             if plan.content["neighbours"].size else clean[plan.snr_sample])
+    scale = noise_scale(plan, signal_variance(alone))
+    clean32, images = add_noise(clean, scale, np.random.default_rng(plan.noise_seed),
+                                plan.colour, plan.apix)
     order = np.argsort(plan.new_row)
     logger.info("simulated %d particles (%d junk, %d duplicates, %d classes) in %.2f s",
                 n_particles, int((plan.truth["junk"] != "").sum()),
@@ -123,13 +129,16 @@ def simulate(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: flo
                    scale)
 
 
-def render_clean(plan: Plan, rows: np.ndarray) -> np.ndarray:
+def render_clean(plan: Plan, rows: np.ndarray, crowd: bool = True) -> np.ndarray:
     """Noise-free, CTF-modulated images of particles ``rows`` (internal order), unscaled:
-    (m, box, box) float64.  Each image depends on its particle alone, not on the others
+    (m, box, box) float64, with their neighbours unless ``crowd`` is false (the SNR is the
+    particle's alone).  Each image depends on its particle alone, not on the others
     rendered with it."""
-    content = {name: plan.content[name][rows] for name in ("view1", "view2", "edge")}
-    scene = _scene(plan.phantoms, content, plan.origins[rows, 0], plan.origins[rows, 1],
-                   plan.apix)
+    views = (plan.content["view1"][rows], plan.content["view2"][rows])
+    if crowd:
+        views += tuple(np.moveaxis(plan.content["neighbours"][rows], 1, 0))
+    scene = _scene(plan.phantoms, views, plan.content["edge"][rows], plan.origins[rows, 0],
+                   plan.origins[rows, 1], plan.apix)
     n = len(plan.new_row)
     ctf = CTFParams(*(np.broadcast_to(values, (n,))[rows] for values in plan.ctf_params))
     return form_images(scene, ctf, plan.box, plan.apix, pad=plan.ctf_pad)
@@ -140,14 +149,23 @@ def noise_scale(plan: Plan, variances: np.ndarray) -> float:
     return 1.0 / np.sqrt(variances.mean() / plan.snr) if variances.mean() > 0 else 1.0
 
 
-def add_noise(clean: np.ndarray, scale: float,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(clean, noisy) float32 images: ``clean · scale`` plus white noise of s.d. 1 from ``rng``.
+def add_noise(clean: np.ndarray, scale: float, rng: np.random.Generator,
+              colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+              apix: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(clean, noisy) float32 images: ``clean · scale`` plus noise of s.d. 1 from ``rng``:
+    white, or coloured when ``colour`` (exponent, corner Å, floor) has an exponent > 0
+    (:func:`~class2d.simulate.imaging.coloured_noise`; apix: Å/px).
 
     Consecutive calls continue one noise stream: the images do not depend on how the
     particles were split into calls."""
     clean32 = (clean * scale).astype(np.float32)
-    return clean32, clean32 + rng.standard_normal(clean32.shape, dtype=np.float32)
+    exponent, corner_A, floor = colour
+    if exponent:
+        noise = coloured_noise(rng, len(clean32), clean32.shape[-1], apix, exponent, corner_A,
+                               floor)
+    else:
+        noise = rng.standard_normal(clean32.shape, dtype=np.float32)
+    return clean32, clean32 + noise
 
 
 def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr: float = 0.1,
@@ -160,7 +178,9 @@ def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr:
                  amplitude_contrast: float = 0.1, micrograph_apix: float = 1.0,
                  micrograph_size: int = 4096, min_separation: float | None = None,
                  duplicate_distance: tuple[float, float] = (6.0, 15.0), pick_sigma: float = 5.0,
-                 ctf_pad: int = 2) -> Plan:
+                 ctf_pad: int = 2, noise_exponent: float = 0.0,
+                 noise_corner_A: float | None = None, noise_floor: float = 0.0,
+                 neighbours: int = 0) -> Plan:
     """Draw everything about a particle set but its images (see :class:`Plan`).
 
     n_particles: rows in total (duplicates included); box: px (even); apix: Å/px;
@@ -176,9 +196,17 @@ def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr:
     picks lie on; min_separation (Å, default the particle diameter): between any two
     distinct particles on a micrograph; pick_sigma (Å): pick error per axis.
     ctf_pad: the CTF is applied on a canvas this many times the box (1 = in the box).
+    noise_exponent: 0 for white noise; > 0 for noise whose power falls as
+    (1 + (f·noise_corner_A)²)^(−noise_exponent/2) + noise_floor, cut from a larger canvas
+    (:func:`~class2d.simulate.imaging.coloured_noise`; denoised micrographs: about 6);
+    noise_corner_A: Å, default the particle diameter.  neighbours: other particles (random
+    objects, views and ψ) drawn around every pick, their centres 0.8–1.3 diameters from
+    its particle's, so that the box holds parts of them as on a crowded micrograph.
     """
     _check(n_particles, box, snr, n_objects, junk_fraction, duplicate_fraction, junk_types)
-    *streams, noise_seed = np.random.SeedSequence(seed).spawn(5)
+    # the sixth stream (crowding) leaves the first five, and so every set without
+    # neighbours, as they were
+    *streams, noise_seed, crowd_seed = np.random.SeedSequence(seed).spawn(6)
     rng_phantom, rng_views, rng_junk, rng_picks = (np.random.default_rng(s) for s in streams)
     diameter = diameter_fraction * box * apix
     phantoms, ref_rot, ref_tilt, references = _classes(rng_phantom, n_objects, n_references,
@@ -191,6 +219,8 @@ def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr:
     junk[rng_junk.choice(n_first, n_junk, replace=False)] = np.resize(np.asarray(junk_types), n_junk)
     content = first_pick_content(rng_views, junk, n_objects, ref_rot, ref_tilt, diameter, apix,
                                   references.max(axis=(1, 2)).mean(), box)
+    content["neighbours"] = _neighbours(np.random.default_rng(crowd_seed), n_first, neighbours,
+                                        n_objects, ref_rot, ref_tilt, diameter)
 
     micrograph = rng_picks.permutation(np.resize(np.arange(n_micrographs), n_first))
     min_separation = diameter if min_separation is None else min_separation
@@ -242,9 +272,10 @@ def plan_dataset(n_particles: int = 2000, box: int = 64, apix: float = 3.0, snr:
     }).iloc[order].reset_index(drop=True)
     table = _particle_table(picks, ctf_params, scores, order, apix, box, micrograph_apix)
     return Plan(table, truth, references, phantoms,
-                {name: content[name] for name in ("view1", "view2", "edge")},
+                {name: content[name] for name in ("view1", "view2", "edge", "neighbours")},
                 np.column_stack([origin_x, origin_y]), ctf_params, new_row, snr_sample,
-                noise_seed, box, apix, snr, ctf_pad)
+                noise_seed, box, apix, snr, ctf_pad,
+                (noise_exponent, noise_corner_A or diameter, noise_floor))
 
 
 def _check(n_particles: int, box: int, snr: float, n_objects: int | None, junk_fraction: float,
@@ -317,13 +348,32 @@ def _particle_table(picks: Picks, ctf_params: CTFParams, scores: np.ndarray, ord
     return ParticleTable(particles, optics)
 
 
-def _scene(phantoms: tuple[Phantom, ...], content: dict[str, np.ndarray], origin_x: np.ndarray,
-           origin_y: np.ndarray, apix: float) -> Scene:
-    """The scene of every pick: its content moved so that its true centre lies at −origin."""
+def _neighbours(rng: np.random.Generator, n: int, count: int, n_objects: int | None,
+                ref_rot: np.ndarray, ref_tilt: np.ndarray, diameter: float) -> np.ndarray:
+    """(n, count, 7) views (as ``view1``) of the other particles around each first pick:
+    a random object (or a random view of the phantom) at random ψ, its centre 0.8–1.3
+    diameters (Å) from the pick's true centre in a random direction."""
+    size = (n, count)
+    if n_objects:
+        obj = rng.integers(0, len(ref_rot), size)
+        rot, tilt, phantom = ref_rot[obj], ref_tilt[obj], obj
+    else:
+        rot, tilt = (a.reshape(size) for a in random_views(rng, n * count))
+        phantom = np.zeros(size, np.int64)
+    distance = diameter * rng.uniform(0.8, 1.3, size)
+    direction = rng.uniform(0.0, 2.0 * np.pi, size)
+    return np.stack([rot, tilt, rng.uniform(-180.0, 180.0, size), distance * np.cos(direction),
+                     distance * np.sin(direction), np.ones(size), phantom], axis=-1)
+
+
+def _scene(phantoms: tuple[Phantom, ...], views: tuple[np.ndarray, ...], edges: np.ndarray,
+           origin_x: np.ndarray, origin_y: np.ndarray, apix: float) -> Scene:
+    """The scene of every pick: ``views`` (each (n, 7), as ``view1``) and ``edges`` (n, 4),
+    moved so that the pick's true centre lies at −origin."""
     origin = np.column_stack([origin_x, origin_y])
     n, m = len(origin), len(phantoms[0].amplitudes)
     parts = []
-    for view in (content["view1"], content["view2"]):
+    for view in views:
         peaks, centres, precisions = np.zeros((n, m)), np.zeros((n, m, 2)), np.ones((n, m, 3))
         for index, phantom in enumerate(phantoms):
             rows = np.flatnonzero((view[:, 5] > 0) & (view[:, 6] == index))
@@ -331,7 +381,7 @@ def _scene(phantoms: tuple[Phantom, ...], content: dict[str, np.ndarray], origin
             peaks[rows], centres[rows], precisions[rows] = projected_gaussians(
                 phantom, matrices, view[rows, 3:5] - origin[rows], apix)
         parts.append((peaks, centres, precisions))
-    edge = content["edge"].copy()
+    edge = edges.copy()
     theta = np.deg2rad(edge[:, 1])
     # the edge's offset is from the true centre; the image centre is `origin` away from it
     edge[:, 2] -= (origin_x * np.cos(theta) + origin_y * np.sin(theta)) / apix

@@ -61,7 +61,8 @@ def write_simulated(out_dir: str | os.PathLike, chunk: int = 1024, overwrite: bo
     paths = _paths(out_dir, overwrite)
     plan = plan_dataset(**kwargs)
     n = len(plan.new_row)
-    variances = np.concatenate([signal_variance(render_clean(plan, plan.snr_sample[lo:lo + chunk]))
+    variances = np.concatenate([signal_variance(render_clean(plan, plan.snr_sample[lo:lo + chunk],
+                                                               crowd=False))
                                 for lo in range(0, plan.snr_sample.size, chunk)])
     scale = noise_scale(plan, variances)
     rng = np.random.default_rng(plan.noise_seed)
@@ -69,7 +70,7 @@ def write_simulated(out_dir: str | os.PathLike, chunk: int = 1024, overwrite: bo
           stack_writer(paths[STACK_NAME], n, plan.box, plan.apix) as stack):
         for lo in range(0, n, chunk):
             rows = np.arange(lo, min(lo + chunk, n))
-            _, images = add_noise(render_clean(plan, rows), scale, rng)
+            _, images = add_noise(render_clean(plan, rows), scale, rng, plan.colour, plan.apix)
             stack.write_rows(plan.new_row[rows], images)
             progress.advance(rows.size)
     return _write_metadata(paths, plan.table, plan.truth,
