@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -145,6 +146,17 @@ def job_times(outdir: str) -> dict[str, list[float]]:
     return by_rule
 
 
+def step_seconds(outdir: str) -> float:
+    """Seconds spent inside the library call of every job of the workflow run in ``outdir``
+    (each job log's closing line ``<step>: done in <s> s``, written by class2d.runner)."""
+    total = 0.0
+    for folder, _, files in os.walk(os.path.join(outdir, "logs")):
+        for name in files:
+            with open(os.path.join(folder, name)) as fh:
+                total += sum(float(m) for m in re.findall(r": done in ([0-9.]+) s", fh.read()))
+    return total
+
+
 def compare_workflow(star: str, work: str, config: dict, repeats: int,
                      iterations_per_job: int | None) -> None:
     """In-process against workflow runs on ``star``, alternating which goes first."""
@@ -156,7 +168,7 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
                     json.dumps({**config, "online_iterations": 2})], check=True,
                    capture_output=True)
     times = {"in-process": [], "workflow": []}
-    work_only = []
+    work_only, steps = [], []
     for r in range(repeats):
         order = ["in-process", "workflow"] if r % 2 == 0 else ["workflow", "in-process"]
         for kind in order:
@@ -179,6 +191,8 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
                 raise SystemExit(f"{kind} run failed:\n{run.stderr[-3000:]}")
             if kind == "in-process":
                 work_only.append(float(run.stdout.split()[-1]))
+            else:
+                steps.append(step_seconds(out))
             times[kind].append(seconds)
             print(f"run {r + 1} {kind}: {seconds:.1f} s (load average {load:.1f} before, "
                   f"{os.getloadavg()[0]:.1f} after)", flush=True)
@@ -197,6 +211,18 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
         print(f"{kind}: median {med[kind]:.1f} s, range {min(values):.1f}-{max(values):.1f} s "
               f"over {len(values)} runs")
     print(f"in-process work alone (after imports): median {statistics.median(work_only):.1f} s")
+    # the load moves the work by tens of percent between runs; what each way adds to it moves less
+    extra = {"in-process": [t - w for t, w in zip(times["in-process"], work_only)],
+             "workflow": [t - w for t, w in zip(times["workflow"], steps)]}
+    for kind, values in extra.items():
+        print(f"{kind}: time outside the library calls (starts, imports, Snakemake, exits; "
+              "Numba's first kernel load is inside them): "
+              f"median {statistics.median(values):.1f} s, range {min(values):.1f}-"
+              f"{max(values):.1f} s")
+    work = statistics.median(work_only)
+    added = {kind: statistics.median(values) for kind, values in extra.items()}
+    print(f"workflow / in-process from those, on the median work of {work:.1f} s: "
+          f"{(work + added['workflow']) / (work + added['in-process']):.2f}")
     pairs = [w / i for w, i in zip(times["workflow"], times["in-process"])]
     print(f"workflow / in-process: {med['workflow'] / med['in-process']:.2f} (medians); "
           f"per pair {', '.join(f'{p:.2f}' for p in pairs)}")

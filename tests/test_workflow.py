@@ -29,7 +29,8 @@ TINY = {
              "junk_fraction": 0.0, "duplicate_fraction": 0.05},
     "prepare": {"shards": 2},
     "classify": {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 4,
-                 "batch_per_class": 30, "final_full_iterations": 1},
+                 "batch_per_class": 30, "final_full_iterations": 1,
+                 "iterations_per_job": 2},     # two online jobs: iterations 1-2 and 3-4
 }
 
 
@@ -151,7 +152,7 @@ def test_relion_reads_the_classified_particles(finished_run, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("log, output", [
-    ("iteration_003.log", "iter_003/state.npz"),                    # an online iteration
+    ("iteration_004.log", "iter_004/state.npz"),                    # an online job
     ("full_005_shard_001.log", "iter_005/shard_001.npz"),           # a full pass's 2nd shard
 ])
 def test_kill_during_a_job_then_resume_gives_the_same_result(finished_run, tmp_path, log,

@@ -16,8 +16,9 @@ the config, the kernels), reads only the files it is given and writes its output
 atomically, so a killed job leaves nothing half-written and its rerun repeats it exactly
 (seeds come from the config and the iteration number).  A step of several online
 iterations (``iteration_step``'s ``count``, ``init_step``'s ``iterations``) also saves
-every iteration's state on the way, and its rerun after a kill goes on from the newest.  ``classify_all`` runs the same
-steps in one process on one ``Classification``, with the files named by ``class2d.layout``.
+every iteration's state on the way, and its rerun after a kill goes on from the newest.
+``classify_all`` runs the same steps in one process on one ``Classification``, with the
+files named by ``class2d.layout``.
 """
 
 from __future__ import annotations
