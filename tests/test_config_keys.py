@@ -86,9 +86,8 @@ def half_plane_count(r_min: float, r_max: float) -> int:
 def test_defaults_classify_the_stack(classify, dataset):
     """The reference run the others are compared with is a real classification."""
     base = classify()
-    # measured 0.76 since particles are windowed by the class mask (0.9+ before); 3 online
-    # iterations leave some particles on the fence, which the soft-posterior tests need
-    assert adjusted_rand(dataset.truth["true_class"].to_numpy(), labels(base)) > 0.7
+    # white noise: the particles are not windowed (passes.particle_window), ARI 0.9+
+    assert adjusted_rand(dataset.truth["true_class"].to_numpy(), labels(base)) > 0.9
     assert base.convergence["kind"].tolist() == ["online"] * 3 + ["full"]
 
 
@@ -185,13 +184,12 @@ def test_sort_classes_false_keeps_the_internal_order(classify):
 
 
 def test_class_prune_margin_zero_scores_every_class(classify):
-    """0 turns the low-resolution prepass off: more arithmetic at full resolution, nearly
-    the same answer here (the margin only skips hopeless classes)."""
+    """0 turns the low-resolution prepass off: more arithmetic at full resolution, the
+    same answer here (the margin only skips hopeless classes)."""
     every, pruned = classify(class_prune_margin=0.0), classify()
     assert (every.convergence["gflops"].iloc[-1]
             > 1.5 * pruned.convergence["gflops"].iloc[-1])
-    # the same answer but for particles on the fence: 4 of 120 measured
-    assert np.mean(labels(every) == labels(pruned)) >= 0.95
+    np.testing.assert_array_equal(labels(every), labels(pruned))
 
 
 def test_force_max_default_and_explicit(classify):

@@ -178,9 +178,12 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     n = state.iteration + 1
     ctx = make_context(stack, params, params.align_res_A, full=True)
     changed = changed_share(state, out)
-    empty = np.flatnonzero(np.bincount(out["best_class"], minlength=state.n_classes) < MIN_SPLIT)
-    stats, out = refill_classes(stack, stats, out, state, ctx, backend, empty,
-                                np.random.default_rng([params.seed, n]))
+    rng = np.random.default_rng([params.seed, n])
+    # one class at a time, each split taking the particles as the last left them (the
+    # labels are what is written)
+    for k in np.flatnonzero(np.bincount(out["best_class"], minlength=state.n_classes)
+                            < MIN_SPLIT):
+        stats, out = refill_classes(stack, stats, out, state, ctx, backend, np.array([k]), rng)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     classes, shifts = _updated(state, out)
