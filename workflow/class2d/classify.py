@@ -183,8 +183,10 @@ def shard_step(meta: str, previous: str, shard: int, shard_path: str, config: di
 
 def gather_step(meta: str, previous: str, shard_paths: list[str], state_path: str,
                 assignments_path: str, config: dict, seed: int = 0) -> None:
-    Classification(meta, config, seed).gather(previous, shard_paths, state_path,
-                                                  assignments_path)
+    # a light job (one thread, no GPU declared): its only kernel work, refilling a class the
+    # full pass left nearly empty, runs on the CPU whatever the configured backend
+    Classification(meta, config, seed, "cpu").gather(previous, shard_paths, state_path,
+                                                     assignments_path)
 
 
 def export_step(meta: str, state_path: str, assignments_path: str, out_dir: str,
