@@ -15,7 +15,7 @@ from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries, score_batch
 from class2d.em.export import relion_pose
 from class2d.em.grids import FrequencySet, PoseGrid
-from class2d.em.passes import accumulate
+from class2d.em.passes import accumulate, locate
 from class2d.em.params import ClassifyParams
 from class2d.fourier import centered_rfft2
 from class2d.kernels import cpu
@@ -185,3 +185,46 @@ def test_duplicate_classes_are_found_up_to_rotation(references):
     counts = np.array([10.0, 10.0, 30.0, 10.0, 12.0])
     assert duplicate_classes(refs, counts).tolist() == [4]       # the smaller of the pair
     assert duplicate_classes(references, counts[:4]).tolist() == []
+
+
+def test_locating_new_particles_finds_the_exhaustive_search_pose(references):
+    """Particles not seen before (SNR 0.1, shifts up to ±6 px) are located at half the
+    radius on the coarser grid (``passes.locate``), then searched locally at full
+    resolution around the shift found.  That finds the classes of the exhaustive search
+    over every shift at full resolution, and shifts as close to the simulator's, for a
+    quarter of its products.  Measured: located within 1.33 px of the truth (the local
+    search reaches ±2 px); final shift errors 0.53 px on average (exhaustive 0.52), at
+    most 1.46 (1.54).  A sign error in the located shift puts particles 3–12 px off."""
+    freqs = FrequencySet.within(BOX, 20)
+    rng = np.random.default_rng(11)
+    n = 24
+    classes = np.arange(n) % 4
+    psi = rng.uniform(-180, 180, n)
+    origins = rng.uniform(-6, 6, (n, 2)) * APIX
+    spectra, ctf = particles(classes, psi, origins)
+    noise = rng.standard_normal(spectra.shape) + 1j * rng.standard_normal(spectra.shape)
+    power = np.mean(np.abs(spectra[:, freqs.iy, freqs.ix]) ** 2)
+    spectra = (spectra + np.sqrt(5 * power) * noise).astype(np.complex64)      # SNR 0.1
+    data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, np.full(25, 10 * power),
+                           APIX)
+    data.ctf[:] = 1.0
+    grids = mstep.reference_grids(references, PAD)
+    poses, local = PoseGrid.make(10.0, 17, 1.0), PoseGrid.make(10.0, 5, 1.0)
+    truth = -origins / APIX                                         # internal shifts, px
+    rows = np.arange(n)
+
+    def error(scores, grid, moved=0.0):
+        _, tx, ty = grid.pose(scores.top_i[rows, classes, 0], scores.refine[rows, classes])
+        return np.abs(np.stack([tx, ty], axis=1) + moved - truth).max(axis=1)
+
+    every = score_batch(cpu, data, grids, poses, np.zeros(4), 1.0, 1, True)
+    found, locate_flops = locate(cpu, data, grids, poses, np.flatnonzero(freqs.radius <= 10),
+                                 np.zeros(4), 1.0, True)
+    assert np.abs(found - truth).max() < 1.5
+    near = score_batch(cpu, data.shifted(found), grids, local, np.zeros(4), 1.0, 1, True)
+    np.testing.assert_array_equal(every.best_class, classes)
+    np.testing.assert_array_equal(near.best_class, classes)
+    located, exhaustive = error(near, local, found), error(every, poses)
+    assert located.mean() < exhaustive.mean() + 0.05
+    assert located.max() < exhaustive.max() + 0.1
+    assert locate_flops + near.flops < 0.25 * every.flops

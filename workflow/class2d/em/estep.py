@@ -56,6 +56,12 @@ class BatchData:
                          ctf=np.ascontiguousarray(self.ctf[:, index]), alpha=self.alpha,
                          inv_sigma2=self.inv_sigma2[index], freqs=freqs)
 
+    def shifted(self, shifts: np.ndarray) -> "BatchData":
+        """The same particles moved back by ``shifts`` (N, 2) px (x, y), as ``load_spectra``
+        moves them: a search around 0 is then a search around those shifts."""
+        x = self.x * np.conj(self.freqs.phases(shifts))
+        return dataclasses.replace(self, x=np.ascontiguousarray(x, np.complex64))
+
     def products(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_stack (N, 2F) = [Re P | Im P], ctf2 (N, F) = w·CTF²/σ²), float32."""
         g = self.ctf * (self.freqs.wf * self.inv_sigma2)[None, :]

@@ -48,8 +48,10 @@ class PassContext:
     poses: the global search (particles not seen before);
     local: shifts around each seen particle's last shift, all rotations
     align_index: positions of the alignment coefficients within the reconstruction set
-    prepass: positions within the alignment set of the class-pruning prepass's
-    coefficients, or None for no prepass
+    low: positions within the alignment set of the coefficients within PREPASS_FRACTION of
+    its radius, or None where that radius is below PREPASS_MIN_RADIUS: particles not seen
+    before are located on them (``locate``)
+    prepass: ``low`` when classes are pruned (class_prune_margin > 0), else None
     window: (d, d) float32 real-space window every particle image is multiplied by before
     its Fourier transform (the class mask, soft edge included)
     """
@@ -61,6 +63,7 @@ class PassContext:
     poses: PoseGrid
     local: PoseGrid
     n_shells: int
+    low: np.ndarray | None
     prepass: np.ndarray | None
     window: np.ndarray
 
@@ -87,14 +90,15 @@ def make_context(stack: PreparedStack, params: ClassifyParams, res_A: float,
     recon = FrequencySet.within(box, r_recon, 1.0)
     align_index = np.flatnonzero((recon.radius >= r_min) & (recon.radius <= r_align))
     align = recon.subset(align_index)
-    r_pre = PREPASS_FRACTION * r_align
-    prepass = None
-    if params.class_prune_margin > 0 and r_pre >= max(PREPASS_MIN_RADIUS, r_min):
-        prepass = np.flatnonzero(align.radius <= r_pre)
+    r_low = PREPASS_FRACTION * r_align
+    low = None
+    if r_low >= max(PREPASS_MIN_RADIUS, r_min):
+        low = np.flatnonzero(align.radius <= r_low)
     return PassContext(stack=stack, align=align, recon=recon, align_index=align_index,
                        poses=PoseGrid.make(psi_step, side, step),
                        local=PoseGrid.make(psi_step, local_side, step),
-                       n_shells=box // 2 + 1, prepass=prepass,
+                       n_shells=box // 2 + 1, low=low,
+                       prepass=low if params.class_prune_margin > 0 else None,
                        window=particle_window(params, stack))
 
 
@@ -159,6 +163,29 @@ def load_spectra(stack: PreparedStack, rows: np.ndarray, window: np.ndarray,
     return spectra.astype(np.complex64, copy=False)
 
 
+def locate(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid, low: np.ndarray,
+           log_prior: np.ndarray, inv_temp: float, force_max: bool) -> tuple[np.ndarray, float]:
+    """Shifts (n, 2) px of particles not seen before, and the FLOPs spent finding them: the
+    best pose of the best class on the low-resolution coefficients (``low``, positions in
+    ``data.freqs``) over the whole shift range of ``poses`` on its coarser grid, refined
+    to a sub-step by parabolas.
+
+    The full-resolution search then needs only
+    the local shifts around these (RELION's adaptive oversampling: the coarse pass picks
+    where the fine one looks).  At 6 Å in an 86-px box a class has 49,096 global poses on
+    3,653 coefficients against 6,800 on 913 here and 3,400 locally: the pass over particles
+    not seen before costs a fifth of the exhaustive search, and its pose matrices fit in
+    50 MB instead of 1.4 GB per class.
+    """
+    coarse = poses.coarser()
+    scores = score_batch(backend, data.subset(low, data.freqs.subset(low)), grids, coarse,
+                         log_prior, inv_temp, 1, force_max)
+    n = np.arange(data.x.shape[0])
+    best = scores.best_class
+    _, tx, ty = coarse.pose(scores.top_i[n, best, 0], scores.refine[n, best])
+    return np.stack([tx, ty], axis=1).astype(np.float32), scores.flops
+
+
 def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
                n_shells: int, halves: np.ndarray) -> Statistics:
     """Sufficient statistics of a batch's entries: insertion into the half set of each
@@ -198,7 +225,8 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     whose bytes must not depend on the machine's speed).
 
     Particles seen before search all rotations but only shifts near their last shift;
-    the others search the whole shift range.
+    the others search the whole shift range, at low resolution first where the alignment
+    radius allows (``locate``), then like the seen ones around the shift found.
     """
     grids = mstep.reference_grids(state.references, state.pad)
     log_prior = np.log(np.maximum(state.stats.counts / max(state.stats.counts.sum(), 1e-12),
@@ -222,16 +250,24 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                                         stack.apix)
                 data = recon.subset(ctx.align_index, ctx.align)
                 tic = time.perf_counter()
-                scores = score_batch(backend, data, grids, poses, log_prior, inv_temp, n_top,
+                search = poses
+                if prev is None and ctx.low is not None:
+                    prev, located_flops = locate(backend, data, grids, poses, ctx.low,
+                                                 log_prior, inv_temp, force_max)
+                    flops += located_flops
+                    recon = recon.shifted(prev)
+                    data = recon.subset(ctx.align_index, ctx.align)
+                    search = ctx.local
+                scores = score_batch(backend, data, grids, search, log_prior, inv_temp, n_top,
                                      force_max, ctx.prepass, params.class_prune_margin)
                 e_seconds += time.perf_counter() - tic
                 flops += scores.flops
-                entries = select_entries(scores, poses, hard=hard)
+                entries = select_entries(scores, search, hard=hard)
                 total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
                                            (chunk % 2).astype(np.int64))
                 best = scores.best_class
                 n = np.arange(chunk.size)
-                psi, tx, ty = poses.pose(scores.top_i[n, best, 0], scores.refine[n, best])
+                psi, tx, ty = search.pose(scores.top_i[n, best, 0], scores.refine[n, best])
                 if prev is not None:
                     tx, ty = tx + prev[:, 0], ty + prev[:, 1]
                 pose_p = np.exp(scores.top_s[n, best, 0] - scores.lse[n, best])
