@@ -37,6 +37,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOSING = re.compile(r"(\w+): (?:done in|failed after) ([\d.]+) s, peak memory ([\d.]+) GB")
 #: an online iteration's or a full-pass shard's work, as class2d.em.online logs it
 ESTEP = re.compile(r"([\d.]+) GFLOP, E-step ([\d.]+) s")
+#: the jobs of the online iterations (``class2d.classify``); the rest of classification is
+#: the full pass (shards, gather, export)
+ONLINE_STEPS = ("init_step", "iteration_step")
 
 
 def dataset(work: str, n: int, box: int, apix: float, seed: int,
@@ -60,8 +63,10 @@ def dataset(work: str, n: int, box: int, apix: float, seed: int,
     return star, seconds, peak
 
 
-def run_workflow(star: str, outdir: str, args: argparse.Namespace, n_classes: int) -> float:
-    """snakemake up to classify/classes.star; returns its wall time in seconds."""
+def run_workflow(star: str, outdir: str, args: argparse.Namespace,
+                 n_classes: int) -> tuple[float, float]:
+    """snakemake up to classify/classes.star: (wall seconds, mean 1-minute load average of the
+    machine during the run, sampled every 10 s: above --cores, other work shared the cores)."""
     config = {"particles": star, "outdir": outdir, "backend": "cpu", "seed": 0,
               "memory_gb": args.memory_gb, "threads": args.cores,
               "classify": {"n_classes": n_classes, "max_res_A": args.max_res,
@@ -73,12 +78,21 @@ def run_workflow(star: str, outdir: str, args: argparse.Namespace, n_classes: in
     with open(path, "w") as handle:
         yaml.safe_dump(config, handle)
     tic = time.perf_counter()
+    loads = []
     with open(os.path.join(outdir, "snakemake.log"), "w") as log:     # the jobs' lines too
-        subprocess.run([sys.executable, "-m", "snakemake",
-                        os.path.join(outdir, "classify", "classes.star"), "--cores",
-                        str(args.cores), "--configfile", path, "--directory", REPO],
-                       stdout=log, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - tic
+        run = subprocess.Popen([sys.executable, "-m", "snakemake",
+                                os.path.join(outdir, "classify", "classes.star"), "--cores",
+                                str(args.cores), "--configfile", path, "--directory", REPO],
+                               stdout=log, stderr=subprocess.STDOUT)
+        while True:
+            try:
+                code = run.wait(timeout=10)
+                break
+            except subprocess.TimeoutExpired:
+                loads.append(os.getloadavg()[0])
+    if code:
+        raise subprocess.CalledProcessError(code, run.args)
+    return time.perf_counter() - tic, float(np.mean(loads)) if loads else os.getloadavg()[0]
 
 
 def job_lines(outdir: str) -> list[tuple[str, float, float]]:
@@ -127,26 +141,29 @@ def main() -> None:
         for k in args.classes:
             outdir = os.path.join(work, f"run_{n}_{args.box}px_K{k}_it{args.iterations}")
             subprocess.run(["rm", "-rf", outdir], check=True)
-            wall = run_workflow(star, outdir, args, k)
+            wall, load = run_workflow(star, outdir, args, k)
             jobs = job_lines(outdir)
             stage = {"prepare": [j for j in jobs if "prepare" in j[0]],
-                     "classify": [j for j in jobs if "prepare" not in j[0]]}
+                     "online": [j for j in jobs if j[0] in ONLINE_STEPS],
+                     "full pass": [j for j in jobs
+                                   if "prepare" not in j[0] and j[0] not in ONLINE_STEPS]}
             gflop, e_seconds = estep(outdir)
-            results.append((n, k, wall, sim_seconds, sim_peak, stage, gflop, e_seconds))
+            results.append((n, k, wall, load, sim_seconds, sim_peak, stage, gflop, e_seconds))
     peak = max(peak_before, matmul_peak())
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s (before the runs {peak_before:.1f})")
     print("N, K: stage wall s (sum of its jobs' s) / peak RSS of its largest job GB")
-    for n, k, wall, sim_seconds, sim_peak, stage, gflop, e_seconds in results:
+    for n, k, wall, load, sim_seconds, sim_peak, stage, gflop, e_seconds in results:
         parts = [f"simulate {sim_seconds:.0f} s / {sim_peak:.2f} GB" if sim_seconds
                  else "simulate reused"]
         for name, jobs in stage.items():
             parts.append(f"{name} {sum(j[1] for j in jobs):.0f} s in {len(jobs)} jobs / "
                          f"{max((j[2] for j in jobs), default=0.0):.2f} GB")
         rate = gflop / e_seconds if e_seconds else 0.0
-        print(f"N {n}, K {k}: workflow {wall:.0f} s end to end; " + "; ".join(parts))
+        print(f"N {n}, K {k}: workflow {wall:.0f} s end to end (load {load:.1f}); "
+              + "; ".join(parts))
         print(f"    E-step {gflop / 1e3:.2f} TFLOP in {e_seconds:.0f} s: {rate:.1f} GFLOP/s = "
               f"{rate / peak:.0%} of the peak; {1e3 * wall / n:.2f} ms per particle end to "
-              f"end, {1e3 * sum(j[1] for j in stage['classify']) / n:.2f} ms classify")
+              f"end, {1e3 * sum(j[1] for j in stage['full pass']) / n:.2f} ms in the full pass")
     base = {k: wall / n for n, k, wall, *_ in results if n == min(args.particles)}
     for n, k, wall, *_ in results:
         print(f"cost per particle, N {n} K {k}: {wall / n / base[k]:.2f}x that at "
