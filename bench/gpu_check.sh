@@ -9,9 +9,10 @@
 # and, through class2d, mrcfile, starfile, threadpoolctl, PyYAML (prepare) and matplotlib
 # (the gallery classify_all writes); missing ones are installed from $WHEELS when given
 # (pip, no index).
-# Time: each step runs under `timeout` (pytest 110 s, small 80 s, large 160 s: ≤ 6 min in
-# all); a step that runs out leaves its partial log (output is unbuffered, one line per
-# iteration).  Sizes can be changed with SMALL / LARGE (arguments of bench/bench_gpu.py).
+# Time: each step runs under `timeout` (pytest 110 s, small 80 s, large LARGE_S, 160 s
+# unless set: ≤ 6 min in all); a step that runs out leaves its partial log (output is
+# unbuffered, one line per iteration).  Sizes can be changed with SMALL / LARGE (arguments
+# of bench/bench_gpu.py).
 set -u
 OUT=${OUT:?set OUT to the folder for the logs}
 mkdir -p "$OUT"
@@ -21,6 +22,7 @@ export PYTHONUNBUFFERED=1
 unset NUMBA_ENABLE_CUDASIM
 SMALL=${SMALL:---particles 20000 --box 64 --classes 50 --base 2000 --check-particles 800}
 LARGE=${LARGE:---particles 100000 --box 64 --classes 200 --online-iterations 10 --skip-check --kernel-particles 2048}
+LARGE_S=${LARGE_S:-160}
 WORK=${TMPDIR:-/tmp}
 
 missing() {     # pip names of the packages that cannot be imported
@@ -60,6 +62,6 @@ step() {        # step NAME SECONDS COMMAND...: run, log, record the exit status
 : > "$OUT/summary.log"
 step pytest 110 env CLASS2D_REQUIRE_GPU=1 python3 -m pytest -q -rs tests/test_kernels_cuda.py
 step bench_small 80 python3 bench/bench_gpu.py $SMALL --workdir "$WORK"
-step bench_large 160 python3 bench/bench_gpu.py $LARGE --workdir "$WORK"
+step bench_large "$LARGE_S" python3 bench/bench_gpu.py $LARGE --workdir "$WORK"
 cat "$OUT/summary.log"
 tail -n 3 "$OUT/pytest.log"
