@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 from class2d import io
+from class2d.em.bias import alignment_bias
 from class2d.em.mstep import class_resolution
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
 from class2d.fourier import pixel_grid
 from class2d.io.atomic import atomic_path
+from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
 from class2d.report import convergence_table, gallery
 
@@ -84,7 +86,8 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
         images, psi_internal = align_vertically(images, psi_internal, best)
     images = images[order]
     images[counts[order] == 0] = 0.0
-    resolution = class_resolution(state, params)[order]
+    bias = alignment_bias(stack, state, params, get_backend("cpu"))
+    resolution = class_resolution(state, params, bias)[order]
     stats = _class_stats(best, out, k_count)
     io.write_stack(os.path.join(out_dir, "classes.mrcs"), images, state.apix)
     classes = pd.DataFrame({

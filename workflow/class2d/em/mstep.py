@@ -178,15 +178,18 @@ def reference_noise(stats: Statistics, tau2: np.ndarray, params: ClassifyParams,
 RUN_SHELLS = 3
 
 
-def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
+def class_resolution(state: ClassState, params: ClassifyParams,
+                     bias: np.ndarray | None = None) -> np.ndarray:
     """(K,) Å: the last shell of the last run of RUN_SHELLS shells at which each class's
     spectral SNR, T·τ²_signal·⟨Σ w·α²·CTF²/σ²⟩, is at least 1 (RELION's
     rlnEstimatedResolution of a class, which takes the first shell below 1; never finer
     than the stack's Nyquist, 2·apix).
 
-    τ²_signal is the average's power less its own noise power (``reference_noise``): the
-    power of a featureless blob's average beyond the blob's extent is noise, which made it
-    claim Nyquist (7.1 Å on real particles).  The last run, not the first drop: coloured
+    τ²_signal is the average's power less its own noise power (``reference_noise``) and
+    less ``bias`` (K, S), the noise that alignment puts into it alike in both half sets
+    (``bias.alignment_bias``; none when not given): the power of a featureless blob's
+    average beyond the blob's extent is noise, which made it claim Nyquist (7.1 Å on real
+    particles), and aligned noise two shells more at SNR 0.01.  The last run, not the first drop: coloured
     noise (neighbours, ice) can hold a low shell below 1 while the particle's features lie
     above it (a class sharp to 10 Å read 113 Å on real particles); a run, not one shell, so
     that a noisy shell alone does not count.
@@ -198,6 +201,8 @@ def class_resolution(state: ClassState, params: ClassifyParams) -> np.ndarray:
     n_shells = state.tau2.shape[1]
     weight = shell_mean(state.stats.den.sum(axis=1), state.pad, n_shells)
     noise = reference_noise(state.stats, state.tau2, params, state.box, state.apix, state.pad)
+    if bias is not None:
+        noise = noise + bias
     ssnr = params.tau2_fudge * np.maximum(state.tau2 - noise, 0.0) * weight
     out = []
     for curve in ssnr:
