@@ -249,8 +249,8 @@ def test_saved_selection_goes_where_the_page_says_and_the_next_run_uses_it(local
     classes = starfile.read(results / "classify" / "classes.star")["rlnClassNumber"].tolist()
     chosen = [n for n in classes if n not in before] or classes[-1:]
     (results / "select" / "selection.json").write_text(json.dumps({"selected": chosen}))
-    snakemake(local_run, "--cores", "2", "--configfile", "config.yaml",
-              "results/select/particles.star")
+    snakemake(local_run, "results/select/particles.star", "--cores", "2",
+              "--configfile", "config.yaml")
     kept = particles(results / "select" / "particles.star")["rlnClassNumber"]
     classified = particles(results / "classify" / "particles.star")["rlnClassNumber"]
     assert sorted(set(kept)) == chosen
