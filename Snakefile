@@ -1,17 +1,41 @@
 # class2d: cryo-EM 2D classification as a Snakemake workflow.
 #   snakemake --cores all                      # the whole chain on the built-in demo data
 #   snakemake --cores all --config particles=run_data.star outdir=myrun
-from snakemake.utils import min_version, validate
+#   snakemake --profile profiles/slurm         # every job a Slurm job
+#   snakemake --report report.html             # after a run: the pictures, browsable
+# As a module of another workflow (README, "Use inside your own workflow"):
+#   module class2d: snakefile: github(...) or a path; config: config["class2d"]
+#   use rule * from class2d as class2d_*
+import os
 
-import class2d  # noqa: F401  sets how idle threads wait, for every job (see its docstring)
+import yaml
+from snakemake.utils import min_version, update_config, validate
 
 min_version("8.0")
 
+# Top level: the defaults, then --configfile/--config over them. As a module, Snakemake skips
+# `configfile` and the host's `config:` holds only the keys it sets: the defaults fill the rest.
+DEFAULT_CONFIG = os.path.join(workflow.current_basedir, "config", "config.yaml")
 
-configfile: "config/config.yaml"
+
+configfile: DEFAULT_CONFIG
+
+
+with open(DEFAULT_CONFIG) as _fh:
+    _defaults = yaml.safe_load(_fh)
+update_config(_defaults, config)
+config.update(_defaults)
 
 
 validate(config, "config/schema.yaml")
+
+
+report: "report/workflow.rst"
+
+
+# GPUs are counted per node (per job on a cluster), not across every job at once
+resource_scopes:
+    gpu="local",
 
 
 include: "rules/common.smk"
@@ -22,6 +46,10 @@ include: "rules/dedup.smk"
 include: "rules/select.smk"
 include: "rules/rebalance.smk"
 include: "rules/templates.smk"
+
+
+localrules:
+    all,
 
 
 rule all:

@@ -122,8 +122,12 @@ rule export_classes:
         classes_cs=out("classify/classes.cs"),
         particles=out("classify/particles.star"),
         particles_cs=out("classify/particles.cs"),
-        gallery=report(out("classify/gallery.png"), category="2D classification"),
+        gallery=report(out("classify/gallery.png"), caption="../report/gallery.rst",
+                       category="2D classification"),
         convergence=out("classify/convergence.tsv"),
+        convergence_plot=report(out("classify/convergence.png"),
+                                caption="../report/convergence.rst",
+                                category="2D classification"),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.classes),
         em=em_config(),

@@ -122,7 +122,10 @@ def classes_for_templates():
     return out("select/classes.star") if active("select") else out("classify/classes.star")
 
 
+#: where the selection page tells the user to save selection.json; the select stage reads it
+SELECTION_FILE = out("select/selection.json")
+
+
 def selection_file():
     """The page's saved selection, when the user has saved one."""
-    path = out("select/selection.json")
-    return [path] if os.path.exists(path) else []
+    return [SELECTION_FILE] if os.path.exists(SELECTION_FILE) else []

@@ -8,7 +8,8 @@ rule rebalance_classes:
         excluded=out("rebalance/excluded.star"),
         excluded_cs=out("rebalance/excluded.cs"),
         superclasses=out("rebalance/superclasses.star"),
-        picture=report(out("rebalance/superclasses.png"), category="View rebalancing"),
+        picture=report(out("rebalance/superclasses.png"), caption="../report/superclasses.rst",
+                       category="View rebalancing"),
     params:
         n_superclasses=config["rebalance"]["n_superclasses"],
         rebalance_factor=config["rebalance"]["rebalance_factor"],

@@ -11,7 +11,8 @@ rule select_classes:
         rejected_cs=out("select/rejected.cs"),
         classes=out("select/classes.star"),
         stack=out("select/classes.mrcs"),
-        page=report(out("select/selection.html"), category="Class selection"),
+        page=report(out("select/selection.html"), caption="../report/selection.rst",
+                    category="Class selection"),
     params:
         mode=config["select"]["mode"],
         classes=config["select"]["classes"],
@@ -20,6 +21,7 @@ rule select_classes:
         min_posterior=config["select"]["min_posterior"],
         max_eca=config["select"]["max_eca"],
         particle_diameter_A=config["select"]["particle_diameter_A"] or None,
+        selection_file=SELECTION_FILE,
     conda:
         CONDA_ENV
     log:

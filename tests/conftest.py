@@ -1,7 +1,8 @@
 """Shared test fixtures: the real cryo-EM files in ``../shared/data`` (addressed by label).
 
-Under ``CI=true`` a test marked ``relion`` or ``chromium`` that skips (the tool is not
-installed) is reported as failed: CI installs both, so a skip there means the install broke.
+Under ``CI=true`` a test marked ``relion``, ``chromium`` or ``slurm`` that skips (the tool
+is not installed) is reported as failed: CI installs them, so a skip there means the install
+broke.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ DATA_FILES = {
 
 
 #: markers of tests that need an external tool CI installs; under CI their skips fail
-REQUIRED_IN_CI = ("relion", "chromium")
+REQUIRED_IN_CI = ("relion", "chromium", "slurm")
 
 
 def in_ci() -> bool:
@@ -63,7 +64,7 @@ def in_ci() -> bool:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Under CI, turn the skip of a test that needs RELION or Chromium into a failure."""
+    """Under CI, turn the skip of a test that needs RELION, Chromium or Slurm into a failure."""
     outcome = yield
     report = outcome.get_result()
     if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):

@@ -8,8 +8,8 @@ Importing the package sets how idle worker threads wait, unless the user has set
 Numba's OpenMP workers and OpenBLAS's workers both spin after each parallel call, and on a
 machine with few cores each steals the other's CPU (measured on 2 cores: an E-step batch
 of a late iteration took 1.3 s, 0.7 s with both told to sleep at once).  OpenBLAS reads its
-variable when NumPy loads it, so entry points import class2d before NumPy; the Snakefile
-imports it, so every job inherits both.
+variable when NumPy loads it, so entry points import class2d before NumPy: every script
+of the workflow starts with an import from class2d.
 """
 
 import os

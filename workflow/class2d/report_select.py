@@ -1,7 +1,7 @@
 """The class selection page: one self-contained HTML file, opened from disk, no server.
 
     >>> write_selection_page("results/select/selection.html", images, summary, apix=3.0,
-    ...                      how="automatic rule", selection_file="config/selection.json")
+    ...                      how="automatic rule", selection_file="results/select/selection.json")
 
 Every class average is shown (a PNG embedded as base64) with its particle count, share,
 resolution, posterior, ECA and the automatic rule's features; the ticks start as the
@@ -103,8 +103,8 @@ def write_selection_page(path: str | os.PathLike, images: np.ndarray, summary: p
     path = os.fspath(path)
     where = (f"Move the downloaded file to <code>{html.escape(os.fspath(selection_file))}</code> "
              f"and run the workflow again." if selection_file else
-             "Pass the downloaded file as the select stage's <code>selection_file</code> and run "
-             "the workflow again.")
+             "Pass the downloaded file to <code>class2d.select.select_classes(selection_file=...)"
+             "</code>.")
     source = json.dumps(path).replace("</", "<\\/")   # no "</script>" inside the script
     cards = "\n".join(_card(image, row) for image, (_, row) in zip(images, summary.iterrows()))
     page = f"""<!DOCTYPE html>

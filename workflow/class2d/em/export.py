@@ -26,7 +26,7 @@ from class2d.fourier import pixel_grid
 from class2d.io.atomic import atomic_path
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
-from class2d.report import convergence_table, gallery
+from class2d.report import convergence_plot, convergence_table, gallery
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def class_order(counts: np.ndarray, sort: bool) -> np.ndarray:
 
 def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: ClassifyParams,
                   out_dir: str | os.PathLike) -> None:
-    """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.tsv."""
+    """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.{tsv,png}."""
     out_dir = os.fspath(out_dir)
     k_count = state.n_classes
     best = out["best_class"].astype(np.int64)
@@ -121,6 +121,7 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     gallery(images, labels, os.path.join(out_dir, "gallery.png"),
             title=f"{k_count} classes, {best.size} particles, sorted by size")
     convergence_table(state.history, os.path.join(out_dir, "convergence.tsv"))
+    convergence_plot(state.history, os.path.join(out_dir, "convergence.png"))
     logger.info("classes: %s particles per class", counts[order].tolist())
 
 
