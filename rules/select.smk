@@ -20,6 +20,7 @@ rule select_classes:
         min_posterior=config["select"]["min_posterior"],
         max_eca=config["select"]["max_eca"],
         particle_diameter_A=config["select"]["particle_diameter_A"] or None,
+        max_particle_zscore=config["select"]["max_particle_zscore"],
     conda:
         CONDA_ENV
     log:
