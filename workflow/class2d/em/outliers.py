@@ -46,8 +46,8 @@ MIN_CLASS = 20
 #: the residual is low-passed by a Gaussian of this s.d. (fraction of the box) before the
 #: outside-the-disc power is measured
 BLUR_FRACTION = 0.04
-#: particles per batch (each holds a few (batch, box, box) float64 arrays)
-BATCH = 512
+#: bytes of working arrays per batch: about ten (batch, box, box) float64 arrays
+BATCH_BYTES = 256 * 2 ** 20
 #: feature columns and whether a high value only (True) or any deviation (False) is bad
 FEATURES = {"c2dOutsideMaskPower": True, "c2dOutlierPixel": True, "c2dResidualPower": True,
             "c2dFitScale": False}
@@ -71,8 +71,9 @@ def outlier_features(stack: PreparedStack, references: np.ndarray, classes: np.n
     y, x = np.mgrid[:box, :box] - box // 2
     out = np.zeros((stack.n, len(FEATURES)))
     references = np.asarray(references, np.float64)
-    for start in range(0, stack.n, BATCH):
-        rows = np.arange(start, min(start + BATCH, stack.n))
+    batch = max(1, BATCH_BYTES // (10 * 8 * box * box))
+    for start in range(0, stack.n, batch):
+        rows = np.arange(start, min(start + batch, stack.n))
         images = stack.images(rows).astype(np.float64)
         model = class_models(references, classes[rows], psi[rows], tx[rows], ty[rows],
                              stack.ctf_params.take(rows), stack.apix)
