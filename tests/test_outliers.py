@@ -105,7 +105,9 @@ def test_select_drops_junk_inside_good_classes(junk_run, tmp_path):
         kept = np.isin(np.arange(len(junk)), _kept_rows(paths["particles.star"]))
         rates[setting] = (1 - kept[junk != ""].mean(), 1 - kept[junk == "aggregate"].mean(),
                           kept[junk == ""].mean())
-    # classes alone leave most aggregates (measured: 15 % of them removed on 1,500 picks)
+    # classes alone leave most aggregates (measured: 3 % of them removed, 65 % of all junk;
+    # with the z-score, auto and 3.0 alike: 97 % of all junk, 92 % of the aggregates, and
+    # 96.6-96.9 % of the good particles kept)
     assert rates[None][1] < 0.5, rates
     for setting in ("auto", 3.0):
         junk_removed, aggregates_removed, good_kept = rates[setting]
