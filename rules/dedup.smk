@@ -1,6 +1,8 @@
 rule remove_duplicates:
     input:
         particles=out("classify/particles.star"),
+        classes=out("classify/classes.star"),
+        stack=out("classify/classes.mrcs"),
     output:
         particles=out("dedup/particles.star"),
         particles_cs=out("dedup/particles.cs"),
@@ -8,6 +10,7 @@ rule remove_duplicates:
         rejected_cs=out("dedup/rejected.cs"),
     params:
         min_separation_A=config["dedup"]["min_separation_A"],
+        pick_separation_A=config["dedup"]["pick_separation_A"],
         score=config["dedup"]["score"],
         micrograph_apix=config["dedup"]["micrograph_apix"] or None,
         pass_through=config["dedup"]["pass_through_without_locations"],

@@ -22,6 +22,7 @@ rule select_classes:
         max_eca=config["select"]["max_eca"],
         particle_diameter_A=config["select"]["particle_diameter_A"] or None,
         selection_file=SELECTION_FILE,
+        max_particle_zscore=config["select"]["max_particle_zscore"],
     conda:
         CONDA_ENV
     log:

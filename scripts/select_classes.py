@@ -10,4 +10,5 @@ run_step(select_classes, sm.input.classes, sm.input.particles,
          classes=sm.params.classes or None, min_particles=sm.params.min_particles,
          max_resolution_A=sm.params.max_resolution_A, min_posterior=sm.params.min_posterior,
          max_eca=sm.params.max_eca, selection_file=sm.params.selection_file,
-         particle_diameter_A=sm.params.particle_diameter_A, log=sm.log[0], threads=sm.threads)
+         particle_diameter_A=sm.params.particle_diameter_A,
+         max_particle_zscore=sm.params.max_particle_zscore, log=sm.log[0], threads=sm.threads)

@@ -1,4 +1,4 @@
-"""Remove duplicate picks: particles whose aligned centres lie too close on one micrograph.
+"""Remove duplicate picks: particles whose aligned centres or picks lie too close on one micrograph.
 
     >>> paths = remove_duplicates("results/classify/particles.star", "results/dedup",
     ...                           min_separation_A=20.0, score="error")
@@ -10,8 +10,21 @@ centre on the micrograph is (RELION 3.1)
 
     centre [Å] = rlnCoordinate [px] · micrograph_apix − rlnOrigin{X,Y}Angst [Å].
 
-Any two particles of one micrograph whose centres are closer than ``min_separation_A``
-are duplicates (as CryoSPARC's *Remove Duplicate Particles*).  Pairs are found with a
+With the class averages (``classes_star``), the aligned centre is moved to where the
+centre of mass of the particle's class average (density above 0.2 of its maximum, as the
+classifier recentres) lies on the micrograph: ``+ R(−ψ)·c`` for an average whose centre of
+mass is c Å from its box centre (``rlnAnglePsi`` ψ; a class point p appears at R(−ψ)·p in
+the particle).  Two classes of one object centred differently then give one particle
+the same centre; without it, their aligned centres lie the classes' offset apart (and
+distinct particles of an off-centred class can come closer than they are).
+
+Any two particles of one micrograph whose aligned centres are closer than
+``min_separation_A``, or whose pick coordinates (``rlnCoordinate · micrograph_apix``, no
+shift) are closer than ``pick_separation_A`` (default: the same distance), are duplicates
+(as CryoSPARC's *Remove Duplicate Particles*, which compares the picks' locations).  The
+pick criterion catches the pairs the aligned centres miss: two picks of one particle put
+into two classes of the same object centred differently, whose aligned centres then lie
+20–50 Å apart.  The log says how many pairs each criterion found.  Pairs are found with a
 KD-tree per micrograph.  Groups (A near B near C) are resolved greedily by score, as
 non-maximum suppression: the best particle of the micrograph is kept and its neighbours
 rejected, then the best of those left, and so on; so in a chain A–B–C where B is best
@@ -37,7 +50,9 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from class2d.errors import ConfigError, InputError
-from class2d.io import ParticleTable, read_particles, write_particle_set
+from class2d.fourier import centre_of_mass_shifts
+from class2d.io import (ClassSet, ParticleTable, particle_classes, read_classes, read_particles,
+                        write_particle_set)
 from class2d.io.paths import factorize
 
 logger = logging.getLogger(__name__)
@@ -52,12 +67,17 @@ SCORE_COLUMNS = {
 OPTICS_APIX = ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize")
 PARTICLE_APIX = ("location/micrograph_psize_A",)
 LOCATION_COLUMNS = ("rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY")
+#: density above this share of an average's maximum counts for its centre of mass (the
+#: classifier's default recenter_threshold)
+CENTRE_THRESHOLD = 0.2
 
 
 def remove_duplicates(particles_path: str | os.PathLike, out_dir: str | os.PathLike,
                       min_separation_A: float = 20.0, score: str = "error",
                       micrograph_apix: float | None = None,
-                      pass_through_without_locations: bool = False) -> dict[str, str]:
+                      pass_through_without_locations: bool = False,
+                      pick_separation_A: float | None = None,
+                      classes_star: str | os.PathLike | None = None) -> dict[str, str]:
     """Split particles into kept and rejected duplicates; write both as STAR and ``.cs``.
 
     particles_path: classified particles (``.star`` or ``.cs``) with pick locations;
@@ -65,13 +85,21 @@ def remove_duplicates(particles_path: str | os.PathLike, out_dir: str | os.PathL
     score: ``"error"`` or ``"pick"`` (see the module docstring);
     micrograph_apix: Å/px of the pick coordinates, used when the metadata has none;
     pass_through_without_locations: inputs without micrograph names or coordinates keep
-    every particle (with a warning) instead of raising ``InputError``.
+    every particle (with a warning) instead of raising ``InputError``;
+    pick_separation_A: Å, picks closer than this on one micrograph are duplicates whatever
+    their aligned centres (``None``: ``min_separation_A``; 0: aligned centres only);
+    classes_star: the classes' ``classes.star`` (or None): centres corrected by the centre
+    of mass of each particle's class average (see the module docstring).
     Writes ``out_dir/particles.{star,cs}`` (kept) and ``out_dir/rejected.{star,cs}``
-    (with ``c2dDuplicateDistanceAngst``, the distance to the particle that displaced it).
+    (with ``c2dDuplicateDistanceAngst`` and ``c2dDuplicatePickDistanceAngst``, the distances
+    of the aligned centres and of the picks to the particle that displaced it, Å).
     Returns {file name: path} of what it wrote.
     """
     if not min_separation_A > 0:
         raise ConfigError("dedup.min_separation_A", f"must be > 0 Å, got {min_separation_A}")
+    pick_separation_A = min_separation_A if pick_separation_A is None else pick_separation_A
+    if not pick_separation_A >= 0:
+        raise ConfigError("dedup.pick_separation_A", f"must be ≥ 0 Å, got {pick_separation_A}")
     if score not in SCORE_COLUMNS:
         raise ConfigError("dedup.score", f"must be one of {', '.join(SCORE_COLUMNS)}, "
                                          f"got {score!r}")
@@ -85,15 +113,24 @@ def remove_duplicates(particles_path: str | os.PathLike, out_dir: str | os.PathL
             raise InputError(source, problem + " (set pass_through_without_locations to keep "
                                                "every particle, or switch dedup off)")
         logger.warning("%s: %s; keeping all %d particles", source, problem, table.n)
-        keep, distance = np.ones(table.n, bool), np.full(table.n, np.nan)
+        keep = np.ones(table.n, bool)
+        distance = pick_distance = np.full(table.n, np.nan)
     else:
         centres = particle_centres(table, micrograph_apix)
-        scores = particle_scores(table, score)
+        if classes_star is not None:
+            centres += class_centre_offsets(read_classes(classes_star), table)
+        picks = pick_locations(table, micrograph_apix)
         _, micrographs = factorize(table.particles["rlnMicrographName"].to_numpy())
-        keep, distance = suppress_duplicates(centres, micrographs, scores, min_separation_A)
-    logger.info("%s: %d of %d particles are duplicates (closer than %g Å); %d kept",
-                source, int((~keep).sum()), table.n, min_separation_A, int(keep.sum()))
-    rejected = table.subset(~keep).with_columns(c2dDuplicateDistanceAngst=distance[~keep])
+        pairs = duplicate_pairs(centres, micrographs, min_separation_A, picks,
+                                pick_separation_A, source)
+        displaced_by = displacing_particles(pairs, particle_scores(table, score))
+        keep = displaced_by < 0
+        distance, pick_distance = _distances(centres, displaced_by), _distances(picks, displaced_by)
+    logger.info("%s: %d of %d particles are duplicates (aligned centres closer than %g Å or "
+                "picks closer than %g Å); %d kept", source, int((~keep).sum()), table.n,
+                min_separation_A, pick_separation_A, int(keep.sum()))
+    rejected = table.subset(~keep).with_columns(c2dDuplicateDistanceAngst=distance[~keep],
+                                                c2dDuplicatePickDistanceAngst=pick_distance[~keep])
     paths = write_particle_set(table.subset(keep), out_dir, "particles", template=table)
     paths.update(write_particle_set(rejected, out_dir, "rejected", template=table))
     return paths
@@ -117,6 +154,25 @@ def particle_centres(table: ParticleTable, micrograph_apix: float | None = None)
         return coords * apix[:, None]
     origins = np.nan_to_num(p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64))
     return coords * apix[:, None] - origins
+
+
+def class_centre_offsets(class_set: ClassSet, table: ParticleTable) -> np.ndarray:
+    """(n, 2) float64 Å (x, y): where the centre of mass of each particle's class average
+    lies in the particle relative to its aligned centre, R(−ψ)·c (see the module docstring)."""
+    _, rows = particle_classes(class_set, table)
+    com = -centre_of_mass_shifts(np.asarray(class_set.images, np.float64),
+                                 CENTRE_THRESHOLD) * class_set.apix
+    psi = np.radians(-np.nan_to_num(table.particles["rlnAnglePsi"].to_numpy(np.float64))
+                     if "rlnAnglePsi" in table.particles else np.zeros(table.n))
+    c = com[rows]
+    cos, sin = np.cos(psi), np.sin(psi)
+    return np.column_stack([cos * c[:, 0] - sin * c[:, 1], sin * c[:, 0] + cos * c[:, 1]])
+
+
+def pick_locations(table: ParticleTable, micrograph_apix: float | None = None) -> np.ndarray:
+    """Pick coordinates on their micrographs, unshifted: (n, 2) float64, Å (x, y)."""
+    apix = micrograph_pixel_size(table, micrograph_apix)
+    return table.particles[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64) * apix[:, None]
 
 
 def micrograph_pixel_size(table: ParticleTable, fallback: float | None = None) -> np.ndarray:
@@ -168,20 +224,50 @@ def particle_scores(table: ParticleTable, score: str) -> np.ndarray:
 
 
 def suppress_duplicates(centres: np.ndarray, micrographs: np.ndarray, scores: np.ndarray,
-                        min_separation: float) -> tuple[np.ndarray, np.ndarray]:
+                        min_separation: float, picks: np.ndarray | None = None,
+                        pick_separation: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Greedy non-maximum suppression within each micrograph.
 
-    centres: (n, 2) positions (any unit); micrographs: (n,) int code of each particle's
-    micrograph; scores: (n,) higher is better; min_separation: same unit as ``centres``.
+    centres: (n, 2) aligned positions (any unit); micrographs: (n,) int code of each
+    particle's micrograph; scores: (n,) higher is better; min_separation: same unit as
+    ``centres``; picks: (n, 2) pick positions in that unit, duplicates when closer than
+    ``pick_separation`` (None or 0: not used).
     Returns keep (n,) bool and distance (n,) float64: for a rejected particle the distance
-    to the kept particle that displaced it (NaN for kept ones).
+    of its aligned centre to that of the kept particle that displaced it (NaN for kept ones).
     """
-    n = len(centres)
+    pairs = duplicate_pairs(centres, micrographs, min_separation, picks, pick_separation)
+    displaced_by = displacing_particles(pairs, scores)
+    keep = displaced_by < 0
+    return keep, _distances(centres, displaced_by)
+
+
+def duplicate_pairs(centres: np.ndarray, micrographs: np.ndarray, min_separation: float,
+                    picks: np.ndarray | None = None, pick_separation: float = 0.0,
+                    source: str = "particles") -> np.ndarray:
+    """(m, 2) row pairs (i < j) of one micrograph whose ``centres`` lie closer than
+    ``min_separation`` or whose ``picks`` lie closer than ``pick_separation`` (see
+    :func:`suppress_duplicates`); logs how many each criterion found (source: the input)."""
     pairs = _close_pairs(centres, micrographs, min_separation)
-    keep, distance = np.ones(n, bool), np.full(n, np.nan)
+    if picks is None or not pick_separation > 0:
+        logger.info("%s: %d pairs of duplicates by aligned centre", source, len(pairs))
+        return pairs
+    by_pick = _close_pairs(picks, micrographs, pick_separation)
+    n = len(centres)
+    common = np.intersect1d(pairs[:, 0] * n + pairs[:, 1], by_pick[:, 0] * n + by_pick[:, 1]).size
+    logger.info("%s: %d pairs of duplicates: %d by aligned centre and pick, %d by aligned "
+                "centre only, %d by pick only", source, len(pairs) + len(by_pick) - common,
+                common, len(pairs) - common, len(by_pick) - common)
+    return np.unique(np.concatenate([pairs, by_pick]), axis=0)
+
+
+def displacing_particles(pairs: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Greedy non-maximum suppression over duplicate ``pairs`` (m, 2): (n,) int64, for each
+    rejected particle the row of the kept particle that displaced it, −1 for kept ones.
+    scores: (n,) higher is better; ties go to the earlier row."""
+    n = len(scores)
+    displaced_by = np.full(n, -1, np.int64)
     if len(pairs) == 0:
-        return keep, distance
-    # best first; ties by row order
+        return displaced_by
     rank = np.empty(n, np.int64)
     rank[np.lexsort((np.arange(n), -scores))] = np.arange(n)
     both = np.concatenate([pairs, pairs[:, ::-1]])
@@ -189,14 +275,20 @@ def suppress_duplicates(centres: np.ndarray, micrographs: np.ndarray, scores: np
     starts = np.searchsorted(both[:, 0], np.arange(n + 1))
     involved = np.unique(pairs)
     for node in involved[np.argsort(rank[involved])]:
-        if not keep[node]:
+        if displaced_by[node] >= 0:
             continue
         neighbours = both[starts[node]:starts[node + 1], 1]
         # neighbours still kept rank lower than `node` (a better one would have removed it)
-        displaced = neighbours[keep[neighbours]]
-        keep[displaced] = False
-        distance[displaced] = np.hypot(*(centres[displaced] - centres[node]).T)
-    return keep, distance
+        displaced_by[neighbours[displaced_by[neighbours] < 0]] = node
+    return displaced_by
+
+
+def _distances(positions: np.ndarray, displaced_by: np.ndarray) -> np.ndarray:
+    """(n,) distance of each rejected particle to the one that displaced it; NaN if kept."""
+    distance = np.full(len(positions), np.nan)
+    gone = np.flatnonzero(displaced_by >= 0)
+    distance[gone] = np.hypot(*(positions[gone] - positions[displaced_by[gone]]).T)
+    return distance
 
 
 def _close_pairs(centres: np.ndarray, micrographs: np.ndarray, radius: float) -> np.ndarray:

@@ -106,7 +106,14 @@ def write_selection_page(path: str | os.PathLike, images: np.ndarray, summary: p
              "Pass the downloaded file to <code>class2d.select.select_classes(selection_file=...)"
              "</code>.")
     source = json.dumps(path).replace("</", "<\\/")   # no "</script>" inside the script
-    cards = "\n".join(_card(image, row) for image, (_, row) in zip(images, summary.iterrows()))
+    threshold = summary.attrs.get("zscore_threshold")
+    cards = "\n".join(_card(image, row, threshold)
+                      for image, (_, row) in zip(images, summary.iterrows()))
+    particles = ("" if threshold is None else
+                 f"\nThe particles of the selected classes with rlnParticleSelectZScore above "
+                 f"{threshold:.2f} (they do not fit their class: aggregates, neighbours, edges, "
+                 f"outlier pixels) are rejected; each class shows the share of its particles "
+                 f"above it.")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>class2d: select 2D classes</title>
 <style>{_STYLE}</style></head>
@@ -116,7 +123,7 @@ def write_selection_page(path: str | os.PathLike, images: np.ndarray, summary: p
 Ticks: {html.escape(how)}.
 Green classes are selected; click a class to change it. <b>Save selection</b> downloads
 <code>selection.json</code>. {where}
-A red line names why the automatic rule calls a class junk; quality ≥ 1 passes it.</p></header>
+A red line names why the automatic rule calls a class junk; quality ≥ 1 passes it.{particles}</p></header>
 <div class="toolbar">
 <button id="save">Save selection</button><button id="auto">Automatic choice</button>
 <button id="all">All</button><button id="none">None</button>
@@ -138,7 +145,7 @@ A red line names why the automatic rule calls a class junk; quality ≥ 1 passes
     return path
 
 
-def _card(image: np.ndarray, row: pd.Series) -> str:
+def _card(image: np.ndarray, row: pd.Series, threshold: float | None = None) -> str:
     number = int(row["rlnClassNumber"])
     checked = " checked" if bool(row["selected"]) else ""
     quality = float(row["quality"])
@@ -148,6 +155,9 @@ def _card(image: np.ndarray, row: pd.Series) -> str:
              f"ECA {_number(row.get('eca'), '.2f')}",
              f"contrast {float(row['contrast']):.3g}, edge {_number(row['edge_ratio'], '.2f')}",
              f"off-centre {float(row['offcentre']):.3f}, quality {_number(quality, '.2f')}"]
+    if threshold is not None:
+        lines.append(f"above z {threshold:.2f}: {100 * float(row['zscore_drop']):.1f} % of "
+                     f"its particles")
     verdict = ('<div>automatic: good</div>' if row["auto"] else
                f'<div class="junk">automatic: junk ({html.escape(str(row["reasons"]))})</div>')
     return (f'<div class="card{" selected" if checked else ""}" id="card-{number}" '

@@ -13,6 +13,17 @@ number, which the particles' ``rlnClassNumber`` still refers to) and ``selection
 a page to review the choice and save another (``{"selected": [class numbers]}``).  A
 ``selection_file`` that exists overrides ``mode``.
 
+Particles inside the selected classes
+-------------------------------------
+``max_particle_zscore`` also rejects the particles of the selected classes that do not fit
+their class: those whose ``rlnParticleSelectZScore`` (``.cs``: ``class2d/select_zscore``;
+written by the classifier, see :mod:`class2d.em.outliers`) is above a threshold, as
+CryoSPARC's *Subset Particles by Statistic*.  A number is the threshold; ``"auto"`` fits
+two Gaussians to the z-scores of the selected classes' particles (CryoSPARC's "cluster by
+Gaussian fitting") and cuts where the upper one becomes the likelier, kept within
+AUTO_ZSCORE_RANGE; ``None`` keeps every particle of the selected classes.  The page shows,
+per class, the share of its particles above the threshold.
+
 The automatic rule
 ------------------
 Each average (box D px) is split into a central disc (radius: half the particle
@@ -56,6 +67,9 @@ from class2d.report_select import write_selection_page
 logger = logging.getLogger(__name__)
 
 MODES = ("auto", "list", "thresholds")
+#: per-particle z-score columns (STAR, then ``.cs``) and the range of the automatic threshold
+ZSCORE_COLUMNS = ("rlnParticleSelectZScore", "class2d/select_zscore")
+AUTO_ZSCORE_RANGE = (2.5, 6.0)
 #: automatic rule (see the module docstring)
 EDGE_RATIO_MAX = 0.2
 OFFCENTRE_MAX = 0.1
@@ -72,14 +86,17 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
                    classes: list[int] | None = None, min_particles: int | None = None,
                    max_resolution_A: float | None = None, min_posterior: float | None = None,
                    max_eca: float | None = None, selection_file: str | os.PathLike | None = None,
-                   particle_diameter_A: float | None = None) -> dict[str, str]:
+                   particle_diameter_A: float | None = None,
+                   max_particle_zscore: float | str | None = "auto") -> dict[str, str]:
     """Keep the particles of the chosen classes; write the files listed in the module docstring.
 
     mode: ``"auto"``, ``"list"`` (``classes``: class numbers) or ``"thresholds"``
     (``min_particles``, ``max_resolution_A`` Å, ``min_posterior`` 0–1, ``max_eca``: each
     ``None`` is off; in ``"auto"`` those given apply on top of the automatic rule);
     selection_file: JSON ``{"selected": [...]}``; when it exists it overrides ``mode``;
-    particle_diameter_A: Å, for the automatic rule (default 70 % of the box).
+    particle_diameter_A: Å, for the automatic rule (default 70 % of the box);
+    max_particle_zscore: a number, ``"auto"`` or None (see "Particles inside the selected
+    classes" above).
     Returns {file name: path} of what it wrote.
     """
     if mode not in MODES:
@@ -108,6 +125,9 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     summary["selected"] = chosen
     logger.info("%s: %d of %d classes selected (%s)", class_set.path, int(chosen.sum()),
                 len(chosen), how)
+    in_chosen = table.particles["rlnClassNumber"].isin(
+        summary["rlnClassNumber"].to_numpy()[chosen]).to_numpy()
+    outliers = particle_outliers(table, summary, in_chosen, max_particle_zscore)
 
     out_dir = os.fspath(out_dir)
     paths = {"selection.html": write_selection_page(
@@ -116,14 +136,83 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     if not chosen.any():
         raise InputError(class_set.path, f"no class selected ({how}); see "
                                          f"{paths['selection.html']}")
-    numbers = summary["rlnClassNumber"].to_numpy()[chosen]
-    keep = table.particles["rlnClassNumber"].isin(numbers).to_numpy()
-    logger.info("%s: %d of %d particles in the selected classes", table.source,
-                int(keep.sum()), table.n)
+    keep = in_chosen & ~outliers
+    logger.info("%s: %d of %d particles in the selected classes, %d of them kept", table.source,
+                int(in_chosen.sum()), table.n, int(keep.sum()))
     paths.update(write_particle_set(table.subset(keep), out_dir, "particles", template=table))
     paths.update(write_particle_set(table.subset(~keep), out_dir, "rejected", template=table))
     paths.update(write_classes(class_set, np.flatnonzero(chosen), out_dir))
     return paths
+
+
+def particle_outliers(table: ParticleTable, summary: pd.DataFrame, in_chosen: np.ndarray,
+                      max_zscore: float | str | None) -> np.ndarray:
+    """(n,) bool: particles whose z-score is above the threshold ``max_zscore`` sets (see
+    the module docstring).  Adds ``zscore_drop`` (share of each class's particles above it)
+    to ``summary`` and the threshold to ``summary.attrs["zscore_threshold"]``."""
+    none = np.zeros(table.n, bool)
+    if max_zscore is None:
+        return none
+    if isinstance(max_zscore, str) and max_zscore != "auto" or (
+            not isinstance(max_zscore, str) and not max_zscore > 0):
+        raise ConfigError("select.max_particle_zscore",
+                          f"must be a number > 0, auto or null, got {max_zscore!r}")
+    z = particle_zscores(table)
+    if z is None:
+        if max_zscore == "auto":
+            logger.warning("%s: no %s: every particle of the selected classes kept",
+                           table.source, ZSCORE_COLUMNS[0])
+            return none
+        raise InputError(table.source, f"no {' or '.join(ZSCORE_COLUMNS)}: cannot reject "
+                                       f"particles by it (set max_particle_zscore to null)")
+    how = "auto"
+    if max_zscore == "auto":
+        threshold = auto_zscore_threshold(z[in_chosen & np.isfinite(z)])
+    else:
+        threshold, how = float(max_zscore), "given"
+    above = np.nan_to_num(z, nan=np.inf) > threshold
+    class_of = table.particles["rlnClassNumber"].to_numpy()
+    summary["zscore_drop"] = [above[class_of == k].mean() if (class_of == k).any() else 0.0
+                              for k in summary["rlnClassNumber"]]
+    summary.attrs["zscore_threshold"] = threshold
+    logger.info("%s: %d of %d particles of the selected classes have %s > %.2f (%s): rejected",
+                table.source, int((above & in_chosen).sum()), int(in_chosen.sum()),
+                ZSCORE_COLUMNS[0], threshold, how)
+    return above & in_chosen
+
+
+def particle_zscores(table: ParticleTable) -> np.ndarray | None:
+    """(n,) float64 per-particle z-scores (the first column of ZSCORE_COLUMNS present)."""
+    for column in ZSCORE_COLUMNS:
+        if column in table.particles.columns:
+            return table.particles[column].to_numpy(np.float64)
+    return None
+
+
+def auto_zscore_threshold(z: np.ndarray) -> float:
+    """Where the upper of two Gaussians fitted to ``z`` (EM, from the median and MAD and
+    the top decile) becomes the likelier, within AUTO_ZSCORE_RANGE; the range's upper end
+    when it never does (or there are fewer than 10 values)."""
+    low, high = AUTO_ZSCORE_RANGE
+    if z.size < 10:
+        return high
+    centre = np.median(z)
+    mean = np.array([centre, np.percentile(z, 95)])
+    sd = np.array([1.4826 * np.median(np.abs(z - centre)), z.std()])
+    sd = np.maximum(sd, 1e-3)
+    weight = np.array([0.9, 0.1])
+    for _ in range(200):
+        density = weight * np.exp(-0.5 * ((z[:, None] - mean) / sd) ** 2) / sd
+        resp = density / np.maximum(density.sum(axis=1, keepdims=True), 1e-300)
+        weight = np.maximum(resp.mean(axis=0), 1e-6)
+        mean = (resp * z[:, None]).sum(axis=0) / (weight * z.size)
+        sd = np.maximum(np.sqrt((resp * (z[:, None] - mean) ** 2).sum(axis=0)
+                                / (weight * z.size)), 1e-3)
+    upper = int(np.argmax(mean))
+    grid = np.linspace(low, high, 351)
+    density = weight * np.exp(-0.5 * ((grid[:, None] - mean) / sd) ** 2) / sd
+    likelier = np.flatnonzero(density[:, upper] >= density[:, 1 - upper])
+    return float(grid[likelier[0]]) if likelier.size else high
 
 
 def summarize(class_set: ClassSet, table: ParticleTable,

@@ -20,6 +20,7 @@ import pandas as pd
 from class2d import io
 from class2d.em.bias import alignment_bias
 from class2d.em.mstep import class_resolution
+from class2d.em.outliers import outlier_scores
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
 from class2d.fourier import pixel_grid
@@ -72,7 +73,10 @@ def class_order(counts: np.ndarray, sort: bool) -> np.ndarray:
 
 def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: ClassifyParams,
                   out_dir: str | os.PathLike) -> None:
-    """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.{tsv,png}."""
+    """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.{tsv,png}.
+
+    The particles carry, besides their class and pose, the per-particle outlier statistics
+    of ``em.outliers`` (``rlnParticleSelectZScore``, ``.cs`` ``class2d/select_zscore``)."""
     out_dir = os.fspath(out_dir)
     k_count = state.n_classes
     best = out["best_class"].astype(np.int64)
@@ -102,6 +106,8 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     })
     io.write_star_blocks({"classes": classes}, os.path.join(out_dir, "classes.star"))
     _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
+    outliers = outlier_scores(stack, state.references, best, out["psi"], out["tx"], out["ty"],
+                              params.diameter_px(stack.box, stack.apix))
     psi, ox, oy = relion_pose(psi_internal, out["tx"], out["ty"], state.apix)
     table = stack.table().with_columns(
         rlnClassNumber=new_index[best] + 1, rlnAnglePsi=psi, rlnOriginXAngst=ox,
@@ -113,7 +119,7 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
            "alignments2D/class_ess": out["ess"].astype(np.float32),
            "alignments2D/alpha": state.alpha.astype(np.float32),
            "alignments2D/error": (-out["loglik"]).astype(np.float32),
-           "alignments2D/psize_A": np.full(best.size, state.apix, np.float32)})
+           "alignments2D/psize_A": np.full(best.size, state.apix, np.float32)}, **outliers)
     io.write_particles(table, os.path.join(out_dir, "particles.star"))
     io.write_particles(table, os.path.join(out_dir, "particles.cs"))
     labels = [f"{k + 1}: {c} ptcls\n{r:.1f} Å" if c else f"{k + 1}: empty"

@@ -58,13 +58,18 @@ sum along the third axis.
 * Crowding (``neighbours``): other particles drawn around every pick, partly inside
   its box.
 
+* A classifier's output (:func:`~class2d.simulate.classified.classifier_output`): classes,
+  poses and scores from the truth, optionally each object split into two classes centred
+  differently (two picks of one particle then often have distant aligned centres).
+
 Simplifications: the CTF has no envelope; the ice is uniform.
 """
 
+from class2d.simulate.classified import classifier_output
 from class2d.simulate.dataset import JUNK_TYPES, Dataset, simulate
 from class2d.simulate.output import read_truth, simulate_demo, write_dataset, write_simulated
 from class2d.simulate.phantom import Phantom, euler_matrix, make_phantom, project, rasterize
 
-__all__ = ["JUNK_TYPES", "Dataset", "Phantom", "euler_matrix", "make_phantom", "project",
+__all__ = ["JUNK_TYPES", "Dataset", "Phantom", "classifier_output", "euler_matrix", "make_phantom", "project",
            "rasterize", "read_truth", "simulate", "simulate_demo", "write_dataset",
            "write_simulated"]
