@@ -116,6 +116,28 @@ def estep(outdir: str) -> tuple[float, float]:
     return gflop, seconds
 
 
+def report(n: int, k: int, wall: float, load: float, outdir: str, sim_seconds: float,
+           sim_peak: float, peak: float) -> None:
+    """Print one run's lines as soon as it ends (a long series is read as it goes)."""
+    jobs = job_lines(outdir)
+    stage = {"prepare": [j for j in jobs if "prepare" in j[0]],
+             "online": [j for j in jobs if j[0] in ONLINE_STEPS],
+             "full pass": [j for j in jobs if "prepare" not in j[0] and j[0] not in ONLINE_STEPS]}
+    gflop, e_seconds = estep(outdir)
+    parts = [f"simulate {sim_seconds:.0f} s / {sim_peak:.2f} GB" if sim_seconds
+             else "simulate reused"]
+    for name, stage_jobs in stage.items():
+        parts.append(f"{name} {sum(j[1] for j in stage_jobs):.0f} s in {len(stage_jobs)} jobs / "
+                     f"{max((j[2] for j in stage_jobs), default=0.0):.2f} GB")
+    rate = gflop / e_seconds if e_seconds else 0.0
+    print(f"N {n}, K {k}: workflow {wall:.0f} s end to end (load {load:.1f}); "
+          + "; ".join(parts))
+    print(f"    E-step {gflop / 1e3:.2f} TFLOP in {e_seconds:.0f} s: {rate:.1f} GFLOP/s = "
+          f"{rate / peak:.0%} of the peak; {1e3 * wall / n:.2f} ms per particle end to "
+          f"end, {1e3 * sum(j[1] for j in stage['full pass']) / n:.2f} ms in the full pass",
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--particles", type=int, nargs="+", default=[10_000, 30_000, 100_000])
@@ -134,6 +156,8 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"numpy {np.__version__}; workflow on --cores {args.cores}, memory_gb {args.memory_gb}")
     peak_before = matmul_peak()
+    print(f"float32 matmul peak before the runs: {peak_before:.1f} GFLOP/s", flush=True)
+    print("N, K: stage wall s (sum of its jobs' s) / peak RSS of its largest job GB")
     results = []
     for n in args.particles:
         star, sim_seconds, sim_peak = dataset(work, n, args.box, args.apix, args.seed,
@@ -142,30 +166,12 @@ def main() -> None:
             outdir = os.path.join(work, f"run_{n}_{args.box}px_K{k}_it{args.iterations}")
             subprocess.run(["rm", "-rf", outdir], check=True)
             wall, load = run_workflow(star, outdir, args, k)
-            jobs = job_lines(outdir)
-            stage = {"prepare": [j for j in jobs if "prepare" in j[0]],
-                     "online": [j for j in jobs if j[0] in ONLINE_STEPS],
-                     "full pass": [j for j in jobs
-                                   if "prepare" not in j[0] and j[0] not in ONLINE_STEPS]}
-            gflop, e_seconds = estep(outdir)
-            results.append((n, k, wall, load, sim_seconds, sim_peak, stage, gflop, e_seconds))
-    peak = max(peak_before, matmul_peak())
-    print(f"float32 matmul peak: {peak:.1f} GFLOP/s (before the runs {peak_before:.1f})")
-    print("N, K: stage wall s (sum of its jobs' s) / peak RSS of its largest job GB")
-    for n, k, wall, load, sim_seconds, sim_peak, stage, gflop, e_seconds in results:
-        parts = [f"simulate {sim_seconds:.0f} s / {sim_peak:.2f} GB" if sim_seconds
-                 else "simulate reused"]
-        for name, jobs in stage.items():
-            parts.append(f"{name} {sum(j[1] for j in jobs):.0f} s in {len(jobs)} jobs / "
-                         f"{max((j[2] for j in jobs), default=0.0):.2f} GB")
-        rate = gflop / e_seconds if e_seconds else 0.0
-        print(f"N {n}, K {k}: workflow {wall:.0f} s end to end (load {load:.1f}); "
-              + "; ".join(parts))
-        print(f"    E-step {gflop / 1e3:.2f} TFLOP in {e_seconds:.0f} s: {rate:.1f} GFLOP/s = "
-              f"{rate / peak:.0%} of the peak; {1e3 * wall / n:.2f} ms per particle end to "
-              f"end, {1e3 * sum(j[1] for j in stage['full pass']) / n:.2f} ms in the full pass")
-    base = {k: wall / n for n, k, wall, *_ in results if n == min(args.particles)}
-    for n, k, wall, *_ in results:
+            results.append((n, k, wall))
+            report(n, k, wall, load, outdir, sim_seconds, sim_peak, peak_before)
+    print(f"float32 matmul peak after the runs: {matmul_peak():.1f} GFLOP/s (the ratios above "
+          f"are to the peak before)")
+    base = {k: wall / n for n, k, wall in results if n == min(args.particles)}
+    for n, k, wall in results:
         print(f"cost per particle, N {n} K {k}: {wall / n / base[k]:.2f}x that at "
               f"N {min(args.particles)}")
     print(f"this script's own peak memory: {peak_memory_gb():.2f} GB")
