@@ -8,10 +8,11 @@ For each (N, K): makes the synthetic set (``class2d.simulate.write_simulated``: 
 objects, 10 % junk, SNR 0.05; reused when ``--work`` already holds it), runs
 ``snakemake --cores C`` up to ``classify/classes.star`` in a fresh output folder, and
 reads every job's closing log line (``…: done in S s, peak memory G GB``, written by
-``class2d.runner.run_step``).  Prints per stage (simulate, prepare, classify): wall time
-and the peak RSS of its largest job; the E-step's FLOPs, seconds, FLOP rate and its
-ratio to the float32 matmul peak measured in the same run (the better of a measurement
-before and one after, as ``bench_classify.py``); and the cost per particle as N grows.
+``class2d.runner.run_step``).  Prints, as each run ends, per stage (simulate, prepare,
+online iterations, full pass): seconds summed over its jobs and the peak RSS of its largest
+job; the machine's mean load during the run; the E-step's FLOPs, seconds, FLOP rate and
+its ratio to the float32 matmul peak measured before the runs (measured again after);
+and at the end the cost per particle as N grows.
 """
 
 from __future__ import annotations
