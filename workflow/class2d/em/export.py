@@ -106,8 +106,7 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     })
     io.write_star_blocks({"classes": classes}, os.path.join(out_dir, "classes.star"))
     _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
-    outliers = outlier_scores(stack, state.references, best, out["psi"], out["tx"], out["ty"],
-                              params.diameter_px(stack.box, stack.apix))
+    outliers = outlier_scores(out, best)
     psi, ox, oy = relion_pose(psi_internal, out["tx"], out["ty"], state.apix)
     table = stack.table().with_columns(
         rlnClassNumber=new_index[best] + 1, rlnAnglePsi=psi, rlnOriginXAngst=ox,

@@ -21,6 +21,7 @@ import numpy as np
 from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries
 from class2d.em.grids import FrequencySet
+from class2d.em.outliers import FEATURES, outlier_features
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import RESULT_KEYS, accumulate, load_spectra, make_context, score_rows
 from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes
@@ -140,13 +141,19 @@ def _timed(row: dict, out: dict, tic: float) -> dict:
 
 def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
                     shard: int, last: bool) -> dict:
-    """E-step over every particle of one shard: statistics and per-particle results."""
+    """E-step over every particle of one shard: statistics and per-particle results, and
+    with ``last`` each particle's outlier features (``outliers.outlier_features``)."""
     a, b = stack.shard_rows[shard]
     ctx = make_context(stack, params, params.align_res_A, full=True)
     tic = time.perf_counter()
     stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
                             hard=last and params.hard_last_iteration)
     out.update(stats.to_file())
+    if last:
+        # against the classes the shard aligned to: the work scatters with the shards
+        out.update(outlier_features(stack, np.arange(a, b), state.references,
+                                    out["best_class"], out["psi"], out["tx"], out["ty"],
+                                    params.diameter_px(stack.box, stack.apix)))
     logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
                 "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
                 _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,
@@ -165,13 +172,14 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     parts: each shard's results, read once in order (an iterator that loads one shard file
     at a time holds one shard's statistics, not all of them)."""
     stats = None
-    columns: dict[str, list] = {key: [] for key in RESULT_KEYS}
+    columns: dict[str, list] = {}
     flops = 0.0
     for part in parts:
         shard = Statistics.from_file(part)
         stats = shard if stats is None else stats + shard
-        for key in RESULT_KEYS:
-            columns[key].append(np.asarray(part[key]))
+        # the per-particle outlier features come with the last full pass's shards
+        for key in RESULT_KEYS + tuple(name for name in FEATURES if name in part):
+            columns.setdefault(key, []).append(np.asarray(part[key]))
         flops += float(part["flops"])
     out = {key: np.concatenate(value) for key, value in columns.items()}
     out["flops"] = flops
