@@ -65,7 +65,7 @@ def workflow_command(outdir: Path, config: dict, cores: int = 2) -> list[str]:
     path = outdir.parent / f"{outdir.name}.yaml"
     path.write_text(yaml.safe_dump({**config, "outdir": str(outdir)}))
     return [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile", str(path),
-            "--directory", str(REPO)]
+            "--snakefile", str(REPO / "Snakefile"), "--directory", str(REPO)]
 
 
 def run_workflow(outdir: Path, config: dict, cores: int = 2, extra: tuple = ()) -> Path:

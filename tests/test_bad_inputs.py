@@ -334,7 +334,8 @@ def snakemake(config: dict, target: str, workdir: Path,
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "1",
-                           "--configfile", str(path), "--directory", str(REPO)], capture_output=True,
+                           "--configfile", str(path), "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(REPO)], capture_output=True,
                           text=True, preexec_fn=file_limit(fsize_limit) if fsize_limit
                           else None)
 
