@@ -5,8 +5,9 @@
 One uninterrupted run of tests/killing.py's SMALL demo (every stage active) is the
 reference.  The first trials kill each stage in turn (``delay`` s after its first job's log
 appears, drawn uniformly from [0, --max-delay)), the rest at a time drawn uniformly over
-the first 80 % of the reference's wall time (later ones often find the run ended).  Each trial then runs ``snakemake --unlock`` and the same
-command again, and compares every output file byte for byte with the reference.
+the first 80 % of the reference's wall time (later ones often find the run ended).  Each
+trial then runs ``snakemake --unlock`` and the same command again, and compares every
+output file byte for byte with the reference.
 Prints one markdown row per trial (the moment, the jobs running when the kill landed, the
 temporary files it left, the resume's exit status, the differing files) and a summary;
 exits 1 when any trial's outputs differ or its resume failed.
