@@ -48,7 +48,8 @@ STAGES = {
     "iterations": ("logs/classify/iteration_004.log", ("classify_iteration",)),
     "shard passes": ("logs/classify/full_005_shard_000.log", ("classify_full_shard",)),
     "gather": ("logs/classify/gather_005.log", ("gather_full_pass",)),
-    "export": ("logs/classify/export_classes.log", ("export_classes", "compare_with_truth")),
+    "export": ("logs/classify/export_classes.log", ("export_classes",)),
+    "truth": ("logs/compare_with_truth.log", ("compare_with_truth",)),    # the demo's check
     "dedup": ("logs/remove_duplicates.log", ("remove_duplicates",)),
     "select": ("logs/select_classes.log", ("select_classes",)),
     "rebalance": ("logs/rebalance_classes.log", ("rebalance_classes",)),
