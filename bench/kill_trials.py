@@ -5,7 +5,8 @@
 One uninterrupted run of tests/killing.py's SMALL demo (every stage active) is the
 reference.  The first trials kill each stage in turn (``delay`` s after its first job's log
 appears, drawn uniformly from [0, --max-delay)), the rest at a time drawn uniformly over
-the first 80 % of the reference's wall time (later ones often find the run ended).  Each
+the first 80 % of the reference's wall time (later ones often find the run ended); a stage
+that no kill reached then gets one more trial, killed the moment its log appears.  Each
 trial then runs ``snakemake --unlock`` and the same command again, and compares every
 output file byte for byte with the reference.
 Prints one markdown row per trial (the moment, the jobs running when the kill landed, the
@@ -54,23 +55,35 @@ def main() -> int:
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.node()}, "
           f"{os.cpu_count()} CPUs, --cores {args.cores}, seed {args.seed}; "
           f"reference run {wall_s:.1f} s\n")
-    print("| trial | kill at | running when killed | temporary files left | resume | differing outputs |")
+    print("| trial | kill at | running when killed | temporary files left | resume "
+          "| differing outputs |")
     print("|---|---|---|---|---|---|")
     failed, landed = 0, {}
-    for i, moment in enumerate(moments(args.trials, args.seed, args.max_delay, wall_s)):
-        trial = kill_and_resume(args.folder / f"kill_{i:03d}", SMALL, moment, args.cores)
-        diff = differences(reference, trial.outdir) if trial.resume_rc == 0 else ["(no resume)"]
-        failed += bool(diff) or trial.resume_rc != 0
-        for stage in trial.running or ["(run had ended)"]:
+
+    def trial(i: int, moment: Moment) -> None:
+        nonlocal failed
+        result = kill_and_resume(args.folder / f"kill_{i:03d}", SMALL, moment, args.cores)
+        diff = (differences(reference, result.outdir) if result.resume_rc == 0
+                else ["(no resume)"])
+        failed += bool(diff) or result.resume_rc != 0
+        for stage in result.running or ["(run had ended)"]:
             landed[stage] = landed.get(stage, 0) + 1
-        print(f"| {i} | {moment} | {', '.join(trial.running) or '(run had ended)'} | "
-              f"{len(trial.leftovers)} | rc {trial.resume_rc} | {', '.join(diff) or 'none'} |",
+        print(f"| {i} | {moment} | {', '.join(result.running) or '(run had ended)'} | "
+              f"{len(result.leftovers)} | rc {result.resume_rc} | {', '.join(diff) or 'none'} |",
               flush=True)
-        if trial.resume_rc:
-            print(trial.resume_tail, file=sys.stderr)
-        shutil.rmtree(trial.outdir)
+        if result.resume_rc:
+            print(result.resume_tail, file=sys.stderr)
+        shutil.rmtree(result.outdir)
+
+    plan = moments(args.trials, args.seed, args.max_delay, wall_s)
+    for i, moment in enumerate(plan):       # the loop goes on into what is appended below
+        trial(i, moment)
+        if i == args.trials - 1:
+            # a stage no kill reached (its jobs had ended) is tried once more, the moment
+            # its log appears
+            plan += [Moment(stage, 0.0) for stage in STAGES if stage not in landed]
     missed = [stage for stage in STAGES if stage not in landed]
-    print(f"\n{args.trials} trials, {failed} with differing outputs or a failed resume; "
+    print(f"\n{len(plan)} trials, {failed} with differing outputs or a failed resume; "
           f"kills landed in: {', '.join(f'{k} {v}' for k, v in landed.items())}; "
           f"no kill in: {', '.join(missed) or 'none'}; "
           f"total {time.perf_counter() - started:.0f} s")

@@ -1,4 +1,4 @@
-"""atomic_path: what a killed writer leaves is removed by the next, and a failed write names its file."""
+"""atomic_path: a killed writer's temporary is removed by the next; a failed write names its file."""
 
 from __future__ import annotations
 

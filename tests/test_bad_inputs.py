@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
 import resource
@@ -103,7 +102,8 @@ def write_cs(folder: Path, drop: str | None = None, retype: str | None = None) -
     stored as text."""
     folder.mkdir(parents=True, exist_ok=True)
     write_stack(folder / "particles.mrc", images())
-    fields = [("uid", "<u8"), ("blob/path", "S32"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
+    fields = [("uid", "<u8"), ("blob/path", "S32"), ("blob/idx", "<u4"),
+              ("blob/shape", "<u4", (2,)),
               ("blob/psize_A", "<f4"), ("ctf/accel_kv", "<f4"), ("ctf/cs_mm", "<f4"),
               ("ctf/amp_contrast", "<f4"), ("ctf/df1_A", "<f4"), ("ctf/df2_A", "<f4"),
               ("ctf/df_angle_rad", "<f4")]
@@ -295,8 +295,8 @@ CASES = {
     "zero classes": config_case("classify.n_classes", "minimum of 1",
                                 {"classify": {**CONFIG["classify"], "n_classes": 0}}),
     # CryoSPARC's default 6 Å is finer than Nyquist for every set binned beyond 3 Å/px
-    "resolution beyond nyquist": Case(beyond_nyquist, "finer than the particles' Nyquist limit 12 Å",
-                                      works=True),
+    "resolution beyond nyquist": Case(beyond_nyquist,
+                                      "finer than the particles' Nyquist limit 12 Å", works=True),
     "mask wider than box": config_case("classify.mask_diameter_A", "wider than the 192 Å box",
                                        {"classify": {**CONFIG["classify"],
                                                      "mask_diameter_A": 400.0}}, "init"),

@@ -135,8 +135,8 @@ class ParticleTable:
 def require_ctf(table: ParticleTable) -> None:
     """Raise ``InputError`` naming the table's file unless every CTF quantity is present.
 
-    Needed per particle: ``rlnDefocusU``, ``rlnDefocusV`` (finite, ≥ 0); per optics group: ``rlnVoltage``,
-    ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
+    Needed per particle: ``rlnDefocusU``, ``rlnDefocusV`` (finite, ≥ 0); per optics group:
+    ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
     """
     missing = [name for name in ("rlnDefocusU", "rlnDefocusV")
                if name not in table.particles.columns]
