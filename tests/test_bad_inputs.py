@@ -309,8 +309,10 @@ CASES = {
     "one image, one class": Case(one_image, target="export", works=True),
     "paths with spaces": Case(spaces, target="prepare", works=True),
 }
-STAGE_CASES = {"malformed selection.json", "selection of unknown classes", "selection of nothing",
-               "dedup without micrographs"}
+#: the cases run in a copy of the small finished run: the first stage they redo
+STAGE_CASES = {"malformed selection.json": "select", "selection of unknown classes": "select",
+               "selection of nothing": "select", "dedup without micrographs": "dedup"}
+LATER_STAGES = ("dedup", "select", "rebalance", "templates")
 
 
 def hashes(files: list[Path]) -> dict[str, str]:
@@ -343,9 +345,9 @@ def run_case(name: str, folder: Path, finished: Path) -> dict:
     case = CASES[name]
     if name in STAGE_CASES:
         outdir = folder / "results"
+        redo = LATER_STAGES[LATER_STAGES.index(STAGE_CASES[name]):]
         shutil.copytree(finished, outdir, symlinks=True,
-                        ignore=shutil.ignore_patterns("logs", "dedup", "select", "rebalance",
-                                                      "templates"))
+                        ignore=shutil.ignore_patterns("logs", *redo))
         (outdir / "select").mkdir()
         settings, named = case.make(outdir)
         inputs = [Path(named)]
