@@ -296,7 +296,8 @@ CASES = {
                                 {"classify": {**CONFIG["classify"], "n_classes": 0}}),
     # CryoSPARC's default 6 Å is finer than Nyquist for every set binned beyond 3 Å/px
     "resolution beyond nyquist": Case(beyond_nyquist,
-                                      "finer than the particles' Nyquist limit 12 Å", works=True),
+                                      "finer than the particles' Nyquist limit 12 Å",
+                                      target="export", works=True),
     "mask wider than box": config_case("classify.mask_diameter_A", "wider than the 192 Å box",
                                        {"classify": {**CONFIG["classify"],
                                                      "mask_diameter_A": 400.0}}, "init"),
