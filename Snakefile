@@ -7,9 +7,13 @@
 #   module class2d: snakefile: github(...) or a path; config: config["class2d"]
 #   use rule * from class2d as class2d_*
 import os
+import sys
 
 import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, update_config, validate
+
+from class2d.errors import schema_problem
 
 min_version("8.0")
 
@@ -18,6 +22,7 @@ min_version("8.0")
 DEFAULT_CONFIG = os.path.join(workflow.current_basedir, "config", "config.yaml")
 
 
+# beside this file, so that `snakemake -s /path/to/Snakefile` runs from any folder
 configfile: DEFAULT_CONFIG
 
 
@@ -27,7 +32,10 @@ update_config(_defaults, config)
 config.update(_defaults)
 
 
-validate(config, "config/schema.yaml")
+try:
+    validate(config, "config/schema.yaml")
+except WorkflowError as err:  # one line naming the key, not the schema's text
+    sys.exit(f"error: {schema_problem(err)}")
 
 
 report: "report/workflow.rst"

@@ -9,6 +9,10 @@ from class2d.errors import ConfigError, InputError
 from class2d.prepare import shard_count
 
 OUT = config["outdir"]
+try:
+    layout.check_outdir(OUT)
+except ConfigError as err:
+    sys.exit(f"error: {err}")
 PREPARE_DIR = os.path.join(OUT, "prepare")
 CLASSIFY_DIR = os.path.join(OUT, "classify")
 CONDA_ENV = "../envs/class2d.yaml"

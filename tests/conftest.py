@@ -116,3 +116,12 @@ def assert_same_images():
                                       want_table.particles["rlnImageName"].to_numpy()[~exists])
 
     return check
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """The small demo of ``tests/killing.py`` (every stage) run once to the end, into
+    ``…/kill_ref`` (its config beside it, ``kill_ref.yaml``)."""
+    from killing import SMALL, run_workflow
+
+    return run_workflow(tmp_path_factory.mktemp("small") / "kill_ref", SMALL)

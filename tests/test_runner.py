@@ -54,3 +54,15 @@ def test_run_step_holds_numba_blas_and_ffts_to_the_jobs_threads(tmp_path, monkey
     finally:
         numba.set_num_threads(before[0])
     assert _threads_seen()[1] == before[1]              # BLAS is released after the step
+
+
+def _unwritable(path: str) -> None:
+    raise PermissionError(13, "Permission denied", path)
+
+
+def test_run_step_gives_a_file_it_cannot_write_as_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_step(_unwritable, "out/classes.mrcs", log=str(tmp_path / "step.log"))
+    assert exit_info.value.code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert errors == ["error: out/classes.mrcs: Permission denied"]

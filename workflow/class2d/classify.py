@@ -56,6 +56,7 @@ class Classification:
                  backend: str = "auto"):
         self.params = ClassifyParams.from_config(config, seed)     # a bad setting fails first
         self.stack = PreparedStack.read(prepared_meta)
+        self.params.check_particles(self.stack.n, self.stack.box, self.stack.apix)
         self.backend = backend
 
     @functools.cached_property

@@ -30,3 +30,15 @@ class ConfigError(ValueError):
         self.key = key
         self.problem = problem
         super().__init__(f"config {key}: {problem}")
+
+
+def schema_problem(err: Exception) -> str:
+    """``config <key>: <problem>`` for a failed validation of the config against its schema
+    (Snakemake's ``WorkflowError`` around jsonschema's ``ValidationError``)."""
+    problem = err
+    while problem is not None and not hasattr(problem, "absolute_path"):
+        problem = problem.__cause__ or problem.__context__
+    if problem is None:
+        return f"config: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    key = ".".join(str(part) for part in problem.absolute_path) or "(top level)"
+    return str(ConfigError(key, problem.message))

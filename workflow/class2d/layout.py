@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 
+from class2d.errors import ConfigError
+
 #: the prepared folder's description (boxes, pixel sizes, shard row ranges)
 PREPARED_META = "prepared.yaml"
 #: the prepared folder's copy of the input particle table
@@ -81,3 +83,15 @@ def assignments_path(classify_dir: str, n: int | str) -> str:
 def shard_result_path(classify_dir: str, n: int | str, shard: int | str) -> str:
     """One shard's part of full pass n: ``iter_NNN/shard_SSS.npz``."""
     return os.path.join(iteration_dir(classify_dir, n), f"shard_{number(shard)}.npz")
+
+
+def check_outdir(outdir: str) -> None:
+    """``ConfigError("outdir", …)`` unless ``outdir`` is, or can be made as, a folder this
+    process may write in (its nearest existing ancestor is a writable folder)."""
+    existing = os.path.abspath(outdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError("outdir", f"{outdir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("outdir", f"{outdir}: no permission to write in {existing}")

@@ -141,7 +141,8 @@ class Geometry(NamedTuple):
 
 def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
              box_px: int | None, diameter_A: float | None) -> Geometry:
-    """Check the table (one box and pixel size, CTF columns) and derive the prepared geometry.
+    """Check the table (one box and pixel size, CTF columns, no image twice) and derive
+    the prepared geometry.
 
     max_res_A: Å, the highest resolution the alignment will use (sets the crop:
     ``ClassifyParams.align_res_A``; None: no crop); box_px: alignment box in px
@@ -156,6 +157,15 @@ def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
     if apixes.size != 1:
         raise InputError(source, f"mixed pixel sizes {apixes.tolist()} Å: prepare each separately")
     box, apix = int(boxes[0]), float(apixes[0])
+    names = table.particles["rlnImageName"].astype(str)
+    repeated = names[names.duplicated()]
+    if repeated.size:
+        raise InputError(source, f"image {repeated.iloc[0]} appears "
+                         f"{int((names == repeated.iloc[0]).sum())} times: each image once")
+    if max_res_A and max_res_A < 2 * apix:
+        logger.warning("alignment resolution %g Å (classify.max_res_A, max_align_res_A) is "
+                       "finer than the particles' Nyquist limit %g Å: the alignment stops "
+                       "at Nyquist", max_res_A, 2 * apix)
     new_box = alignment_box(box, apix, max_res_A, box_px)
     new_apix = apix * box / new_box
     radius = (0.75 * new_box / 2) if not diameter_A else diameter_A / 2 / new_apix
@@ -221,6 +231,13 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
             if bad.any():
                 raise InputError(source, f"image {names[rows[bad][0]]} holds NaN or Inf values "
                                  f"({int(bad.sum())} such image(s) in this batch)")
+            flat = images.reshape(len(rows), -1)
+            constant = flat.min(axis=1) == flat.max(axis=1)
+            if constant.any():
+                first = int(np.flatnonzero(constant)[0])
+                raise InputError(source, f"image {names[rows[first]]} is constant "
+                                 f"({flat[first, 0]:g} everywhere: no particle; "
+                                 f"{int(constant.sum())} such image(s) in this batch)")
             cropped = fourier_crop(images, geo.new_box)
             del images
             if invert_contrast:

@@ -45,8 +45,9 @@ def limit_threads(threads: int) -> contextlib.AbstractContextManager:
 
 def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
              threads: int | None = None, **kwargs: Any) -> Any:
-    """Call ``func``; bad input or a bad setting ends the process with one line
-    ``error: <file>: <problem>`` or ``error: config <key>: <problem>``.
+    """Call ``func``; bad input, a bad setting or a file that cannot be read or written
+    ends the process with one line ``error: <file>: <problem>`` or
+    ``error: config <key>: <problem>``.
 
     threads: the CPU threads the job was given (Snakemake's ``threads``): Numba, BLAS and
     the FFTs use no more.
@@ -62,9 +63,12 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
             result = func(*args, **kwargs)
         outcome = "done in"
         return result
-    except (InputError, ConfigError, FileNotFoundError) as err:
-        logger.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
+    except (InputError, ConfigError, OSError) as err:
+        # OSError: a missing, unreadable or unwritable file, a full disk
+        message = (f"{err.filename}: {err.strerror}"
+                   if isinstance(err, OSError) and err.filename and err.strerror else str(err))
+        logger.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     finally:
         logger.info("%s: %s %.1f s, peak memory %.2f GB", func.__name__, outcome,

@@ -123,6 +123,16 @@ class ClassifyParams:
                               f"must be finer (smaller) than min_align_res_A "
                               f"{self.min_align_res_A:g} Å, got {self.start_res_A:g}")
 
+    def check_particles(self, n: int, box: int, apix: float) -> None:
+        """``ConfigError`` for settings that ``n`` particles of ``box`` px at ``apix`` Å/px
+        cannot take: more classes than particles, a mask wider than the box."""
+        if self.n_classes > n:
+            raise ConfigError("classify.n_classes", f"{self.n_classes} classes for {n} "
+                              f"particles: at most one class per particle")
+        if self.mask_diameter_A > box * apix:
+            raise ConfigError("classify.mask_diameter_A", f"{self.mask_diameter_A:g} Å is "
+                              f"wider than the {box * apix:g} Å box")
+
     def estep_batch(self, box: int) -> int:
         """Particles per E-step chunk in a ``box``-px alignment box: ``batch_size``, or with
         0 what ``memory_gb`` holds besides the class statistics (at most 2048)."""

@@ -16,8 +16,11 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     """Yield a temporary name beside ``path``; rename it to ``path`` when the block succeeds.
 
     The temporary file keeps the final suffix (writers such as mrcfile look at it).
-    On error it is removed and ``path`` is left as it was.  With ``overwrite=False``
-    an existing ``path`` raises ``FileExistsError`` before anything is written.
+    On error it is removed and ``path`` is left as it was; an ``OSError`` that names no
+    file (a full disk fails a ``write``) is raised again naming ``path``.  Temporary files
+    of ``path`` left by a killed process are removed first (one job writes a path at a
+    time: Snakemake locks its outputs).  With ``overwrite=False`` an existing ``path``
+    raises ``FileExistsError`` before anything is written.
     """
     path = os.fspath(path)
     if not overwrite and os.path.exists(path):
@@ -26,10 +29,19 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     if directory:
         os.makedirs(directory, exist_ok=True)
     stem, suffix = os.path.splitext(name)
-    tmp = os.path.join(directory, f".{stem}.tmp{os.getpid()}{suffix}")
+    prefix = f".{stem}.tmp"
+    for stale in os.listdir(directory or "."):
+        if (stale.startswith(prefix) and stale.endswith(suffix)
+                and stale[len(prefix):len(stale) - len(suffix)].isdigit()):
+            os.remove(os.path.join(directory, stale))
+    tmp = os.path.join(directory, f"{prefix}{os.getpid()}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename is None:
+            raise OSError(err.errno, err.strerror, path) from err
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

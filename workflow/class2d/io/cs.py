@@ -182,6 +182,11 @@ def _load(path: str) -> np.ndarray:
         raise InputError(path, "no particles (0 rows)")
     if "blob/psize_A" not in data.dtype.names:
         raise InputError(path, "no pixel size (blob/psize_A missing)")
+    for name, wanted in FIELD_DTYPES.items():
+        got = data.dtype.fields.get(name)
+        if got is not None and (got[0].base.kind not in "iuf" or got[0].shape != wanted.shape):
+            raise InputError(path, f"field {name} has dtype {got[0]}, not numbers "
+                                   f"(CryoSPARC's is {wanted})")
     return data
 
 

@@ -135,8 +135,8 @@ class ParticleTable:
 def require_ctf(table: ParticleTable) -> None:
     """Raise ``InputError`` naming the table's file unless every CTF quantity is present.
 
-    Needed per particle: ``rlnDefocusU``, ``rlnDefocusV``; per optics group: ``rlnVoltage``,
-    ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
+    Needed per particle: ``rlnDefocusU``, ``rlnDefocusV`` (finite, ≥ 0); per optics group:
+    ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
     """
     missing = [name for name in ("rlnDefocusU", "rlnDefocusV")
                if name not in table.particles.columns]
@@ -144,10 +144,15 @@ def require_ctf(table: ParticleTable) -> None:
                 if name not in table.optics.columns]
     if missing:
         raise InputError(table.source, f"no CTF parameters ({', '.join(missing)} missing)")
-    bad = ~np.isfinite(table.particles[["rlnDefocusU", "rlnDefocusV"]].to_numpy(np.float64))
+    defocus = table.particles[["rlnDefocusU", "rlnDefocusV"]].to_numpy(np.float64)
+    bad = ~np.isfinite(defocus)
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
         raise InputError(table.source, f"particle {row + 1} has no defocus value")
+    if (defocus < 0).any():
+        row = int(np.flatnonzero((defocus < 0).any(axis=1))[0])
+        raise InputError(table.source, f"particle {row + 1} has a negative defocus "
+                         f"({defocus[row].min():g} Å; RELION's underfocus is positive)")
 
 
 def build_optics(per_particle: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
