@@ -63,6 +63,26 @@ def particles(classes, psi_deg, origins_A, defocus=15000.0):
     return spectra, ctf
 
 
+def noisy_batch(seed: int, max_origin_px: float, n: int = 24):
+    """n particles of the four classes in turn at random ψ and origins within
+    ±``max_origin_px``, in complex white noise at SNR 0.1 on the coefficients within 20
+    Fourier px, as a BatchData with CTF 1 and the true noise power: (data, classes,
+    origins Å)."""
+    freqs = FrequencySet.within(BOX, 20)
+    rng = np.random.default_rng(seed)
+    classes = np.arange(n) % 4
+    psi = rng.uniform(-180, 180, n)
+    origins = rng.uniform(-max_origin_px, max_origin_px, (n, 2)) * APIX
+    spectra, ctf = particles(classes, psi, origins)
+    noise = rng.standard_normal(spectra.shape) + 1j * rng.standard_normal(spectra.shape)
+    power = np.mean(np.abs(spectra[:, freqs.iy, freqs.ix]) ** 2)
+    spectra = (spectra + np.sqrt(5 * power) * noise).astype(np.complex64)      # SNR 0.1
+    data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, np.full(25, 10 * power),
+                           APIX)
+    data.ctf[:] = 1.0           # the spectra carry no CTF
+    return data, classes, origins
+
+
 def test_scoring_finds_class_rotation_and_subpixel_shift(references):
     """The best class and pose, written as RELION writes them, are the simulator's: ψ to
     2°, origins to 0.15 px, with ψ of both signs and sub-pixel origins of both signs.
@@ -94,19 +114,8 @@ def test_class_pruning_prepass_keeps_the_posteriors(references):
     """Noisy particles (SNR 0.1) of four classes: scoring the full resolution only for the
     classes a low-resolution prepass keeps gives the posteriors of scoring every class, to
     1e-4, while most (particle, class) pairs are skipped."""
-    freqs = FrequencySet.within(BOX, 20)
-    rng = np.random.default_rng(3)
-    n = 24
-    classes = np.arange(n) % 4
-    psi = rng.uniform(-180, 180, n)
-    origins = rng.uniform(-2, 2, (n, 2)) * APIX
-    spectra, ctf = particles(classes, psi, origins)
-    noise = rng.standard_normal(spectra.shape) + 1j * rng.standard_normal(spectra.shape)
-    power = np.mean(np.abs(spectra[:, freqs.iy, freqs.ix]) ** 2)
-    spectra = (spectra + np.sqrt(5 * power) * noise).astype(np.complex64)      # SNR 0.1
-    sigma2 = np.full(25, 10 * power)
-    data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, sigma2, APIX)
-    data.ctf[:] = 1.0
+    data, classes, _ = noisy_batch(3, 2.0)
+    freqs, n = data.freqs, classes.size
     poses = PoseGrid.make(10.0, 5, 1.0)
     grids = mstep.reference_grids(references, PAD)
     prepass = np.flatnonzero(freqs.radius <= 10)
@@ -196,19 +205,8 @@ def test_locating_new_particles_finds_the_exhaustive_search_pose(references):
     within 1.32 px of the truth (the local search reaches ±2 px); final shift errors
     0.48 px on average (exhaustive 0.52), at most 1.03 (1.54); 10 % of the products.  A
     sign error in the located shift puts particles 3–12 px off."""
-    freqs = FrequencySet.within(BOX, 20)
-    rng = np.random.default_rng(11)
-    n = 24
-    classes = np.arange(n) % 4
-    psi = rng.uniform(-180, 180, n)
-    origins = rng.uniform(-6, 6, (n, 2)) * APIX
-    spectra, ctf = particles(classes, psi, origins)
-    noise = rng.standard_normal(spectra.shape) + 1j * rng.standard_normal(spectra.shape)
-    power = np.mean(np.abs(spectra[:, freqs.iy, freqs.ix]) ** 2)
-    spectra = (spectra + np.sqrt(5 * power) * noise).astype(np.complex64)      # SNR 0.1
-    data = BatchData.build(spectra, ctf, np.ones(n, np.float32), freqs, np.full(25, 10 * power),
-                           APIX)
-    data.ctf[:] = 1.0
+    data, classes, origins = noisy_batch(11, 6.0)
+    freqs, n = data.freqs, classes.size
     grids = mstep.reference_grids(references, PAD)
     poses, local = PoseGrid.make(10.0, 17, 1.0), PoseGrid.make(10.0, 5, 1.0)
     truth = -origins / APIX                                         # internal shifts, px

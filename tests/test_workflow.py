@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import starfile
 import yaml
+from killing import SMALL
 
 from class2d import io
 from class2d.metrics import adjusted_rand
@@ -23,15 +24,9 @@ from class2d.simulate import read_truth
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: a demo small enough for seconds per job: 240 particles of 32 px, 4 classes
-TINY = {
-    "demo": {"n_particles": 240, "box": 32, "apix": 6.0, "snr": 0.5, "n_objects": 4,
-             "junk_fraction": 0.0, "duplicate_fraction": 0.05},
-    "prepare": {"shards": 2},
-    "classify": {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 4,
-                 "batch_per_class": 30, "final_full_iterations": 1,
-                 "iterations_per_job": 2},     # two online jobs: iterations 1-2 and 3-4
-}
+#: a demo small enough for seconds per job: killing.SMALL (every stage, two online jobs) with
+#: 240 particles
+TINY = {**SMALL, "demo": {**SMALL["demo"], "n_particles": 240}}
 
 
 #: smaller still, for running the classification twice: 2 online iterations, 2 shards
