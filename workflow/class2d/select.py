@@ -134,8 +134,9 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
         os.path.join(out_dir, "selection.html"), class_set.images, summary, class_set.apix,
         how=how, selection_file=selection_file)}
     if not chosen.any():
-        raise InputError(class_set.path, f"no class selected ({how}); see "
-                                         f"{paths['selection.html']}")
+        # (Snakemake removes a failed job's outputs, so the page cannot be pointed to)
+        raise InputError(class_set.path, f"no class selected ({how}): the later stages "
+                                         f"would have no particles; choose at least one")
     keep = in_chosen & ~outliers
     logger.info("%s: %d of %d particles in the selected classes, %d of them kept", table.source,
                 int(in_chosen.sum()), table.n, int(keep.sum()))
