@@ -33,9 +33,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import scipy.fft
 
 from class2d.ctf import CTFParams, evaluate
-from class2d.fourier import pixel_radius, rfft_frequencies
+from class2d.fourier import FFT_WORKERS, pixel_radius, rfft_frequencies
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
@@ -109,8 +110,8 @@ def class_models(references: np.ndarray, classes: np.ndarray, psi: np.ndarray,
     ky, kx = rfft_frequencies(box)
     phase = np.exp(-2j * np.pi * (kx[None] * tx[:, None, None] + ky[None] * ty[:, None, None]))
     ctf = evaluate(ctf_params, fx, fy, np.float64)
-    return np.fft.irfft2(np.fft.rfft2(rotated(references, classes, psi)) * phase * ctf,
-                         s=(box, box))
+    spectra = scipy.fft.rfft2(rotated(references, classes, psi), workers=FFT_WORKERS)
+    return scipy.fft.irfft2(spectra * phase * ctf, s=(box, box), workers=FFT_WORKERS)
 
 
 def rotated(references: np.ndarray, classes: np.ndarray, psi: np.ndarray) -> np.ndarray:
@@ -122,11 +123,15 @@ def rotated(references: np.ndarray, classes: np.ndarray, psi: np.ndarray) -> np.
     box = references.shape[-1]
     y, x = np.mgrid[:box, :box] - box // 2
     cos, sin = np.cos(psi)[:, None, None], np.sin(psi)[:, None, None]
-    # the rotated image at r is the average at R(−ψ)·r
-    coords = np.stack([np.broadcast_to(classes[:, None, None], (len(psi), box, box)),
-                       -sin * x + cos * y + box // 2, cos * x + sin * y + box // 2])
-    return ndimage.map_coordinates(references, coords.astype(np.float64), order=1,
-                                   mode="constant")
+    # the rotated image at r is the average at R(−ψ)·r; class by class, each a 2-D
+    # (bilinear) lookup in its own average (half the work of one trilinear lookup in all)
+    rows, cols = -sin * x + cos * y + box // 2, cos * x + sin * y + box // 2
+    out = np.empty((len(psi), box, box))
+    for k in np.unique(classes):
+        members = classes == k
+        out[members] = ndimage.map_coordinates(references[k], [rows[members], cols[members]],
+                                               order=1, mode="constant")
+    return out
 
 
 def robust_zscores(features, classes: np.ndarray):
