@@ -254,6 +254,10 @@ def test_saved_selection_goes_where_the_page_says_and_the_next_run_uses_it(local
               "--configfile", "config.yaml")
     kept = particles(results / "select" / "particles.star")["rlnClassNumber"]
     classified = particles(results / "classify" / "particles.star")["rlnClassNumber"]
+    rejected = particles(results / "select" / "rejected.star")["rlnClassNumber"]
     assert sorted(set(kept)) == chosen
-    assert len(kept) == int(classified.isin(chosen).sum()) > 0
+    # every particle of the listed classes is kept, or rejected by its outlier z-score
+    # (select.max_particle_zscore)
+    assert len(kept) + int(rejected.isin(chosen).sum()) == int(classified.isin(chosen).sum())
+    assert len(kept) > 0.5 * int(classified.isin(chosen).sum())
     assert f"selection file {where}" in (results / "select" / "selection.html").read_text()
