@@ -57,8 +57,9 @@ class BatchData:
                          inv_sigma2=self.inv_sigma2[index], freqs=freqs)
 
     def shifted(self, shifts: np.ndarray) -> "BatchData":
-        """The same particles moved back by ``shifts`` (N, 2) px (x, y), as ``load_spectra``
-        moves them: a search around 0 is then a search around those shifts."""
+        """The same particles moved back by ``shifts`` (N, 2) px (x, y): a search around 0
+        is then a search around those shifts (a seen particle's last one, a new one's
+        located one)."""
         x = self.x * np.conj(self.freqs.phases(shifts))
         return dataclasses.replace(self, x=np.ascontiguousarray(x, np.complex64))
 

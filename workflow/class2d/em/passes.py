@@ -22,7 +22,7 @@ from class2d.em.estep import BatchData, Entries, score_batch, select_entries
 from class2d.em.grids import FrequencySet, PoseGrid
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import centered_rfft2, circular_mask, rfft_frequencies, shell_index
+from class2d.fourier import centered_rfft2, circular_mask, shell_index
 from class2d.prepare import PreparedStack
 from class2d.progress import Progress
 
@@ -155,17 +155,10 @@ def edge_power_ratio(stack: PreparedStack, radius: float, edge: float) -> float:
     return _edge_power_ratio(dataclasses.astuple(stack), float(radius), float(edge))
 
 
-def load_spectra(stack: PreparedStack, rows: np.ndarray, window: np.ndarray,
-                 shifts: np.ndarray | None = None) -> np.ndarray:
+def load_spectra(stack: PreparedStack, rows: np.ndarray, window: np.ndarray) -> np.ndarray:
     """Spectra (n, d, d//2+1) complex64 of prepared images multiplied by ``window`` (d, d)
-    (``particle_window``), then moved back by ``shifts`` (n, 2) px when given (so that a
-    search around 0 is a search around those shifts; the window moves with the particle)."""
+    (``particle_window``); ``BatchData.shifted`` moves them (the window moves with them)."""
     spectra = centered_rfft2(stack.images(rows).astype(np.float32, copy=False) * window)
-    if shifts is not None:
-        fy, fx = rfft_frequencies(stack.box)
-        ex = np.exp(2j * np.pi * fx * shifts[:, :1]).astype(np.complex64)      # (n, d//2+1)
-        ey = np.exp(2j * np.pi * fy[:, 0] * shifts[:, 1:]).astype(np.complex64)  # (n, d)
-        spectra = spectra * ey[:, :, None] * ex[:, None, :]
     return spectra.astype(np.complex64, copy=False)
 
 
@@ -251,11 +244,13 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
             n_chunks = -(-group.size // params.estep_batch(stack.box))
             for chunk in np.array_split(group, n_chunks) if n_chunks else ():
                 prev = state.shifts[chunk] if poses is ctx.local else None
-                spectra = load_spectra(stack, chunk, ctx.window, prev)
+                spectra = load_spectra(stack, chunk, ctx.window)
                 ctf_chunk = ctx.ctf_params.take(chunk)
                 alpha = state.alpha[chunk]
                 recon = BatchData.build(spectra, ctf_chunk, alpha, ctx.recon, state.sigma2,
                                         stack.apix)
+                if prev is not None:        # a search around 0 is one around the last shift
+                    recon = recon.shifted(prev)
                 data = recon.subset(ctx.align_index, ctx.align)
                 tic = time.perf_counter()
                 search = poses
