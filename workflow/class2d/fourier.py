@@ -116,6 +116,27 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(images.dtype)
 
 
+def rotate_images(images: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
+    """(…, D, D) images (real or complex; a centred Fourier grid alike) turned by ``angle_deg``
+    about the centre pixel (D//2, D//2), counter-clockwise as shown with row 0 at the bottom:
+    out(p) = in(R(−θ)(p − c) + c), outside read as 0, spline ``order``.  The Fourier grid of
+    a turned image is its grid turned alike (about the centre frequency)."""
+    from scipy import ndimage
+
+    box = images.shape[-1]
+    theta = np.radians(angle_deg)
+    # (row, column) = (y, x): the inverse map p → R(−θ)p in those coordinates
+    matrix = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    centre = np.full(2, box // 2, np.float64)
+    offset = centre - matrix @ centre
+    flat = images.reshape((-1, box, box))
+    parts = (flat.real, flat.imag) if np.iscomplexobj(flat) else (flat,)
+    turned = [np.stack([ndimage.affine_transform(image, matrix, offset, order=order)
+                        for image in part]) for part in parts]
+    out = turned[0] + 1j * turned[1] if len(turned) == 2 else turned[0]
+    return out.reshape(images.shape).astype(images.dtype, copy=False)
+
+
 def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     """Shift each (K, D, D) image so that the centre of mass of its density above
     ``threshold`` · its maximum (default: its positive part) is the centre pixel."""
@@ -123,18 +144,26 @@ def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
 
 
 def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Fourier ring correlation of two (D, D) images: (D//2 + 1,) per shell 0…Nyquist."""
+    """Fourier ring correlation of (…, D, D) images, pair by pair: (…, D//2 + 1) per shell
+    0…Nyquist (0 where either image has no power)."""
     box = a.shape[-1]
     fa, fb = centered_rfft2(np.asarray(a, np.float64)), centered_rfft2(np.asarray(b, np.float64))
-    shells = shell_index(box).ravel()
     nshell = box // 2 + 1
-    keep = shells < nshell
-    weights = np.where(np.arange(box // 2 + 1)[None, :] == 0, 1.0, 2.0)
-    weights = np.broadcast_to(weights, fa.shape).ravel()[keep]
-    s = shells[keep]
-    cross = np.bincount(s, weights * (fa * fb.conj()).real.ravel()[keep], nshell)
-    pa = np.bincount(s, weights * (np.abs(fa) ** 2).ravel()[keep], nshell)
-    pb = np.bincount(s, weights * (np.abs(fb) ** 2).ravel()[keep], nshell)
+    shells = shell_index(box)
+    # one row per rfft2 coefficient, its shell's column: twice for the Hermitian half not
+    # stored (every column but the first), none beyond Nyquist
+    weights = np.zeros(shells.shape + (nshell,))
+    inside = shells < nshell
+    weights[inside, shells[inside]] = np.where(np.arange(box // 2 + 1) == 0, 1.0, 2.0)[
+        np.nonzero(inside)[1]]
+    weights = weights.reshape(-1, nshell)
+    flat = fa.shape[:-2] + (-1,)
+
+    def ring(values):
+        return values.reshape(flat) @ weights
+
+    cross = ring((fa * fb.conj()).real)
+    pa, pb = ring(np.abs(fa) ** 2), ring(np.abs(fb) ** 2)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pa * pb > 0, cross / np.sqrt(pa * pb), 0.0)
 

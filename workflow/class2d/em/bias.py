@@ -25,7 +25,7 @@ from class2d.em.estep import BatchData, score_batch, select_entries
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import accumulate, make_context
 from class2d.em.state import ClassState
-from class2d.fourier import circular_mask, shell_index
+from class2d.fourier import shell_index
 from class2d.prepare import PreparedStack
 
 #: noise images scored against every class
@@ -52,9 +52,7 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
     grids = mstep.reference_grids(state.references, pad)
     halves = np.arange(m) % 2
     n_top = 1 if params.use_force_max else params.max_poses
-    flat = np.full((1, state.tau2.shape[1]), 1e6 * state.sigma2.max())   # no Wiener filter
-    radius, edge = params.mask_radius_px(box, stack.apix)
-    mask = circular_mask(box, radius, edge)
+    mask = params.class_mask(box, stack.apix)
     bias = np.zeros_like(state.tau2)
     for k in np.flatnonzero(state.stats.counts > 0):
         one = grids[k:k + 1]
@@ -62,7 +60,7 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
                              params.use_force_max)
         entries = select_entries(scores, ctx.local, hard=params.hard_last_iteration)
         stats = accumulate(backend, recon, entries, one, pad, ctx.n_shells, halves)
-        average = [mstep.reconstruct(stats.num[:, h], stats.den[:, h], flat, pad, box, 1.0)[0]
+        average = [mstep.unfiltered(stats.num[:, h], stats.den[:, h], state.sigma2, pad, box)[0]
                    for h in (0, 1)]
         power = mstep.shell_power(np.stack([(average[0] + average[1]) / 2,
                                             (average[0] - average[1]) / 2]) * mask)

@@ -110,10 +110,11 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
     to half the resolution (``poses.coarser()``), and a class is scored at full resolution
     only for the particles whose low-resolution log-evidence for it is within ``margin``
     (tempered log units) of their best class's; the others get posterior 0, as RELION's
-    coarse pass and CryoSPARC's branch-and-bound skip hopeless classes.
+    coarse pass and CryoSPARC's branch-and-bound skip hopeless classes.  A class of prior 0
+    (``log_prior`` −inf) is not scored at all.
     """
     n, k_count = data.x.shape[0], grids.shape[0]
-    candidates = np.ones((n, k_count), bool)
+    candidates = np.repeat(np.isfinite(log_prior)[None, :], n, axis=0)
     p_stack, ctf2 = data.products()
     flops = 0.0
     if prepass is not None and k_count > 1:
@@ -122,9 +123,9 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
         coarse = _score_classes(backend, p_stack[:, columns], ctf2[:, prepass], data.alpha,
                                 data.freqs.subset(prepass), grids, coarse_poses, inv_temp, 1,
                                 candidates)
+        flops += candidates.sum() * coarse_poses.size * 4.0 * prepass.size
         evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior[None, :]
-        candidates = evidence >= evidence.max(axis=1, keepdims=True) - margin
-        flops += n * k_count * coarse_poses.size * 4.0 * prepass.size
+        candidates &= evidence >= evidence.max(axis=1, keepdims=True) - margin
     fields = _score_classes(backend, p_stack, ctf2, data.alpha, data.freqs, grids, poses,
                             inv_temp, n_top, candidates)
     flops += candidates.sum() * poses.size * 4.0 * data.freqs.size

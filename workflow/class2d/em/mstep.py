@@ -61,6 +61,14 @@ def reconstruct(num: np.ndarray, den: np.ndarray, tau2: np.ndarray, pad: int, bo
     return out
 
 
+def unfiltered(num: np.ndarray, den: np.ndarray, sigma2: np.ndarray, pad: int,
+               box: int) -> np.ndarray:
+    """Class averages without the Wiener filter, num/den where den > 0: (K, d, d) float32
+    (``reconstruct`` with a signal power 10⁶ times the largest noise power ``sigma2`` (S,))."""
+    flat = np.full((num.shape[0], sigma2.size), 1e6 * sigma2.max())
+    return reconstruct(num, den, flat, pad, box, 1.0)
+
+
 def reference_grids(references: np.ndarray, pad: int) -> np.ndarray:
     """Padded, centred Fourier grids of real-space references: (K, G, G) complex64.
 

@@ -25,6 +25,7 @@ from class2d.em.outliers import FEATURES, outlier_features
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import RESULT_KEYS, accumulate, load_spectra, make_context, score_rows
 from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes
+from class2d.em.twins import merge_twins
 from class2d.em.state import ClassState, Statistics
 from class2d.prepare import PreparedStack
 
@@ -102,15 +103,19 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
                             1.0 / params.temperature_at(n), hard=False)
     stats = state.stats.blend(batch, params.step_size_at(n))
     changed = changed_share(state, out)
+    retired = np.zeros(0, np.int64)
     if n < params.online_iterations:
         stats, out = refill_classes(stack, stats, out, state, ctx, backend,
                                     online_refills(stats, state, params), rng)
+    elif params.refill_duplicate_views:
+        stats, retired = merge_twins(stats, state, params)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=True)
     alpha = state.alpha.copy()
     if params.per_particle_scale and n > 1:
         alpha[rows] = np.clip(out["ratio"], 0.2, 5.0)
     classes, shifts = _updated(state, out)
+    classes[np.isin(classes, retired)] = -1       # located anew by the full pass
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
                 "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
@@ -189,8 +194,8 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     rng = np.random.default_rng([params.seed, n])
     # one class at a time, each split taking the particles as the last left them (the
     # labels are what is written)
-    for k in np.flatnonzero(np.bincount(out["best_class"], minlength=state.n_classes)
-                            < MIN_SPLIT):
+    for k in np.flatnonzero((np.bincount(out["best_class"], minlength=state.n_classes)
+                             < MIN_SPLIT) & (state.stats.counts > 0)):
         stats, out = refill_classes(stack, stats, out, state, ctx, backend, np.array([k]), rng)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)

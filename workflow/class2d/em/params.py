@@ -17,7 +17,10 @@ import dataclasses
 import math
 import numbers
 
+import numpy as np
+
 from class2d.errors import ConfigError
+from class2d.fourier import circular_mask
 
 #: keys of the config's classify section that schedule workflow jobs, not the maths
 WORKFLOW_KEYS = frozenset({"iterations_per_job"})
@@ -187,6 +190,10 @@ class ClassifyParams:
         diameter = self.mask_diameter_A / apix if self.mask_diameter_A else 0.9 * box
         edge = self.mask_edge_A / apix if self.mask_edge_A else max(2.0, 0.05 * box)
         return min(diameter / 2, box / 2 - edge), edge
+
+    def class_mask(self, box: int, apix: float) -> np.ndarray:
+        """(box, box) float32 soft circular mask of the class averages."""
+        return circular_mask(box, *self.mask_radius_px(box, apix))
 
     def diameter_px(self, box: int, apix: float) -> float:
         if self.particle_diameter_A:

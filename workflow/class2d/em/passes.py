@@ -230,8 +230,11 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     radius allows (``locate``), then like the seen ones around the shift found.
     """
     grids = mstep.reference_grids(state.references, state.pad)
-    log_prior = np.log(np.maximum(state.stats.counts / max(state.stats.counts.sum(), 1e-12),
-                                  1e-3 / state.n_classes))
+    counts = state.stats.counts
+    # a class merged into its twin (empty) has prior 0: it is not scored (estep.score_batch)
+    with np.errstate(divide="ignore"):
+        log_prior = np.where(counts > 0, np.log(np.maximum(counts / max(counts.sum(), 1e-12),
+                                                           1e-3 / state.n_classes)), -np.inf)
     force_max = params.use_force_max
     n_top = 1 if force_max else params.max_poses
     total = Statistics.zeros(state.n_classes, grids.shape[-1], ctx.n_shells)

@@ -21,14 +21,16 @@ from class2d.em.estep import BatchData, Entries
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import PassContext, accumulate, load_spectra
 from class2d.em.state import ClassState, Statistics
+from class2d.em.twins import twin_classes
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
 
 #: a class holding less than this share of an even split is replaced (see refill_classes)
 SPLIT_SHARE = 0.25
-#: two class averages this alike (up to rotation) are one view: the smaller class is refilled
-DUPLICATE_CORRELATION = 0.92
+#: at most this share of the classes is refilled as twins in one iteration (the pairs
+#: whose signals agree best first)
+TWIN_SHARE = 0.1
 #: a class is split only into groups of at least this many particles of the pass
 MIN_SPLIT = 10
 #: at most this many of the largest class's particles are split (the rest stay in it)
@@ -61,31 +63,6 @@ def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
     return score > np.median(score)
 
 
-def duplicate_classes(references: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Classes whose average is the same view as a larger class's, up to an in-plane
-    rotation (normalised correlation ≥ DUPLICATE_CORRELATION): the smaller of each pair."""
-    from scipy import ndimage
-
-    k_count, box, _ = references.shape
-    angles = np.arange(0.0, 360.0, 5.0)
-
-    def unit(images: np.ndarray) -> np.ndarray:
-        flat = images.reshape(len(images), -1) - images.reshape(len(images), -1).mean(1)[:, None]
-        return flat / np.maximum(np.linalg.norm(flat, axis=1), 1e-12)[:, None]
-
-    plain = unit(references)
-    turned = unit(np.stack([ndimage.rotate(ref, a, reshape=False, order=1)
-                            for ref in references for a in angles]))
-    best = (plain @ turned.T).reshape(k_count, k_count, angles.size).max(axis=2)
-    best = np.maximum(best, best.T)
-    np.fill_diagonal(best, 0.0)
-    out = set()
-    for a, b in zip(*np.nonzero(np.triu(best >= DUPLICATE_CORRELATION))):
-        if counts[a] > 0 and counts[b] > 0:
-            out.add(int(a if counts[a] < counts[b] else b))
-    return np.array(sorted(out), np.int64)
-
-
 def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams) -> np.ndarray:
     """Classes an online iteration refills: those whose blended count fell below SPLIT_SHARE
     of an even share (the blended count, so that a class one batch leaves nearly empty is
@@ -95,7 +72,11 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
     counts = stats.counts
     small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
     if params.refill_duplicate_views:
-        small = np.union1d(small, duplicate_classes(state.references, counts))
+        twins, pairs = twin_classes(state, params.class_mask(state.box, state.apix), max(1, int(TWIN_SHARE * counts.size)))
+        if pairs:
+            logger.info("refilling %d class(es) showing another's object: %s", twins.size,
+                        ", ".join(f"{p.drop + 1} ~ {p.keep + 1} ({p.signal:.2f})" for p in pairs))
+        small = np.union1d(small, twins)
     return small
 
 
