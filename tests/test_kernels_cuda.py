@@ -28,8 +28,8 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
-from kernel_inputs import (backproject_inputs, kernel_posteriors, oracle_posteriors, random_complex,
-                           random_entries, random_particles, realistic_scoring)
+from kernel_inputs import (backproject, backproject_inputs, kernel_posteriors, oracle_posteriors,
+                           random_complex, random_entries, random_particles, realistic_scoring)
 
 SIG_LOG = np.float32(np.log(1000.0))
 #: the brief's tolerance: relative error in float32
@@ -363,11 +363,11 @@ def test_cuda_backproject_matches_cpu(tiny, monkeypatch, chunked):
     num, den, args, freqs = backproject_inputs(np.random.default_rng([5, chunked]))
     want_num, want_den = num.copy(), den.copy()
     entry_bytes = 60 + 12 * freqs.size
-    if chunked:                                     # one class, then two entries per chunk
-        splits = _small_memory(monkeypatch, tiny,
-                               20 * 20 * 24 + 16 * freqs.size + entry_bytes, 2 * entry_bytes)
-    tiny.backend.backproject(num, den, *args)
-    cpu.backproject(want_num, want_den, *args)
+    if chunked:      # sums on the host, one class, then two entries per chunk
+        one_class = 20 * 20 * 24 + 16 * freqs.size + entry_bytes
+        splits = _small_memory(monkeypatch, tiny, one_class, one_class, 2 * entry_bytes)
+    backproject(tiny.backend, num, den, *args)
+    backproject(cpu, want_num, want_den, *args)
     _close(num, want_num)
     _close(den, want_den)
     assert not chunked or (splits[0] == (4, 1) and any(n > 2 for n, _ in splits[1:])
@@ -619,8 +619,8 @@ def test_cuda_insert_kernels_production_tunables_match_cpu(production, heavy):
     inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
     insert = (offsets, rows, psi_e, tx, ty, weight, x, ctf, alpha, inv_sigma2, freqs.fx,
               freqs.fy, freqs.wf, 2, freqs.box)
-    gpu.backend.backproject(num, den, *insert)
-    cpu.backproject(want_num, want_den, *insert)
+    backproject(gpu.backend, num, den, *insert)
+    backproject(cpu, want_num, want_den, *insert)
     _close(num, want_num)
     _close(den, want_den)
 
