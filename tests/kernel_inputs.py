@@ -37,9 +37,9 @@ def backproject(backend, num, den, *args):
 
 
 def backproject_inputs(rng):
-    """(num, den, args, freqs) for ``backproject(backend, num, den, *args)``: 4 classes of 20² nodes
-    (class 1 empty), 9 entries of 5 particles, frequencies to Nyquist of a 10-px box, so
-    that footprints reach the grid's edge."""
+    """(num, den, args, freqs) for ``backproject(backend, num, den, *args)``: 4 classes of
+    20² nodes (class 1 empty), 9 entries of 5 particles, frequencies to Nyquist of a 10-px
+    box, so that footprints reach the grid's edge."""
     freqs = FrequencySet.within(10, 5.0)
     _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
     x, ctf, alpha = random_particles(rng, 5, freqs.size)
