@@ -48,7 +48,7 @@ def _rotate_kernel(grids, fx, fy, psi, pad, out):
 def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                         spectra, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
     """Atomic bilinear insertion of (entry, frequency) pairs; every node's value also at its
-    Hermitian mirror, node j ↔ G − j (as ``cpu.backproject``).
+    Hermitian mirror, node j ↔ G − j (as ``cpu.InsertionSums``).
 
     num: (K, G, 2G) float64, the complex128 sums viewed as [re, im] pairs;  den: (K, G, G)
     entry_class: (E,) class of each entry in num/den;  rows: (E,) row in spectra/ctf/alpha
