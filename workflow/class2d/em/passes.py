@@ -195,6 +195,10 @@ class PassSums:
         >>> sums = PassSums(backend, k_count, grid, n_shells)
         >>> sums.add(data, entries, grids, pad, halves)          # once per batch
         >>> stats = sums.collect()                               # Statistics, once
+
+    On the CPU a pass's statistics equal those of the per-chunk Statistics this replaced
+    to float64 rounding: num and den within 1.1e-15 of their largest node, counts and noise
+    bit for bit (measured: 150 and 300 rows of 32 px, 6 classes, in 4 and 7 chunks).
     """
 
     def __init__(self, backend, k_count: int, grid: int, n_shells: int):
