@@ -16,7 +16,11 @@ against the CPU backend, measured against this card's float32 peak (measured in 
    repeated with fresh noise up to N: simulating 10⁵ images would take minutes of CPU),
    written, prepared and classified with ``classify_all(backend="cuda")``: seconds per
    stage, per iteration (E-step FLOP rate and fraction of the peak), host↔device bytes
-   (``cuda_device.TRANSFERS``), ARI against the truth.
+   (``cuda_device.TRANSFERS``) and the largest of them by buffer
+   (``cuda_device.TRANSFERS_BY_NAME``), the class sums apart, ARI against the truth.
+   The class sums stay on the card through each E-step pass (``cuda_insert.InsertionSums``)
+   and come back once per pass ("sums"); before, every chunk of a pass sent them up as
+   zeros and brought them back ("bp_num", "bp_den": now only where they do not fit the card).
 4. Check: the same workflow on the first --check-particles particles with the CPU and the
    CUDA backend: adjusted Rand index between the two (exit status 1 below --min-ari).
 
@@ -26,6 +30,7 @@ Exits with a message, not a traceback, where there is no GPU.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import logging
 import math
@@ -306,9 +311,10 @@ def workflow_stage(args, peak: float) -> None:
         tic = time.perf_counter()
         star = write_dataset(data, os.path.join(work, "data"))
         t_write = time.perf_counter() - tic
-        before = dict(dev.TRANSFERS)
+        before, named = dict(dev.TRANSFERS), collections.Counter(dev.TRANSFERS_BY_NAME)
         run = classify(star, work, config, "cuda")
         moved = {key: dev.TRANSFERS[key] - before[key] for key in before}
+        named = dev.TRANSFERS_BY_NAME - named
         good = (data.truth["junk"] == "").to_numpy()
         ari = adjusted_rand(data.truth["true_class"].to_numpy()[good], run["labels"][good])
     history = run["history"]
@@ -338,6 +344,12 @@ def workflow_stage(args, peak: float) -> None:
     print(f"host→device {moved['to_device'] / 1e9:.2f} GB, device→host "
           f"{moved['to_host'] / 1e9:.2f} GB ({sum(moved.values()) / args.particles / 1e3:.0f} kB "
           f"per particle)")
+    sums = {way: sum(named[way, name] for name in ("sums", "bp_num", "bp_den"))
+            for way in ("to_device", "to_host")}
+    print(f"of which class sums: host→device {sums['to_device'] / 1e9:.2f} GB, device→host "
+          f"{sums['to_host'] / 1e9:.2f} GB; largest by buffer: " + ", ".join(
+              f"{name} {'→device' if way == 'to_device' else '→host'} {n / 1e9:.2f} GB"
+              for (way, name), n in named.most_common(6)))
     print(f"adjusted Rand index (good particles vs truth): {ari:.3f}")
 
 

@@ -26,10 +26,20 @@ def random_particles(rng, n, n_freq):
             rng.uniform(0.5, 1.5, n).astype(np.float32))
 
 
+def backproject(backend, num, den, *args):
+    """Add one batch's insertion (``args``: of ``InsertionSums.insert``) to ``num`` (K, G, G)
+    complex128 and ``den`` (K, G, G) float64, through ``backend.InsertionSums``."""
+    sums = backend.InsertionSums(num.shape[0], num.shape[1])
+    sums.insert(*args)
+    got_num, got_den = sums.collect()
+    num += got_num
+    den += got_den
+
+
 def backproject_inputs(rng):
-    """(num, den, args, freqs) for ``backproject(num, den, *args)``: 4 classes of 20² nodes
-    (class 1 empty), 9 entries of 5 particles, frequencies to Nyquist of a 10-px box, so
-    that footprints reach the grid's edge."""
+    """(num, den, args, freqs) for ``backproject(backend, num, den, *args)``: 4 classes of
+    20² nodes (class 1 empty), 9 entries of 5 particles, frequencies to Nyquist of a 10-px
+    box, so that footprints reach the grid's edge."""
     freqs = FrequencySet.within(10, 5.0)
     _, offsets, rows, (psi, tx, ty, weight) = random_entries(rng, 4, 9, 5)
     x, ctf, alpha = random_particles(rng, 5, freqs.size)

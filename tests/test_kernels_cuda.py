@@ -17,6 +17,7 @@ run meant for a GPU cannot pass without one.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import subprocess
@@ -28,8 +29,8 @@ import pytest
 
 from class2d.em.grids import FrequencySet
 from class2d.kernels import cpu
-from kernel_inputs import (backproject_inputs, kernel_posteriors, oracle_posteriors, random_complex,
-                           random_entries, random_particles, realistic_scoring)
+from kernel_inputs import (backproject, backproject_inputs, kernel_posteriors, oracle_posteriors,
+                           random_complex, random_entries, random_particles, realistic_scoring)
 
 SIG_LOG = np.float32(np.log(1000.0))
 #: the brief's tolerance: relative error in float32
@@ -363,11 +364,11 @@ def test_cuda_backproject_matches_cpu(tiny, monkeypatch, chunked):
     num, den, args, freqs = backproject_inputs(np.random.default_rng([5, chunked]))
     want_num, want_den = num.copy(), den.copy()
     entry_bytes = 60 + 12 * freqs.size
-    if chunked:                                     # one class, then two entries per chunk
-        splits = _small_memory(monkeypatch, tiny,
-                               20 * 20 * 24 + 16 * freqs.size + entry_bytes, 2 * entry_bytes)
-    tiny.backend.backproject(num, den, *args)
-    cpu.backproject(want_num, want_den, *args)
+    if chunked:      # sums on the host, one class, then two entries per chunk
+        one_class = 20 * 20 * 24 + 16 * freqs.size + entry_bytes
+        splits = _small_memory(monkeypatch, tiny, one_class, one_class, 2 * entry_bytes)
+    backproject(tiny.backend, num, den, *args)
+    backproject(cpu, want_num, want_den, *args)
     _close(num, want_num)
     _close(den, want_den)
     assert not chunked or (splits[0] == (4, 1) and any(n > 2 for n, _ in splits[1:])
@@ -619,8 +620,8 @@ def test_cuda_insert_kernels_production_tunables_match_cpu(production, heavy):
     inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
     insert = (offsets, rows, psi_e, tx, ty, weight, x, ctf, alpha, inv_sigma2, freqs.fx,
               freqs.fy, freqs.wf, 2, freqs.box)
-    gpu.backend.backproject(num, den, *insert)
-    cpu.backproject(want_num, want_den, *insert)
+    backproject(gpu.backend, num, den, *insert)
+    backproject(cpu, want_num, want_den, *insert)
     _close(num, want_num)
     _close(den, want_den)
 
@@ -712,3 +713,95 @@ def test_cuda_references_stay_on_the_card_and_buffers_are_reused(tiny, monkeypat
     gpu.backend.rotate_references(random_complex(rng, (3, 20, 20)), freqs.fx, freqs.fy, psi, 2)
     assert grids.flags.writeable                # dropped: another pass's grids came
     gpu.resident.forget()
+
+
+def _insert_batches(rng, n_batches, n_class, freqs):
+    """``InsertionSums.insert`` arguments of ``n_batches`` batches of random entries (12 of
+    5 particles each, class 1 left empty, footprints to the grid's edge)."""
+    batches = []
+    for _ in range(n_batches):
+        _, offsets, rows, poses = random_entries(rng, n_class, 12, 5)
+        x, ctf, alpha = random_particles(rng, 5, freqs.size)
+        inv_sigma2 = rng.uniform(0.5, 2.0, freqs.size).astype(np.float32)
+        batches.append((offsets, rows, *poses, x, ctf, alpha, inv_sigma2, freqs.fx, freqs.fy,
+                        freqs.wf, 2, freqs.box))
+    return batches
+
+
+@pytest.mark.parametrize("case", ["tiny", "production", "host"])
+def test_cuda_insertion_sums_over_batches_match_cpu(request, monkeypatch, case):
+    """Three batches into one ``InsertionSums``, CUDA against CPU: on the card with tiny
+    tunables and with the real ones (256 threads: several blocks per batch), read back once
+    (sums bytes to the host once, none to the card); and on a card too small for them
+    (host sums, one class per chunk, each going there and back every batch)."""
+    gpu = request.getfixturevalue("production" if case == "production" else "tiny")
+    rng = np.random.default_rng([41, len(case)])
+    freqs = FrequencySet.within(10, 5.0)
+    n_class, size = 4, 20
+    batches = _insert_batches(rng, 3, n_class, freqs)
+    assert case != "production" or 12 * freqs.size > 2 * gpu.device.THREADS
+    entry_bytes = 60 + 12 * freqs.size
+    if case == "host":                  # the sums do not fit; then one class per chunk
+        one_class = size * size * 24 + 16 * freqs.size + entry_bytes
+        splits = _small_memory(monkeypatch, gpu, one_class)
+    before = collections.Counter(gpu.device.TRANSFERS_BY_NAME)
+    sums, want = gpu.backend.InsertionSums(n_class, size), cpu.InsertionSums(n_class, size)
+    for batch in batches:
+        sums.insert(*batch)
+        want.insert(*batch)
+    num, den = sums.collect()
+    want_num, want_den = want.collect()
+    assert (num.dtype, den.dtype, num.shape) == (np.complex128, np.float64, want_num.shape)
+    _close(num, want_num)
+    _close(den, want_den)
+    np.testing.assert_array_equal(num[1], 0)                    # the class without entries
+    moved = gpu.device.TRANSFERS_BY_NAME - before            # the bytes of these calls
+    sums_bytes = n_class * size * size * 24
+    if case == "host":
+        assert not sums.resident
+        assert splits[0] == (n_class, 1)
+        chunks = sum(int(np.count_nonzero(np.diff(batch[0]))) for batch in batches)
+        assert chunks >= 6                      # classes with entries, summed over batches
+        assert moved[("to_device", "bp_num")] == moved[("to_host", "bp_num")] == (
+            chunks * size * size * 16)
+    else:
+        assert sums.resident
+        assert moved[("to_host", "sums")] == sums_bytes
+        assert not {key for key in moved if key[1] in ("bp_num", "bp_den")}
+
+
+def test_cuda_pass_sums_go_to_the_host_once(tiny, monkeypatch, tmp_path):
+    """``score_rows`` over three chunks on both backends: the CUDA statistics match the
+    CPU's, and the class sums crossed the bus once, to the host (before, every chunk sent
+    zeros to the card and brought them back: 3× their bytes each way; this fails then)."""
+    from class2d.em import online
+    from class2d.em.params import ClassifyParams
+    from class2d.em.passes import make_context, score_rows
+    from class2d.prepare import prepare_stack
+    from class2d.simulate import simulate, write_dataset
+
+    for name, value in dict(TILE_N=8, TILE_Q=8, TILE_F=32).items():
+        monkeypatch.setattr(tiny.score, name, value)
+    data = simulate(48, box=16, apix=8.0, snr=0.7, n_objects=2, junk_fraction=0.0,
+                    duplicate_fraction=0.0, seed=4)
+    stack = prepare_stack(write_dataset(data, tmp_path / "data"), tmp_path / "prep")
+    params = ClassifyParams.from_config(dict(n_classes=2, max_res_A=32.0, zeropad=4,
+                                             batch_size=16, psi_step_deg=45.0, max_poses=2,
+                                             shift_range_A=8.0, local_shift_steps=1), 1)
+    state = online.init_classes(stack, params, cpu)
+    ctx = make_context(stack, params, params.align_res_A, full=True)
+    rows = np.arange(stack.n)
+    want, want_out = score_rows(stack, state, params, cpu, ctx, rows, 1.0, hard=False)
+    before = dict(tiny.device.TRANSFERS)
+    named = collections.Counter(tiny.device.TRANSFERS_BY_NAME)
+    got, out = score_rows(stack, state, params, tiny.backend, ctx, rows, 1.0, hard=False)
+    moved = {key: tiny.device.TRANSFERS[key] - before[key] for key in before}
+    sums_bytes = want.num.nbytes + want.den.nbytes
+    assert -(-rows.size // params.estep_batch(stack.box)) == 3          # chunks
+    assert moved["to_host"] < 2 * sums_bytes and moved["to_device"] < sums_bytes, (
+        moved, sums_bytes)
+    assert (tiny.device.TRANSFERS_BY_NAME - named)["to_host", "sums"] == sums_bytes
+    np.testing.assert_array_equal(out["best_class"], want_out["best_class"])
+    for field in ("num", "den", "counts", "noise_sum"):
+        _close(getattr(got, field), getattr(want, field))
+    np.testing.assert_array_equal(got.noise_count, want.noise_count)

@@ -187,30 +187,63 @@ def locate(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid, low: np
     return np.stack([tx, ty], axis=1).astype(np.float32), scores.flops
 
 
+class PassSums:
+    """Sufficient statistics of a pass, batch by batch: insertion into the backend's
+    ``InsertionSums`` (on the card with CUDA, zeroed there once and read back once), the
+    per-class counts and per-shell noise sums on the host.
+
+        >>> sums = PassSums(backend, k_count, grid, n_shells)
+        >>> sums.add(data, entries, grids, pad, halves)          # once per batch
+        >>> stats = sums.collect()                               # Statistics, once
+
+    On the CPU a pass's statistics equal those of the per-chunk Statistics this replaced
+    to float64 rounding: num and den within 1.1e-15 of their largest node, counts and noise
+    bit for bit (measured: 150 and 300 rows of 32 px, 6 classes, in 4 and 7 chunks).
+    """
+
+    def __init__(self, backend, k_count: int, grid: int, n_shells: int):
+        self.backend = backend
+        self.insertion = backend.InsertionSums(2 * k_count, grid)
+        self.counts = np.zeros(k_count)
+        self.noise_sum = np.zeros(n_shells)
+        self.noise_count = np.zeros(n_shells)
+
+    def add(self, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
+            halves: np.ndarray) -> None:
+        """Insert a batch's entries into the half set of each particle (``halves``: (N,)
+        0/1) and add the noise residuals of each particle's best entry."""
+        k_count, n_shells = self.counts.size, self.noise_sum.size
+        fr = data.freqs
+        split = Entries.build(entries.rows, 2 * entries.classes + halves[entries.rows],
+                              entries.psi, entries.tx, entries.ty, entries.weight, 2 * k_count)
+        self.insertion.insert(split.offsets, split.rows, split.psi, split.tx, split.ty,
+                              split.weight, data.x, data.ctf, data.alpha, data.inv_sigma2,
+                              fr.fx, fr.fy, fr.wf, pad, fr.box)
+        best = entries.best_per_row()
+        ones = np.ones(best.size, np.float32)
+        resid = self.backend.noise_residuals(
+            grids, entries.classes[best], entries.rows[best], entries.psi[best],
+            entries.tx[best], entries.ty[best], ones, data.x, data.ctf, data.alpha, fr.fx,
+            fr.fy, fr.wf, fr.shell, pad, fr.box, n_shells)
+        self.noise_sum += resid.sum(axis=0)
+        self.noise_count += best.size * np.bincount(fr.shell, fr.wf.astype(np.float64),
+                                                    n_shells)
+        self.counts += np.bincount(entries.classes, entries.weight.astype(np.float64), k_count)
+
+    def collect(self) -> Statistics:
+        """The pass's Statistics (num, den (K, 2, G, G)); ends the accumulator."""
+        num, den = self.insertion.collect()
+        shape = (self.counts.size, 2) + num.shape[1:]
+        return Statistics(num=num.reshape(shape), den=den.reshape(shape), counts=self.counts,
+                          noise_sum=self.noise_sum, noise_count=self.noise_count)
+
+
 def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pad: int,
                n_shells: int, halves: np.ndarray) -> Statistics:
-    """Sufficient statistics of a batch's entries: insertion into the half set of each
-    particle (``halves``: (N,) 0/1), noise residuals of each particle's best entry."""
-    k_count = grids.shape[0]
-    stats = Statistics.zeros(k_count, grids.shape[-1], n_shells)
-    fr = data.freqs
-    split = Entries.build(entries.rows, 2 * entries.classes + halves[entries.rows], entries.psi,
-                          entries.tx, entries.ty, entries.weight, 2 * k_count)
-    size = grids.shape[-1]
-    backend.backproject(stats.num.reshape(2 * k_count, size, size),
-                        stats.den.reshape(2 * k_count, size, size), split.offsets, split.rows,
-                        split.psi, split.tx, split.ty, split.weight, data.x, data.ctf,
-                        data.alpha, data.inv_sigma2, fr.fx, fr.fy, fr.wf, pad, fr.box)
-    best = entries.best_per_row()
-    ones = np.ones(best.size, np.float32)
-    resid = backend.noise_residuals(grids, entries.classes[best], entries.rows[best],
-                                    entries.psi[best], entries.tx[best], entries.ty[best], ones,
-                                    data.x, data.ctf, data.alpha, fr.fx, fr.fy, fr.wf, fr.shell,
-                                    pad, fr.box, n_shells)
-    stats.noise_sum = resid.sum(axis=0)
-    stats.noise_count = best.size * np.bincount(fr.shell, fr.wf.astype(np.float64), n_shells)
-    stats.counts = np.bincount(entries.classes, entries.weight.astype(np.float64), k_count)
-    return stats
+    """Sufficient statistics of one batch's entries (``PassSums`` of that batch alone)."""
+    sums = PassSums(backend, grids.shape[0], grids.shape[-1], n_shells)
+    sums.add(data, entries, grids, pad, halves)
+    return sums.collect()
 
 
 RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", "nsig",
@@ -227,7 +260,9 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
 
     Particles seen before search all rotations but only shifts near their last shift;
     the others search the whole shift range, at low resolution first where the alignment
-    radius allows (``locate``), then like the seen ones around the shift found.
+    radius allows (``locate``), then like the seen ones around the shift found.  The class
+    sums of every chunk go into one ``PassSums`` (with CUDA: on the card, zeroed once and
+    read back once, where they fit), read when the call ends.
     """
     grids = mstep.reference_grids(state.references, state.pad)
     counts = state.stats.counts
@@ -237,7 +272,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                                                            1e-3 / state.n_classes)), -np.inf)
     force_max = params.use_force_max
     n_top = 1 if force_max else params.max_poses
-    total = Statistics.zeros(state.n_classes, grids.shape[-1], ctx.n_shells)
+    sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)
     results = {key: [] for key in RESULT_KEYS}
     flops = e_seconds = 0.0
     seen = state.classes[rows] >= 0
@@ -269,8 +304,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                 e_seconds += time.perf_counter() - tic
                 flops += scores.flops
                 entries = select_entries(scores, search, hard=hard)
-                total = total + accumulate(backend, recon, entries, grids, state.pad, ctx.n_shells,
-                                           (chunk % 2).astype(np.int64))
+                sums.add(recon, entries, grids, state.pad, (chunk % 2).astype(np.int64))
                 best = scores.best_class
                 n = np.arange(chunk.size)
                 psi, tx, ty = search.pose(scores.top_i[n, best, 0], scores.refine[n, best])
@@ -288,6 +322,6 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     out = {key: value[order] for key, value in out.items()}
     out["flops"] = flops
     out["estep_seconds"] = e_seconds
-    return total, out
+    return sums.collect(), out
 
 

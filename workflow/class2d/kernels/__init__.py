@@ -3,8 +3,9 @@
     >>> backend = get_backend("auto")       # the cuda module when a GPU is found, else cpu
     >>> backend.rotate_references(grids, fx, fy, psi, pad)
 
-A backend module provides ``rotate_references``, ``score_classes``, ``backproject`` and
-``noise_residuals`` with the signatures documented in ``class2d.kernels.cpu``.
+A backend module provides ``rotate_references``, ``score_classes``, ``noise_residuals`` and
+the class ``InsertionSums`` (a pass's class sums, batch by batch) with the signatures
+documented in ``class2d.kernels.cpu``.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@
     >>> arot = rotate_references(grids, fx, fy, psi, pad)          # (K, R, F) complex64
     >>> top_s, top_i, lse, nsig, refine, ratio = score_classes(p_stack, ctf2, arot, phase,
     ...                                                         alpha, 1.0, side, 6.9, 8)
+    >>> sums = InsertionSums(2 * k_count, size)       # a pass's class sums, batch by batch
 
-The public functions (no leading underscore) are the backend interface: every one has a
-twin of the same signature in ``class2d.kernels.cuda``; the shapes and meanings are
-documented once, here.  Scalar maths lives in ``scalar.py``.
+The public functions and the class ``InsertionSums`` (no leading underscore) are the
+backend interface: every one has a twin of the same signature in ``class2d.kernels.cuda``;
+the shapes and meanings are documented once, here.  Scalar maths lives in ``scalar.py``.
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def _shift_table(t, box, table, middle):
 def _backproject_kernel(num, den, offsets, rows, psi, tx, ty, weight,
                 X, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
     """Insert weighted particles into class sums (bilinear), without the Hermitian mirrors
-    (``backproject`` adds those to the sums afterwards, node by node).
+    (``InsertionSums.collect`` adds those to the sums of the pass, node by node).
 
     num: (K, G, G) complex128 += w·α·CTF·X·exp(+2πi f·t/d)/σ² at R(−ψ) f;
     den: (K, G, G) float64 += w·α²·CTF²/σ² likewise.
@@ -384,24 +385,47 @@ def rotate_references(grids, fx, fy, psi, pad):
     return out
 
 
-def backproject(num, den, offsets, rows, psi, tx, ty, weight,
-                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert entries into ``num`` and ``den`` in place, each node's value also at its
-    Hermitian mirror (node j ↔ G − j; row and column 0 have none on the grid).
+class InsertionSums:
+    """Class sums of one pass, filled batch by batch and read once.
 
-    The kernel inserts half-plane frequencies only, dealing classes to threads one at a
-    time (their entry counts differ widely); the mirrors are added here, in one pass."""
-    half_num = _buffer("num", num.shape, np.complex128)
-    half_den = _buffer("den", den.shape, np.float64)
-    half_num.fill(0)
-    half_den.fill(0)
-    with numba.parallel_chunksize(1):
-        _backproject_kernel(half_num, half_den, offsets, rows, psi, tx, ty, weight,
-                            x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
-    num += half_num
-    den += half_den
-    num[:, 1:, 1:] += np.conj(half_num[:, :0:-1, :0:-1])
-    den[:, 1:, 1:] += half_den[:, :0:-1, :0:-1]
+        >>> sums = InsertionSums(n_sums, size)            # K sums of G × G nodes, zero
+        >>> sums.insert(offsets, rows, psi, tx, ty, weight, x, ctf, alpha,
+        ...             inv_sigma2, fx, fy, wf, pad, box)  # once per batch
+        >>> num, den = sums.collect()                      # once, at the end of the pass
+
+    ``insert`` adds each entry at R(−ψ) f (bilinear) and at its Hermitian mirror:
+    num: (K, G, G) complex128 += w·α·CTF·X·exp(+2πi f·t/d)/σ²;  den: (K, G, G) float64
+    += w·α²·CTF²/σ².  Its arguments are those of ``_backproject_kernel`` without num/den:
+    offsets (K+1,) entry ranges per sum (entries sorted by sum);  rows, psi, tx, ty,
+    weight (E,);  x (N, F) complex64;  ctf (N, F) float32;  alpha (N,);  inv_sigma2, fx,
+    fy, wf (F,) float32;  pad: G/d;  box: d px.  ``collect`` returns (num, den) and ends
+    the accumulator.
+
+    Here the sums are host arrays, zeroed once, into which the kernel inserts the
+    half-plane frequencies, dealing sums to threads one at a time (their entry counts
+    differ widely); the mirrors are added once, by ``collect`` (insertion is linear: the
+    mirror of the sum is the sum of the mirrors).
+    """
+
+    def __init__(self, n_sums: int, size: int):
+        self._num = np.zeros((n_sums, size, size), np.complex128)
+        self._den = np.zeros((n_sums, size, size), np.float64)
+
+    def insert(self, offsets, rows, psi, tx, ty, weight,
+               x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+        """Insert one batch's entries (see the class doc)."""
+        with numba.parallel_chunksize(1):
+            _backproject_kernel(self._num, self._den, offsets, rows, psi, tx, ty, weight,
+                                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray]:
+        """(num (K, G, G) complex128, den (K, G, G) float64): every node's value also at
+        its mirror, node j ↔ G − j (row and column 0 have none on the grid)."""
+        num, den = self._num, self._den
+        self._num = self._den = None
+        num[:, 1:, 1:] += np.conj(num[:, :0:-1, :0:-1])
+        den[:, 1:, 1:] += den[:, :0:-1, :0:-1].copy()
+        return num, den
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,

@@ -9,9 +9,10 @@
 
 Every public function has the signature and the semantics of its CPU twin (shapes and
 meanings are documented once, in ``cpu.py``): inputs are host NumPy arrays, outputs host
-arrays, and ``backproject`` updates ``num``/``den`` in place, so the E- and M-step code
-swaps backends freely.  Device memory is sized from the inputs; where a call would not fit
-in the free device memory it runs in chunks of pairs, entries or classes.  Buffers are
+arrays, and ``InsertionSums`` keeps a pass's class sums (on the card while they fit, read
+back once by ``collect``), so the E- and M-step code swaps backends freely.  Device memory
+is sized from the inputs; where a call would not fit in the free device memory it runs in
+chunks of pairs, entries or classes.  Buffers are
 pooled and reused across calls, copies are pinned and asynchronous on one stream
 (``cuda_device``); the class grids and their rotations stay on the card while a pass uses
 the same grids object (``cuda_resident``, which makes them read-only meanwhile).
@@ -19,7 +20,8 @@ the same grids object (``cuda_resident``, which makes them read-only meanwhile).
 Where the work happens:
 - ``cuda_score``: the fused, tiled scoring kernel and its reduction over poses;
   tunables TILE_N, TILE_Q, TILE_F, MICRO_N, MICRO_Q, MERGE_THREADS;
-- ``cuda_insert``: rotation of references, back-insertion (float64 atomics), residuals;
+- ``cuda_insert``: rotation of references, back-insertion (float64 atomics) into the
+  pass's class sums, residuals;
 - ``cuda_resident``: the grids and rotations kept on the card between calls;
 - ``cuda_device``: scalar maths of ``scalar.py`` compiled for the device, THREADS,
   MAX_BLOCKS, MEMORY_FRACTION; the buffer pool, the stream, the transfer counters;
@@ -56,14 +58,7 @@ def score_classes(p_stack, ctf2, arot, phase, alpha, inv_temp, side, sig_log, n_
                                     n_top, candidates)
 
 
-def backproject(num, den, offsets, rows, psi, tx, ty, weight,
-                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert weighted particles into ``num`` (K, G, G) complex128 and ``den`` (K, G, G)
-    float64, in place.  offsets: (K+1,) entry ranges per class;  rows, psi, tx, ty,
-    weight: (E,);  x: (N, F) complex64;  ctf: (N, F);  alpha: (N,);  inv_sigma2, fx, fy,
-    wf: (F,)."""
-    cuda_insert.backproject(num, den, offsets, rows, psi, tx, ty, weight,
-                            x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box)
+InsertionSums = cuda_insert.InsertionSums
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,

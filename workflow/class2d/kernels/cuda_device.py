@@ -16,12 +16,13 @@ between calls, grown (by half again) only when too small; host↔device copies g
 pinned staging buffers held the same way, asynchronously on one stream.  A staging buffer
 with a copy in flight is refilled only after ``sync()`` (which ``to_device``/``to_host``
 call themselves then), so no copy sees its buffer change; every public backend call
-synchronizes before it returns.  ``TRANSFERS`` counts the bytes each way (the benchmark
-prints them).
+synchronizes before it returns.  ``TRANSFERS`` counts the bytes each way and
+``TRANSFERS_BY_NAME`` the same by buffer (the benchmark prints both).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
@@ -48,6 +49,8 @@ MAX_BLOCKS = 8192
 MEMORY_FRACTION = 0.8
 #: bytes copied host → device and device → host since the process started (or was reset)
 TRANSFERS = {"to_device": 0, "to_host": 0}
+#: the same bytes by direction and buffer name: {("to_host", "sums"): bytes, …}
+TRANSFERS_BY_NAME: collections.Counter = collections.Counter()
 #: what a device that does not say (the simulator) is taken to allow per block
 DEFAULT_LIMITS = {"MAX_THREADS_PER_BLOCK": 1024, "MAX_SHARED_MEMORY_PER_BLOCK": 48 * 1024}
 
@@ -116,6 +119,12 @@ def _pinned(name: str, shape: tuple, dtype) -> np.ndarray:
     return held[:size].reshape(shape)
 
 
+def count(direction: str, name: str, n_bytes: int) -> None:
+    """Count a copy of ``n_bytes`` ``direction`` ("to_device", "to_host") of buffer ``name``."""
+    TRANSFERS[direction] += int(n_bytes)
+    TRANSFERS_BY_NAME[direction, name] += int(n_bytes)
+
+
 def sync() -> None:
     """Wait for everything on ``stream()``: every staging buffer is free again."""
     stream().synchronize()
@@ -139,7 +148,7 @@ def to_device(name: str, array: np.ndarray, dtype) -> object:
     out = buffer(name, array.shape, dtype)
     if out.size:
         out.copy_to_device(staging, stream=stream())
-        TRANSFERS["to_device"] += int(staging.nbytes)
+        count("to_device", name, staging.nbytes)
     return out
 
 
@@ -149,7 +158,7 @@ def to_host(name: str, device_array) -> np.ndarray:
     staging = _staging(name, device_array.shape, device_array.dtype)
     if staging.size:
         device_array.copy_to_host(staging, stream=stream())
-        TRANSFERS["to_host"] += int(staging.nbytes)
+        count("to_host", name, staging.nbytes)
     return staging
 
 
@@ -183,8 +192,20 @@ def blocks(n_items: int, threads: int | None = None) -> int:
     return int(max(1, min(MAX_BLOCKS, -(-n_items // threads))))
 
 
-def upload(array: np.ndarray, dtype) -> object:
-    """A new C-contiguous device copy of ``array`` as ``dtype`` (synchronous, counted)."""
+def upload(array: np.ndarray, dtype, name: str) -> object:
+    """A new C-contiguous device copy of ``array`` as ``dtype`` (synchronous, counted as
+    ``name``)."""
     host = np.ascontiguousarray(array, dtype)
-    TRANSFERS["to_device"] += int(host.nbytes)
+    count("to_device", name, host.nbytes)
     return cuda.to_device(host)
+
+
+def allocate(shape: tuple, dtype) -> object:
+    """A new device array (not pooled: it lives as long as its holder; contents undefined).
+    Where the free memory alone would not hold it, the pool is dropped first (``free_bytes``
+    counts the pool as usable)."""
+    n_bytes = math.prod(int(extent) for extent in shape) * np.dtype(dtype).itemsize
+    free, _total = cuda.current_context().get_memory_info()
+    if math.isfinite(free) and n_bytes > free:
+        release_buffers()
+    return cuda.device_array(shape, dtype)

@@ -1,8 +1,10 @@
 """Element-wise CUDA kernels: rotated references, back-insertion, noise residuals.
 
     >>> arot = rotate_references(grids, fx, fy, psi, pad)                 # (K, R, F) complex64
-    >>> backproject(num, den, offsets, rows, psi, tx, ty, weight, x, ctf, alpha,
-    ...             inv_sigma2, fx, fy, wf, pad, box)                     # in place
+    >>> sums = InsertionSums(n_sums, size)               # a pass's class sums, on the card
+    >>> sums.insert(offsets, rows, psi, tx, ty, weight, x, ctf, alpha,
+    ...             inv_sigma2, fx, fy, wf, pad, box)                     # once per batch
+    >>> num, den = sums.collect()                                         # once per pass
     >>> resid = noise_residuals(grids, classes, rows, psi, tx, ty, weight, x, ctf, alpha,
     ...                         fx, fy, wf, shell, pad, box, n_shells)    # (E, S) float64
 
@@ -46,7 +48,7 @@ def _rotate_kernel(grids, fx, fy, psi, pad, out):
 def _backproject_kernel(num, den, entry_class, rows, psi, tx, ty, weight,
                         spectra, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
     """Atomic bilinear insertion of (entry, frequency) pairs; every node's value also at its
-    Hermitian mirror, node j ↔ G − j (as ``cpu.backproject``).
+    Hermitian mirror, node j ↔ G − j (as ``cpu.InsertionSums``).
 
     num: (K, G, 2G) float64, the complex128 sums viewed as [re, im] pairs;  den: (K, G, G)
     entry_class: (E,) class of each entry in num/den;  rows: (E,) row in spectra/ctf/alpha
@@ -162,47 +164,117 @@ def _entries(prefix, *arrays):
     return tuple(dev.to_device(f"{prefix}entry{j}", a, a.dtype) for j, a in enumerate(arrays))
 
 
-def backproject(num, den, offsets, rows, psi, tx, ty, weight,
-                x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
-    """Insert entries into ``num`` (complex128) and ``den`` (float64) in place.
+#: the class sums stay on the card through a pass where they need at most this share of the
+#: memory a call may use (cuda_device.MEMORY_FRACTION of the free memory): the rest is
+#: left to the pass's scoring and insertion chunks
+RESIDENT_SHARE = 0.5
 
-    Classes are processed in chunks that fit the device (their sums go there and back);
-    within a chunk, entries in pieces whose particle rows fit.
+
+@cuda.jit
+def _zero_kernel(words):
+    """words[:] = 0.  words: (n,) uint64, a float64 array's bits (0.0 is all zero bits)."""
+    for i in range(cuda.grid(1), words.shape[0], cuda.gridsize(1)):
+        words[i] = 0
+
+
+class InsertionSums:
+    """A pass's class sums, batch by batch (the interface and shapes: ``cpu.InsertionSums``).
+
+    Where the sums (24 bytes a node: complex128 num, float64 den) need at most
+    RESIDENT_SHARE of the memory a call may use, they are float64 arrays on the card,
+    zeroed there once; every ``insert`` adds into them (float64 atomics, Hermitian mirrors
+    included) in pieces of entries whose particle rows fit beside them, and ``collect``
+    downloads them once: 24 bytes a node per pass to the host, none to the card.
+    Otherwise (a card too small for them) they are host arrays, and each ``insert`` runs in
+    chunks of classes that fit, each chunk's sums going to the card and back: 24 bytes a
+    node each way per batch.
     """
-    if num.dtype != np.complex128 or den.dtype != np.float64:
-        raise TypeError("backproject: num must be complex128 and den float64 (updated in place)")
-    n_class, size = num.shape[0], num.shape[1]
-    n_freq = fx.shape[0]
-    rows, psi, tx, ty, weight = _entry_arrays(rows, psi, tx, ty, weight)
-    offsets = np.asarray(offsets, np.int64)
-    freq = tuple(dev.to_device(f"bp_freq{j}", a, np.float32)
-                 for j, a in enumerate((inv_sigma2, fx, fy, wf)))
-    entry_bytes = 60 + 12 * n_freq                 # entry arrays + its particle row, at most
-    classes = dev.chunk_size(n_class, 16 * n_freq + entry_bytes, 24 * size * size, "class")
-    stream = dev.stream()
-    for k0 in range(0, n_class, classes):
-        k1 = min(n_class, k0 + classes)
-        e0, e1 = int(offsets[k0]), int(offsets[k1])
-        if e1 <= e0:
-            continue
-        part_num = num[k0:k1]
-        d_num = dev.to_device("bp_num", np.ascontiguousarray(part_num).view(np.float64),
-                              np.float64)
-        d_den = dev.to_device("bp_den", den[k0:k1], np.float64)
-        entry_class = np.repeat(np.arange(k1 - k0), np.diff(offsets[k0:k1 + 1]))
-        step = dev.chunk_size(e1 - e0, 0, entry_bytes, "entry")     # grids already there
-        for a in range(e0, e1, step):
-            b = min(e1, a + step)
-            local, d_x, d_ctf, d_alpha = _particle_data("bp_", rows[a:b], x, ctf, alpha)
-            d_class, d_psi, d_tx, d_ty, d_weight = _entries(
-                "bp_", entry_class[a - e0:b - e0], psi[a:b], tx[a:b], ty[a:b], weight[a:b])
-            _backproject_kernel[dev.blocks((b - a) * n_freq), dev.THREADS, stream](
-                d_num, d_den, d_class, local, d_psi, d_tx, d_ty, d_weight, d_x, d_ctf,
-                d_alpha, *freq, int(pad), int(box))
-        host_num, host_den = dev.to_host("bp_num", d_num), dev.to_host("bp_den", d_den)
+
+    def __init__(self, n_sums: int, size: int):
+        self.shape = (int(n_sums), int(size), int(size))
+        n_bytes = 24 * math.prod(self.shape)
+        self.resident = n_bytes <= RESIDENT_SHARE * dev.MEMORY_FRACTION * dev.free_bytes()
+        if not self.resident:
+            self._num = np.zeros(self.shape, np.complex128)
+            self._den = np.zeros(self.shape, np.float64)
+            return
+        self._num = dev.allocate((n_sums, size, 2 * size), np.float64)  # [re, im] pairs
+        self._den = dev.allocate(self.shape, np.float64)
+        for part in (self._num, self._den):
+            words = part.reshape(part.size).view(np.uint64)
+            _zero_kernel[dev.blocks(words.size), dev.THREADS, dev.stream()](words)
+
+    def insert(self, offsets, rows, psi, tx, ty, weight,
+               x, ctf, alpha, inv_sigma2, fx, fy, wf, pad, box):
+        """Insert one batch's entries (see ``cpu.InsertionSums``)."""
+        n_class, size = self.shape[:2]
+        n_freq = fx.shape[0]
+        entries = _entry_arrays(rows, psi, tx, ty, weight)
+        offsets = np.asarray(offsets, np.int64)
+        freq = tuple(dev.to_device(f"bp_freq{j}", a, np.float32)
+                     for j, a in enumerate((inv_sigma2, fx, fy, wf)))
+        particles = (x, ctf, alpha, freq, int(pad), int(box))
+        if self.resident:
+            entry_class = np.repeat(np.arange(n_class), np.diff(offsets))
+            _insert_pieces(self._num, self._den, entry_class, int(offsets[0]), entries,
+                           particles)
+            dev.sync()
+            return
+        classes = dev.chunk_size(n_class, 16 * n_freq + _entry_bytes(n_freq), 24 * size * size,
+                                 "class")
+        for k0 in range(0, n_class, classes):
+            k1 = min(n_class, k0 + classes)
+            if offsets[k1] <= offsets[k0]:
+                continue
+            part_num = self._num[k0:k1]
+            d_num = dev.to_device("bp_num", part_num.view(np.float64), np.float64)
+            d_den = dev.to_device("bp_den", self._den[k0:k1], np.float64)
+            entry_class = np.repeat(np.arange(k1 - k0), np.diff(offsets[k0:k1 + 1]))
+            _insert_pieces(d_num, d_den, entry_class, int(offsets[k0]), entries, particles)
+            host_num, host_den = dev.to_host("bp_num", d_num), dev.to_host("bp_den", d_den)
+            dev.sync()
+            part_num[...] = host_num.view(np.complex128)
+            self._den[k0:k1] = host_den
+
+    def collect(self) -> tuple[np.ndarray, np.ndarray]:
+        """(num (K, G, G) complex128, den (K, G, G) float64), downloaded once where they
+        are on the card; ends the accumulator."""
+        num, den = self._num, self._den
+        self._num = self._den = None
+        if not self.resident:
+            return num, den
+        host_num = np.empty(self.shape, np.complex128)
+        host_den = np.empty(self.shape, np.float64)
+        num.copy_to_host(host_num.view(np.float64), stream=dev.stream())
+        den.copy_to_host(host_den, stream=dev.stream())
         dev.sync()
-        part_num[...] = host_num.view(np.complex128)
-        den[k0:k1] = host_den
+        dev.count("to_host", "sums", host_num.nbytes + host_den.nbytes)
+        return host_num, host_den
+
+
+def _entry_bytes(n_freq: int) -> int:
+    """Device bytes of one inserted entry: its arrays and its particle's row, at most."""
+    return 60 + 12 * n_freq
+
+
+def _insert_pieces(d_num, d_den, entry_class, e0, entries, particles):
+    """Launch ``_backproject_kernel`` over entries e0 … e0 + len(entry_class) of
+    ``entries`` (rows, psi, tx, ty, weight) into device sums d_num (K, G, 2G) and d_den
+    (K, G, G), whose class indices ``entry_class`` gives, in pieces whose particle rows
+    fit the device.  particles: (x, ctf, alpha, device (inv_sigma2, fx, fy, wf), pad, box)."""
+    x, ctf, alpha, freq, pad, box = particles
+    rows, psi, tx, ty, weight = entries
+    n_freq = freq[1].shape[0]
+    n_entry = entry_class.shape[0]
+    step = dev.chunk_size(n_entry, 0, _entry_bytes(n_freq), "entry")    # the sums are there
+    for a in range(e0, e0 + n_entry, step):
+        b = min(e0 + n_entry, a + step)
+        local, d_x, d_ctf, d_alpha = _particle_data("bp_", rows[a:b], x, ctf, alpha)
+        d_class, d_psi, d_tx, d_ty, d_weight = _entries(
+            "bp_", entry_class[a - e0:b - e0], psi[a:b], tx[a:b], ty[a:b], weight[a:b])
+        _backproject_kernel[dev.blocks((b - a) * n_freq), dev.THREADS, dev.stream()](
+            d_num, d_den, d_class, local, d_psi, d_tx, d_ty, d_weight, d_x, d_ctf, d_alpha,
+            *freq, pad, box)
 
 
 def noise_residuals(grids, classes, rows, psi, tx, ty, weight,

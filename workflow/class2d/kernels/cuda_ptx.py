@@ -68,6 +68,7 @@ def signatures() -> dict[str, tuple[object, tuple]]:
         "backproject": (cuda_insert._backproject_kernel, (
             _array(3, np.float64), _array(3, np.float64)) + entries + particles
             + (_array(1, f32),) * 4 + (integer, integer)),
+        "zero": (cuda_insert._zero_kernel, (_array(1, np.uint64),)),
         "noise": (cuda_insert._noise_kernel, (_array(3, c64),) + entries + particles
                   + (_array(1, f32),) * 3 + (_array(1, np.int64), integer, integer,
                                                _array(2, np.float64))),

@@ -104,7 +104,7 @@ def device_grids(grids: np.ndarray) -> object:
         return dev.to_device("grids", grids, np.complex64)
     while len(_kept) >= GRIDS_KEPT:
         _drop(_kept[0])
-    d_grids = dev.upload(grids, np.complex64)
+    d_grids = dev.upload(grids, np.complex64, "grids")
     made_read_only = grids.flags.writeable
     grids.flags.writeable = False
     _kept.append(_Kept(grids, d_grids, made_read_only, []))
@@ -131,7 +131,7 @@ def add_rotations(grids, fx, fy, psi, pad, d_arot) -> np.ndarray:
     power = power_of(d_arot)
     host = d_arot.copy_to_host(stream=dev.stream())
     dev.sync()
-    dev.TRANSFERS["to_host"] += int(host.nbytes)
+    dev.count("to_host", "rotations", host.nbytes)
     host.flags.writeable = False
     if len(kept.rotations) >= ROTATIONS_KEPT:
         kept.rotations.pop(0)
