@@ -14,6 +14,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, update_config, validate
 
 from class2d.errors import schema_problem
+from class2d.overrides import retyped
 
 min_version("8.0")
 
@@ -28,7 +29,7 @@ configfile: DEFAULT_CONFIG
 
 with open(DEFAULT_CONFIG) as _fh:
     _defaults = yaml.safe_load(_fh)
-update_config(_defaults, config)
+update_config(_defaults, retyped(config, _defaults))
 config.update(_defaults)
 
 

@@ -278,6 +278,27 @@ def test_activate_false_drops_a_stage_from_the_plan(tmp_path):
         assert set(every) - set(without) == {rule}, section
 
 
+def test_nested_values_given_on_the_command_line_are_typed(tmp_path):
+    """``--config classify='{online_iterations: 4, ...}'`` (as the README shows): Snakemake
+    reads nested values as strings ('4'), which the schema refused; they are read as the
+    defaults' types, and plan as the same values in a config file do."""
+    settings = {"online_iterations": 4, "iterations_per_job": 1, "merge_twin_classes": False}
+    from_file = plan(tmp_path / "file", classify=settings)
+    folder = tmp_path / "line"
+    folder.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--directory", str(REPO),
+         "--config", f"outdir={folder / 'results'}",
+         "demo={n_particles: 100, box: 32, apix: 6.0}",
+         "classify={online_iterations: 4, iterations_per_job: 1, merge_twin_classes: false}"],
+        capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = {parts[0]: int(parts[1]) for parts in map(str.split, done.stdout.splitlines())
+              if len(parts) == 2 and parts[1].isdigit()}
+    assert counts == from_file
+    assert counts["classify_iteration"] != plan(tmp_path / "default").get("classify_iteration", 0)
+
+
 def test_select_min_posterior_drops_classes_below_it(classify, tmp_path):
     """Thresholds mode: exactly the classes whose mean best-class posterior (from the
     particles' own posteriors) is at least min_posterior keep their particles."""

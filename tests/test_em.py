@@ -184,18 +184,6 @@ def test_vertical_alignment_turns_a_rod_upright_and_keeps_images_consistent():
     assert np.corrcoef(particle.ravel(), again.ravel())[0, 1] > 0.98
 
 
-def test_duplicate_classes_are_found_up_to_rotation(references):
-    from scipy import ndimage
-
-    from class2d.em.refill import duplicate_classes
-
-    twin = ndimage.rotate(references[2], 70, reshape=False, order=1)
-    refs = np.concatenate([references, twin[None]])
-    counts = np.array([10.0, 10.0, 30.0, 10.0, 12.0])
-    assert duplicate_classes(refs, counts).tolist() == [4]       # the smaller of the pair
-    assert duplicate_classes(references, counts[:4]).tolist() == []
-
-
 def test_locating_new_particles_finds_the_exhaustive_search_pose(references):
     """Particles not seen before (SNR 0.1, shifts up to ±6 px) are located at a quarter
     of the radius (6 of 20 Fourier px, as ``make_context`` sets it) on the coarser grid

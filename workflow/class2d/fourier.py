@@ -116,23 +116,29 @@ def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(images.dtype)
 
 
+def rotation_coordinates(box: int, angles_deg) -> np.ndarray:
+    """Where each pixel of a (box, box) image turned by each angle reads from: (2, R, box,
+    box) float64 (row, column), for ``scipy.ndimage.map_coordinates``.  The turn is about
+    the centre pixel c = (box//2, box//2), counter-clockwise as shown with row 0 at the
+    bottom: out(p) = in(R(−θ)(p − c) + c)."""
+    theta = np.radians(np.atleast_1d(np.asarray(angles_deg, np.float64)))[:, None, None]
+    y, x = pixel_grid(box)
+    cos, sin = np.cos(theta), np.sin(theta)
+    return np.stack([cos * y - sin * x, sin * y + cos * x]) + box // 2
+
+
 def rotate_images(images: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
-    """(…, D, D) images (real or complex; a centred Fourier grid alike) turned by ``angle_deg``
-    about the centre pixel (D//2, D//2), counter-clockwise as shown with row 0 at the bottom:
-    out(p) = in(R(−θ)(p − c) + c), outside read as 0, spline ``order``.  The Fourier grid of
-    a turned image is its grid turned alike (about the centre frequency)."""
+    """(…, D, D) images (real or complex; a centred Fourier grid alike) turned by
+    ``angle_deg`` (``rotation_coordinates``), outside read as 0, spline ``order``.  The
+    Fourier grid of a turned image is its grid turned alike (about the centre frequency)."""
     from scipy import ndimage
 
     box = images.shape[-1]
-    theta = np.radians(angle_deg)
-    # (row, column) = (y, x): the inverse map p → R(−θ)p in those coordinates
-    matrix = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
-    centre = np.full(2, box // 2, np.float64)
-    offset = centre - matrix @ centre
+    where = rotation_coordinates(box, angle_deg)[:, 0]
     flat = images.reshape((-1, box, box))
     parts = (flat.real, flat.imag) if np.iscomplexobj(flat) else (flat,)
-    turned = [np.stack([ndimage.affine_transform(image, matrix, offset, order=order)
-                        for image in part]) for part in parts]
+    turned = [np.stack([ndimage.map_coordinates(image, where, order=order) for image in part])
+              for part in parts]
     out = turned[0] + 1j * turned[1] if len(turned) == 2 else turned[0]
     return out.reshape(images.shape).astype(images.dtype, copy=False)
 

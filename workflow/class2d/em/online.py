@@ -103,19 +103,23 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
                             1.0 / params.temperature_at(n), hard=False)
     stats = state.stats.blend(batch, params.step_size_at(n))
     changed = changed_share(state, out)
-    retired = np.zeros(0, np.int64)
+    merged = np.zeros(0, np.int64)
     if n < params.online_iterations:
-        stats, out = refill_classes(stack, stats, out, state, ctx, backend,
+        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
                                     online_refills(stats, state, params), rng)
-    elif params.refill_duplicate_views:
-        stats, retired = merge_twins(stats, state, params)
+    elif params.merge_twin_classes:
+        # twins merged; a class they empty takes half of the largest only where that holds
+        # more than one object (else it stays empty and is not scored again)
+        stats, merged = merge_twins(stats, state, params)
+        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend, merged,
+                                    rng, distinct_only=True)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=True)
     alpha = state.alpha.copy()
     if params.per_particle_scale and n > 1:
         alpha[rows] = np.clip(out["ratio"], 0.2, 5.0)
     classes, shifts = _updated(state, out)
-    classes[np.isin(classes, retired)] = -1       # located anew by the full pass
+    classes[np.isin(classes, merged)] = -1        # located anew by the full pass
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
                 "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
@@ -196,7 +200,8 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     # labels are what is written)
     for k in np.flatnonzero((np.bincount(out["best_class"], minlength=state.n_classes)
                              < MIN_SPLIT) & (state.stats.counts > 0)):
-        stats, out = refill_classes(stack, stats, out, state, ctx, backend, np.array([k]), rng)
+        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
+                                    np.array([k]), rng)
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     classes, shifts = _updated(state, out)

@@ -85,7 +85,7 @@ class ClassifyParams:
     shift_range_A: float = 0.0            # 0: 10 % of the box
     shift_step_A: float = 0.0             # 0: a quarter of the alignment resolution, ≥ 1 px
     particle_diameter_A: float = 0.0      # 0: the mask diameter
-    refill_duplicate_views: bool = False  # refill classes repeating a larger class's view
+    merge_twin_classes: bool = True       # refill, then merge, classes showing one object
     local_shift_steps: int = 2            # a seen particle searches ±this many shift steps
     max_poses: int = 8                    # poses kept per particle and class when marginalising
     class_prune_margin: float = 20.0      # skip classes this far behind at low res (0: off)
