@@ -107,9 +107,12 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     if n < params.online_iterations:
         stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
                                     online_refills(stats, state, params), rng)
-    elif params.merge_twin_classes:
+    elif params.merge_twin_classes and (np.bincount(out["best_class"]).max()
+                                        >= 2 * MIN_SPLIT):
         # twins merged; a class they empty takes half of the largest only where that holds
-        # more than one object (else it stays empty and is not scored again)
+        # more than one object (else it stays empty and is not scored again). Where no class
+        # holds enough particles of the pass to split, a merge could not be undone so: two
+        # classes that both mix the same objects (a short run) look like twins too
         stats, merged = merge_twins(stats, state, params)
         stats, out = refill_classes(stack, stats, out, state, params, ctx, backend, merged,
                                     rng, distinct_only=True)

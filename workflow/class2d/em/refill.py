@@ -92,7 +92,8 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
                    rng: np.random.Generator,
                    distinct_only: bool = False) -> tuple[Statistics, dict]:
     """Replace the classes ``small`` by halves of the largest class (by ``stats.counts``,
-    updated as classes are replaced): its particles in this pass, split along the first
+    updated as classes are replaced) of those with 2·MIN_SPLIT particles or more in this
+    pass: its particles in this pass, split along the first
     principal component of their aligned images (a class that merged several views splits
     into them).
 
@@ -115,14 +116,20 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     grids = np.zeros((2, num.shape[-1], num.shape[-1]), np.complex64)
     blur = max(1.0, 0.25 * ctx.align.box / max(float(ctx.align.shell.max()), 1.0))
     done = 0
+    # the pass's own assignment (not one updated by an earlier split in this call), as
+    # before this function reported moves: the simulated mixture of test_classify_quality
+    # fell from ARI 0.94 to 0.88 with the updated one
+    in_pass = np.bincount(out["best_class"], minlength=counts.size)
     for i, k in enumerate(small):
-        j = int(np.argmax(counts))
-        # the pass's own assignment (not one updated by an earlier split in this call),
-        # as before this function reported moves: the simulated mixture of
-        # test_classify_quality fell from ARI 0.94 to 0.88 with the updated one
-        sel = np.flatnonzero(out["best_class"] == j)
-        if sel.size < 2 * MIN_SPLIT:
+        # the largest class with particles enough in this pass (a twin may have lost its
+        # particles to the other and still hold a large blended count)
+        enough = np.flatnonzero(in_pass >= 2 * MIN_SPLIT)
+        if enough.size == 0:
+            logger.info("no class holds %d particles of this pass: class(es) %s not refilled",
+                        2 * MIN_SPLIT, ", ".join(str(c + 1) for c in small[i:]))
             break
+        j = int(enough[np.argmax(counts[enough])])
+        sel = np.flatnonzero(out["best_class"] == j)
         sample = np.sort(rng.choice(sel.size, min(sel.size, MAX_SPLIT), replace=False))
         rows, psi, tx, ty = (out[key][sel] for key in ("rows", "psi", "tx", "ty"))
         group = np.zeros(sel.size, bool)
