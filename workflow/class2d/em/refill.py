@@ -72,9 +72,9 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
 
     Twins are refilled from the largest class even where its halves show one object (a new
     pair, merged at the end if it lasts): refilling only from classes whose halves differ
-    raised the 16-object test's ARI (0.94, 0.96, 0.89 on three seeds against 0.90, 0.94,
-    0.89) but merged more of the projected-phantom demo's classes (39–47 of 50 left, 13 of
-    its 16 true views found on one seed against 15)."""
+    raised the 16-object test's ARI on one seed of three (0.94, 0.96, 0.89 against 0.90,
+    0.96, 0.89) but merged more of the projected-phantom demo's classes (39–47 of 50 left
+    against 45–48, 13 of its 16 true views found on one seed against 15)."""
     counts = stats.counts
     small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
     if params.merge_twin_classes:
