@@ -143,6 +143,43 @@ def rotate_images(images: np.ndarray, angle_deg: float, order: int = 1) -> np.nd
     return out.reshape(images.shape).astype(images.dtype, copy=False)
 
 
+def unit_vectors(images: np.ndarray) -> np.ndarray:
+    """(n, …) images flattened to (n, m) float64, each with its mean removed and unit norm
+    (their dot products are normalised correlations)."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    flat = flat - flat.mean(axis=1, keepdims=True)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+
+
+def align(target: np.ndarray, image: np.ndarray,
+          angles_deg: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(angle, shift (x, y) px, correlation) that best move the (D, D) ``image`` onto
+    ``target``: ``image`` turned by each of ``angles_deg`` (``rotate_images``, bilinear),
+    every circular shift by FFT cross-correlation, the peak refined to a sub-pixel by
+    parabolas; correlation: the normalised correlation (means removed) at the whole-pixel
+    peak.  Move it so with ``shift_images(rotate_images(image, angle)[None], shift[None])``."""
+    from scipy import ndimage
+
+    box = target.shape[-1]
+    angles_deg = np.atleast_1d(np.asarray(angles_deg, np.float64))
+    where = rotation_coordinates(box, angles_deg).reshape(2, -1)
+    turned = ndimage.map_coordinates(image, where, order=1).reshape(-1, box, box)
+    turned = unit_vectors(turned).reshape(-1, box, box)
+    goal = np.fft.rfft2(unit_vectors(target[None]).reshape(box, box))
+    cc = np.fft.irfft2(goal[None] * np.conj(np.fft.rfft2(turned)), s=(box, box))
+    r, y, x = np.unravel_index(np.argmax(cc), cc.shape)
+    peak = cc[r]
+
+    def refine(minus: float, centre: float, plus: float) -> float:
+        curve = minus - 2 * centre + plus
+        return 0.0 if curve >= 0 else 0.5 * (minus - plus) / curve
+
+    dy = y + refine(peak[y - 1, x], peak[y, x], peak[(y + 1) % box, x])
+    dx = x + refine(peak[y, x - 1], peak[y, x], peak[y, (x + 1) % box])
+    wrap = lambda d: d - box if d > box / 2 else d      # noqa: E731 (circular shift)
+    return float(angles_deg[r]), np.array([wrap(dx), wrap(dy)]), float(peak[y, x])
+
+
 def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     """Shift each (K, D, D) image so that the centre of mass of its density above
     ``threshold`` · its maximum (default: its positive part) is the centre pixel."""

@@ -15,9 +15,8 @@ import logging
 import mrcfile
 import numpy as np
 import pandas as pd
-from scipy import ndimage
-
-from class2d.fourier import fourier_crop, frc, frc_resolution
+from class2d.fourier import (align, fourier_crop, frc, frc_resolution, rotate_images,
+                             shift_images)
 from class2d.io.atomic import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -26,23 +25,11 @@ logger = logging.getLogger(__name__)
 ANGLE_STEP = 4.0
 
 
-def _unit(image: np.ndarray) -> np.ndarray:
-    image = image - image.mean()
-    return image / max(float(np.linalg.norm(image)), 1e-12)
-
-
 def best_match(image: np.ndarray, reference: np.ndarray) -> tuple[float, np.ndarray]:
-    """(correlation, reference rotated and shifted onto ``image``) over rotations and shifts."""
-    target = np.fft.rfft2(_unit(image))
-    best, moved = -np.inf, reference
-    for angle in np.arange(0.0, 360.0, ANGLE_STEP):
-        turned = _unit(ndimage.rotate(reference, angle, reshape=False, order=1))
-        cc = np.fft.irfft2(target * np.conj(np.fft.rfft2(turned)), s=image.shape)
-        peak = np.unravel_index(np.argmax(cc), cc.shape)
-        if cc[peak] > best:
-            shift = [p if p <= n // 2 else p - n for p, n in zip(peak, cc.shape)]
-            best, moved = float(cc[peak]), np.roll(turned, shift, axis=(0, 1))
-    return best, moved
+    """(correlation, reference rotated and shifted onto ``image``) over rotations by
+    ANGLE_STEP and shifts (``fourier.align``)."""
+    angle, shift, correlation = align(image, reference, np.arange(0.0, 360.0, ANGLE_STEP))
+    return correlation, shift_images(rotate_images(reference, angle)[None], shift[None])[0]
 
 
 def compare_with_truth(classes_mrcs: str, references_mrcs: str, out_tsv: str) -> pd.DataFrame:
@@ -62,7 +49,7 @@ def compare_with_truth(classes_mrcs: str, references_mrcs: str, out_tsv: str) ->
             continue
         matches = [best_match(image, ref) for ref in references]
         view = int(np.argmax([c for c, _ in matches]))
-        curve = frc(_unit(image), matches[view][1])
+        curve = frc(image, matches[view][1])
         rows.append({"class": k, "true_view": view, "correlation": matches[view][0],
                      "frc05_A": frc_resolution(curve, box, apix, 0.5)})
     table = pd.DataFrame(rows)

@@ -24,9 +24,9 @@ from class2d.em.grids import FrequencySet
 from class2d.em.outliers import FEATURES, outlier_features
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import RESULT_KEYS, accumulate, load_spectra, make_context, score_rows
-from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes
-from class2d.em.twins import merge_twins
+from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes, splittable
 from class2d.em.state import ClassState, Statistics
+from class2d.em.twins import merge_twins
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
@@ -107,12 +107,11 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     if n < params.online_iterations:
         stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
                                     online_refills(stats, state, params), rng)
-    elif params.merge_twin_classes and (np.bincount(out["best_class"]).max()
-                                        >= 2 * MIN_SPLIT):
+    elif params.merge_twin_classes and splittable(out, state.n_classes).any():
         # twins merged; a class they empty takes half of the largest only where that holds
-        # more than one object (else it stays empty and is not scored again). Where no class
-        # holds enough particles of the pass to split, a merge could not be undone so: two
-        # classes that both mix the same objects (a short run) look like twins too
+        # more than one object, else it stays empty and is not scored again. No merge where
+        # no class can be split: after a short run two classes mixing the same objects read
+        # as twins, and only a split of their merged class would part them again
         stats, merged = merge_twins(stats, state, params)
         stats, out = refill_classes(stack, stats, out, state, params, ctx, backend, merged,
                                     rng, distinct_only=True)

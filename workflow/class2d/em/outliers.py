@@ -36,7 +36,7 @@ import numpy as np
 import scipy.fft
 
 from class2d.ctf import CTFParams, evaluate
-from class2d.fourier import FFT_WORKERS, pixel_radius, rfft_frequencies
+from class2d.fourier import FFT_WORKERS, pixel_radius, rfft_frequencies, rotation_coordinates
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
@@ -120,13 +120,11 @@ def rotated(references: np.ndarray, classes: np.ndarray, psi: np.ndarray) -> np.
     (m, d, d) float64 from references (K, d, d), classes (m,) int, psi (m,)."""
     from scipy import ndimage
 
-    box = references.shape[-1]
-    y, x = np.mgrid[:box, :box] - box // 2
-    cos, sin = np.cos(psi)[:, None, None], np.sin(psi)[:, None, None]
-    # the rotated image at r is the average at R(−ψ)·r; class by class, each a 2-D
-    # (bilinear) lookup in its own average (half the work of one trilinear lookup in all)
-    rows, cols = -sin * x + cos * y + box // 2, cos * x + sin * y + box // 2
-    out = np.empty((len(psi), box, box))
+    # the rotated image at r is the average at R(−ψ)·r (``fourier.rotation_coordinates``);
+    # class by class, each a 2-D (bilinear) lookup in its own average (half the work of one
+    # trilinear lookup in all)
+    rows, cols = rotation_coordinates(references.shape[-1], np.degrees(psi))
+    out = np.empty((len(psi),) + references.shape[1:])
     for k in np.unique(classes):
         members = classes == k
         out[members] = ndimage.map_coordinates(references[k], [rows[members], cols[members]],

@@ -63,6 +63,12 @@ def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
     return score > np.median(score)
 
 
+def splittable(out: dict, k_count: int) -> np.ndarray:
+    """(K,) bool: the classes with particles enough in the pass ``out`` (its own assignment,
+    ``best_class``) to be split in two groups of MIN_SPLIT."""
+    return np.bincount(out["best_class"], minlength=k_count) >= 2 * MIN_SPLIT
+
+
 def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams) -> np.ndarray:
     """Classes an online iteration refills: those whose blended count fell below SPLIT_SHARE
     of an even share (the blended count, so that a class one batch leaves nearly empty is
@@ -119,11 +125,10 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     # the pass's own assignment (not one updated by an earlier split in this call), as
     # before this function reported moves: the simulated mixture of test_classify_quality
     # fell from ARI 0.94 to 0.88 with the updated one
-    in_pass = np.bincount(out["best_class"], minlength=counts.size)
+    enough = np.flatnonzero(splittable(out, counts.size))
     for i, k in enumerate(small):
         # the largest class with particles enough in this pass (a twin may have lost its
         # particles to the other and still hold a large blended count)
-        enough = np.flatnonzero(in_pass >= 2 * MIN_SPLIT)
         if enough.size == 0:
             logger.info("no class holds %d particles of this pass: class(es) %s not refilled",
                         2 * MIN_SPLIT, ", ".join(str(c + 1) for c in small[i:]))

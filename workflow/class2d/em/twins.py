@@ -37,8 +37,8 @@ from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (frc, pixel_radius, rotate_images, rotation_coordinates,
-                             shift_images)
+from class2d.fourier import (align, frc, pixel_radius, rotate_images, rotation_coordinates,
+                             shift_images, unit_vectors)
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +77,6 @@ class Twin:
     signal: float
 
 
-def _unit(images: np.ndarray) -> np.ndarray:
-    """Images flattened, mean removed and scaled to unit norm: (n, d²)."""
-    flat = images.reshape(len(images), -1).astype(np.float64)
-    flat = flat - flat.mean(axis=1, keepdims=True)
-    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
-
-
-def _rotated(image: np.ndarray, angles: np.ndarray, order: int) -> np.ndarray:
-    """(R, d, d): ``image`` turned by each angle (``fourier.rotate_images``), in one call."""
-    box = image.shape[-1]
-    where = rotation_coordinates(box, angles).reshape(2, -1)
-    return ndimage.map_coordinates(image, where, order=order).reshape(-1, box, box)
-
-
 def _candidates(references: np.ndarray, live: np.ndarray) -> list[tuple[int, int, float]]:
     """(a, b, angle) of every pair of ``live`` classes where either is among the other's
     PARTNERS best matches: amplitude spectra up to a third of the Fourier radius (a shift
@@ -104,8 +90,8 @@ def _candidates(references: np.ndarray, live: np.ndarray) -> list[tuple[int, int
     radius = pixel_radius(2 * half + 1)
     annulus = (radius >= 1) & (radius <= box / 3)
     where = rotation_coordinates(2 * half + 1, angles).reshape(2, -1)
-    plain = _unit(amplitude * annulus)
-    turned = _unit(np.concatenate([ndimage.map_coordinates(a, where, order=1).reshape(
+    plain = unit_vectors(amplitude * annulus)
+    turned = unit_vectors(np.concatenate([ndimage.map_coordinates(a, where, order=1).reshape(
         angles.size, 2 * half + 1, 2 * half + 1) * annulus for a in amplitude]))
     score = (plain @ turned.T).reshape(k_count, k_count, angles.size)
     best = score.max(axis=2)
@@ -115,28 +101,6 @@ def _candidates(references: np.ndarray, live: np.ndarray) -> list[tuple[int, int
     chosen = {(min(a, b), max(a, b)) for a in np.flatnonzero(live) for b in top[a]
               if np.isfinite(best[a, b])}
     return [(a, b, float(angles[score[a, b].argmax()])) for a, b in sorted(chosen)]
-
-
-def _align(target: np.ndarray, image: np.ndarray,
-           angles: np.ndarray) -> tuple[float, np.ndarray]:
-    """(angle, shift (x, y) px) that best move ``image`` onto ``target``: each of
-    ``angles`` (degrees), every circular shift, the peak refined to a sub-pixel by
-    parabolas."""
-    box = target.shape[-1]
-    turned = _unit(_rotated(image, angles, 1)).reshape(-1, box, box)
-    goal = np.fft.rfft2(_unit(target[None]).reshape(box, box))
-    cc = np.fft.irfft2(goal[None] * np.conj(np.fft.rfft2(turned)), s=(box, box))
-    r, y, x = np.unravel_index(np.argmax(cc), cc.shape)
-    peak = cc[r]
-
-    def refine(minus: float, centre: float, plus: float) -> float:
-        curve = minus - 2 * centre + plus
-        return 0.0 if curve >= 0 else 0.5 * (minus - plus) / curve
-
-    dy = y + refine(peak[y - 1, x], peak[y, x], peak[(y + 1) % box, x])
-    dx = x + refine(peak[y, x - 1], peak[y, x], peak[y, (x + 1) % box])
-    wrap = lambda d: d - box if d > box / 2 else d      # noqa: E731 (circular shift)
-    return float(angles[r]), np.array([wrap(dx), wrap(dy)])
 
 
 def _near(angle0: float) -> np.ndarray:
@@ -181,8 +145,8 @@ class _Classes:
         keep, drop = (a, b) if self.counts[a] >= self.counts[b] else (b, a)
         if drop == a:                       # angles turn b onto a: the inverse
             angles = -angles
-        angle, shift = _align(self.references[keep], self.references[drop], angles)
-        moved = shift_images(_rotated(self.full[drop], np.array([angle]), 3), shift[None])[0]
+        angle, shift, _ = align(self.references[keep], self.references[drop], angles)
+        moved = shift_images(rotate_images(self.full[drop], angle, 3)[None], shift[None])[0]
         both = self.reliable[a] * self.reliable[b]
         weight = np.arange(both.size) * both ** 2 * self.measured(a, b)  # ring size ∝ radius
         signal = float((frc(self.full[keep], moved) / np.maximum(both, 1e-12) * weight).sum()
