@@ -299,6 +299,21 @@ def test_nested_values_given_on_the_command_line_are_typed(tmp_path):
     assert counts["classify_iteration"] != plan(tmp_path / "default").get("classify_iteration", 0)
 
 
+def test_a_nested_value_that_is_not_yaml_is_left_for_the_schema_to_refuse():
+    from class2d.overrides import retyped
+
+    defaults = {"classify": {"n_classes": 50, "force_max": None}, "particles": "demo"}
+    given = {"classify": {"n_classes": "[1,", "force_max": "true"}, "particles": "1e3"}
+    assert retyped(given, defaults) == {"classify": {"n_classes": "[1,", "force_max": True},
+                                        "particles": "1e3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--directory", str(REPO), "--config",
+         "classify={n_classes: '[1,'}"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode != 0
+    assert "error: config classify.n_classes: '[1,' is not of type 'integer'" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
 def test_select_min_posterior_drops_classes_below_it(classify, tmp_path):
     """Thresholds mode: exactly the classes whose mean best-class posterior (from the
     particles' own posteriors) is at least min_posterior keep their particles."""

@@ -15,15 +15,18 @@ import yaml
 
 def retyped(given: Mapping, defaults: Mapping) -> dict:
     """``given`` with every string whose default (same key path in ``defaults``) is not a
-    string read again as YAML (numbers, booleans, null, lists); other values, and keys
-    without a default (the schema refuses those), unchanged."""
+    string read again as YAML (numbers, booleans, null, lists); other values, strings that
+    are not YAML, and keys without a default (the schema refuses those), unchanged."""
     out = {}
     for key, value in given.items():
         default = defaults.get(key)
         if isinstance(value, Mapping) and isinstance(default, Mapping):
             out[key] = retyped(value, default)
         elif isinstance(value, str) and key in defaults and not isinstance(default, str):
-            out[key] = yaml.safe_load(value)
+            try:
+                out[key] = yaml.safe_load(value)
+            except yaml.YAMLError:      # not YAML: the schema refuses the string, one line
+                out[key] = value
         else:
             out[key] = value
     return out
