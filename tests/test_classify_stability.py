@@ -135,24 +135,17 @@ def write_blobs(out_dir, n: int, snr: float, sigma_px: float, box: int, apix: fl
     return str(star), centred
 
 
-FORCE_MAX_OVERCLAIMS = pytest.mark.xfail(strict=True, reason=(
-    "with force max the 4 classes of one blob claim 27.4, 32.0, 27.4, 32.0 Å against 38.4 Å: "
-    "em.bias aligns noise to each class alone, not the choice among alike classes"))
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("force_max", [False, pytest.param(True, marks=FORCE_MAX_OVERCLAIMS)])
+@pytest.mark.parametrize("force_max", [False, True])
 def test_featureless_blob_claims_no_better_than_its_true_resolution(tmp_path, force_max):
     """1,000 images of a round blob (σ 4 px at 3 Å/px) at SNR 0.01 into 4 classes: every
     class's rlnEstimatedResolution is no more than one shell finer than its average's
     FRC-0.5 resolution against the true blob.  Every rotation fits a round blob alike, so
     alignment picks the one where the noise looks most like the class, in both half sets.
     Measured: 38.4, 38.4, 38.4, 32.0 Å against 38.4 Å from the truth; without the
-    aligned-noise bias (``em.bias``) 27.4, 32.0, 32.0, 27.4 Å.
-
-    With force max (the default above 20 classes) it fails: a particle also takes the class
-    whose noise is most like its own, which the bias, scored against one class at a time,
-    leaves out (2 classes: 32.0, 32.0 Å, within the shell allowed)."""
+    aligned-noise bias (``em.bias``) 27.4, 32.0, 32.0, 27.4 Å.  With force max 32.0 Å for
+    all four; 27.4, 32.0, 27.4, 32.0 Å while the bias scored its noise against one class at
+    a time, leaving out that a particle also takes the class its noise is most like."""
     box, apix = 64, 3.0
     star, centred = write_blobs(tmp_path, 1000, 0.01, 4.0, box, apix)
     classify(star, tmp_path, {"n_classes": 4, "online_iterations": 10, "force_max": force_max})

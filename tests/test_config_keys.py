@@ -193,13 +193,13 @@ def test_class_prune_margin_zero_scores_every_class(classify):
 
 
 def test_force_max_default_and_explicit(classify):
-    """3 classes: the default (null) is off, so an explicit false changes nothing and an
-    explicit true changes the posteriors."""
+    """3 classes: the default is on (not CryoSPARC's off at ≤ 20 classes), so an explicit
+    true changes nothing and an explicit false changes the posteriors."""
     default, off, on = classify(), classify(force_max=False), classify(force_max=True)
     np.testing.assert_array_equal(default.cs["alignments2D/class_posterior"],
-                                  off.cs["alignments2D/class_posterior"])
+                                  on.cs["alignments2D/class_posterior"])
     assert not np.array_equal(default.cs["alignments2D/class_posterior"],
-                              on.cs["alignments2D/class_posterior"])
+                              off.cs["alignments2D/class_posterior"])
 
 
 def test_recenter_false_leaves_averages_where_the_particles_are(tmp_path, dataset):
@@ -302,7 +302,7 @@ def test_nested_values_given_on_the_command_line_are_typed(tmp_path):
 def test_a_nested_value_that_is_not_yaml_is_left_for_the_schema_to_refuse():
     from class2d.overrides import retyped
 
-    defaults = {"classify": {"n_classes": 50, "force_max": None}, "particles": "demo"}
+    defaults = {"classify": {"n_classes": 50, "force_max": True}, "particles": "demo"}
     given = {"classify": {"n_classes": "[1,", "force_max": "true"}, "particles": "1e3"}
     assert retyped(given, defaults) == {"classify": {"n_classes": "[1,", "force_max": True},
                                         "particles": "1e3"}

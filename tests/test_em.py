@@ -162,7 +162,6 @@ def test_default_pose_grid_shrinks_at_low_resolution():
     fine = params.psi_step(6.0, 64, 3.0), params.shift_grid(6.0, 64, 3.0)
     coarse = params.psi_step(30.0, 64, 3.0), params.shift_grid(30.0, 64, 3.0)
     assert coarse[0] > fine[0] and coarse[1][0] < fine[1][0]
-    assert params.use_force_max is False and ClassifyParams(n_classes=50).use_force_max is True
     assert params.resolution_at(1) == pytest.approx(25.0)
     assert params.resolution_at(15) == pytest.approx(6.0)
 

@@ -504,9 +504,10 @@ def test_cuda_and_cpu_backends_classify_alike(gpu, monkeypatch, tmp_path):
                     duplicate_fraction=0.0, seed=4)
     prepared = tmp_path / "prep"
     prepare_stack(write_dataset(data, tmp_path / "data"), prepared)
+    # 40 particles in 2 iterations sort only marginalised over poses (force max: ARI 0.29)
     config = dict(n_classes=2, max_res_A=24.0, online_iterations=2, batch_per_class=12,
                   psi_step_deg=30.0, shift_range_A=8.0, local_shift_steps=1,
-                  sort_classes=False)
+                  sort_classes=False, force_max=False)
     particles, averages = [], []
     for backend in ("cpu", "cuda"):
         classify_all(str(prepared), str(tmp_path / backend), config, seed=1, backend=backend)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from class2d.em.params import ClassifyParams
+from class2d.errors import ConfigError
 
 BOX, APIX = 64, 3.0
 
@@ -102,8 +103,10 @@ def test_shift_grid_covers_the_range_at_the_step(res_A, settings, expected):
     assert step == pytest.approx(expected[1], rel=1e-12)
 
 
-def test_force_max_default_follows_the_class_count():
-    assert ClassifyParams(n_classes=20).use_force_max is False
-    assert ClassifyParams(n_classes=21).use_force_max is True
-    assert ClassifyParams(n_classes=50, force_max=False).use_force_max is False
-    assert ClassifyParams(n_classes=5, force_max=True).use_force_max is True
+def test_force_max_is_on_whatever_the_class_count():
+    """Not CryoSPARC's off at ≤ 20 classes (config.yaml says why); a setting wins."""
+    assert ClassifyParams(n_classes=20).force_max is True
+    assert ClassifyParams(n_classes=5).force_max is True
+    assert ClassifyParams(n_classes=50, force_max=False).force_max is False
+    with pytest.raises(ConfigError, match="classify.force_max: must be true or false"):
+        ClassifyParams(force_max=None)

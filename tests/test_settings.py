@@ -46,9 +46,6 @@ def test_derived_settings():
     assert ClassifyParams(max_res_A=6.0, max_align_res_A=9.0).align_res_A == 9.0
     assert ClassifyParams(max_res_A=6.0).first_res_A == 25.0            # 4 × 6 Å, at least 25
     assert ClassifyParams(max_res_A=10.0).first_res_A == 40.0
-    assert ClassifyParams(n_classes=20).use_force_max is False          # CryoSPARC: ≤ 20 classes
-    assert ClassifyParams(n_classes=21).use_force_max is True
-    assert ClassifyParams(n_classes=50, force_max=False).use_force_max is False
 
 
 @pytest.mark.parametrize("section, key, problem", [

@@ -160,9 +160,10 @@ def test_two_objects_in_four_classes_end_in_two_when_twins_merge(two_objects, me
 
     data, prepared, folder = two_objects
     out = folder / f"merge_{merge}"
+    # marginalised over poses, the objects split the more (with force max, unmerged: ARI 0.82)
     classify_all(prepared, str(out), {"n_classes": 4, "max_res_A": 14.0, "online_iterations": 6,
-                                      "batch_per_class": 30, "merge_twin_classes": merge},
-                 seed=1, backend="cpu")
+                                      "batch_per_class": 30, "merge_twin_classes": merge,
+                                      "force_max": False}, seed=1, backend="cpu")
     classes = io.read_particles(out / "particles.star").particles["rlnClassNumber"].to_numpy()
     ari = adjusted_rand(data.truth["true_class"].to_numpy(), classes)
     if merge:       # one class per object, the two others left empty (measured: ARI 1)

@@ -1,7 +1,6 @@
 """Classification settings: CryoSPARC's names and defaults, and every value derived from them.
 
     >>> params = ClassifyParams.from_config({"n_classes": 20, "max_res_A": 6.0}, seed=0)
-    >>> params.use_force_max      # False: CryoSPARC turns it off for ≤ 20 classes
     >>> params.align_res_A        # 6.0: max_align_res_A, or max_res_A when that is 0
     >>> params.psi_step(params.align_res_A, box=64, apix=3.0)   # degrees, for this stack
 
@@ -65,7 +64,7 @@ class ClassifyParams:
     min_align_res_A: float = 0.0          # 0: no high-pass
     start_res_A: float = 0.0              # 0: 4 × max_align_res_A (at least 25 Å)
     uncertainty_factor: float = 2.0
-    force_max: bool | None = None         # None: True unless n_classes ≤ 20
+    force_max: bool = True                # config.yaml: why not off at ≤ 20 classes
     online_iterations: int = 20
     batch_per_class: int = 100
     final_full_iterations: int = 1
@@ -143,11 +142,6 @@ class ClassifyParams:
             return self.batch_size
         per_class = CLASS_COPIES * 2 * (self.zeropad * box) ** 2 * 24
         return estep_batch(self.memory_gb, box, fixed_bytes=self.n_classes * per_class)
-
-    @property
-    def use_force_max(self) -> bool:
-        """Force max over poses/shifts: as set, or CryoSPARC's default (on above 20 classes)."""
-        return self.n_classes > 20 if self.force_max is None else bool(self.force_max)
 
     @property
     def align_res_A(self) -> float:

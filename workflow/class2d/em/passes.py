@@ -246,6 +246,14 @@ def accumulate(backend, data: BatchData, entries: Entries, grids: np.ndarray, pa
     return sums.collect()
 
 
+def class_log_prior(counts: np.ndarray) -> np.ndarray:
+    """(K,) log prior of each class from its (blended) particle count, floored at 10⁻³/K;
+    a class merged into its twin (count 0) gets −inf and is not scored (``score_batch``)."""
+    with np.errstate(divide="ignore"):
+        return np.where(counts > 0, np.log(np.maximum(counts / max(counts.sum(), 1e-12),
+                                                      1e-3 / counts.size)), -np.inf)
+
+
 RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", "nsig",
                "loglik", "ratio")
 
@@ -265,12 +273,8 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     read back once, where they fit), read when the call ends.
     """
     grids = mstep.reference_grids(state.references, state.pad)
-    counts = state.stats.counts
-    # a class merged into its twin (empty) has prior 0: it is not scored (estep.score_batch)
-    with np.errstate(divide="ignore"):
-        log_prior = np.where(counts > 0, np.log(np.maximum(counts / max(counts.sum(), 1e-12),
-                                                           1e-3 / state.n_classes)), -np.inf)
-    force_max = params.use_force_max
+    log_prior = class_log_prior(state.stats.counts)
+    force_max = params.force_max
     n_top = 1 if force_max else params.max_poses
     sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)
     results = {key: [] for key in RESULT_KEYS}
