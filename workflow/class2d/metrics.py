@@ -1,6 +1,9 @@
 """Agreement between classifications, for tests and benchmarks against ground truth.
 
     >>> adjusted_rand(truth_labels, our_labels)        # 1.0: identical partitions
+    >>> purity(truth_labels, our_labels)               # 1.0: no class mixes true labels
+    >>> circular_sd_deg(ours_psi - true_psi)           # one class's spread of ψ errors
+    >>> origin_spread(ours_psi, ours_origins, true_origins)   # and of its origins, Å
 """
 
 from __future__ import annotations
@@ -23,3 +26,35 @@ def adjusted_rand(truth: np.ndarray, labels: np.ndarray) -> float:
     if 0.5 * (rows + cols) == expected:
         return 1.0
     return (index - expected) / (0.5 * (rows + cols) - expected)
+
+
+def purity(truth: np.ndarray, labels: np.ndarray) -> float:
+    """Share of the items that belong to their class's most common true label (1.0: every
+    class holds one true label; a class may still split one)."""
+    _, t = np.unique(truth, return_inverse=True)
+    _, l = np.unique(labels, return_inverse=True)
+    table = np.zeros((l.max() + 1, t.max() + 1))
+    np.add.at(table, (l, t), 1)
+    return float(table.max(axis=1).sum() / t.size)
+
+
+def circular_sd_deg(angles_deg: np.ndarray) -> float:
+    """Circular standard deviation of angles, degrees."""
+    z = np.exp(1j * np.radians(angles_deg)).mean()
+    return float(np.degrees(np.sqrt(-2 * np.log(max(abs(z), 1e-12)))))
+
+
+def origin_spread(psi_deg: np.ndarray, ours: np.ndarray, true: np.ndarray) -> float:
+    """Mean distance of our origins (n, 2) from the true ones, rotated back by our ψ
+    (degrees) into the class frame and less their mean: 0 when every particle of a class is
+    centred alike (the class itself may sit off the true centre).  With the class centred
+    c0 from the true centre, RELION's convention gives ours − true = R(−ψ)·c0 per particle;
+    the smaller of the two rotation senses is taken."""
+    d = ours - true
+    angle = np.radians(psi_deg)
+    errors = []
+    for sign in (1.0, -1.0):
+        c, s = np.cos(sign * angle), np.sin(sign * angle)
+        back = np.stack([c * d[:, 0] - s * d[:, 1], s * d[:, 0] + c * d[:, 1]], axis=1)
+        errors.append(float(np.linalg.norm(back - back.mean(0), axis=1).mean()))
+    return min(errors)

@@ -43,6 +43,8 @@ BIAS_IMAGES = 200
 #: … and per class in use, scored against all classes together (those out of reach pruned at
 #: low resolution, as the particles' are)
 IMAGES_PER_CLASS = 50
+#: … of which a class must take this many (posterior weight) for their average to count
+MIN_TOGETHER = 20
 #: the random stream of the noise images: numpy.random.default_rng([seed, BIAS_STREAM])
 BIAS_STREAM = 104729
 
@@ -82,8 +84,12 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
                              ctx.local, log_prior, 1.0, n_top, params.force_max, ctx.prepass,
                              params.class_prune_margin)
         sums.add(recon, select_entries(scores, ctx.local, hard), grids, pad, chunk % 2)
-    bias[live] = np.maximum(bias[live], _aligned_power(sums.collect(), live, state, params,
-                                                       stack))
+    together = sums.collect()
+    # a class that took a few noise images (or a share of one) among all the others has
+    # no measure of their average; noise is not drawn to it, and alone counts there
+    measured = live[together.counts[live] >= MIN_TOGETHER]
+    bias[measured] = np.maximum(bias[measured], _aligned_power(together, measured, state,
+                                                               params, stack))
     return bias
 
 
