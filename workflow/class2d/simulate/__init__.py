@@ -67,9 +67,10 @@ Simplifications: the CTF has no envelope; the ice is uniform.
 
 from class2d.simulate.classified import classifier_output
 from class2d.simulate.dataset import JUNK_TYPES, Dataset, simulate
-from class2d.simulate.output import read_truth, simulate_demo, write_dataset, write_simulated
+from class2d.simulate.output import (read_truth, simulate_demo, write_dataset, write_labelled,
+                                     write_simulated)
 from class2d.simulate.phantom import Phantom, euler_matrix, make_phantom, project, rasterize
 
 __all__ = ["JUNK_TYPES", "Dataset", "Phantom", "classifier_output", "euler_matrix", "make_phantom", "project",
            "rasterize", "read_truth", "simulate", "simulate_demo", "write_dataset",
-           "write_simulated"]
+           "write_labelled", "write_simulated"]

@@ -121,3 +121,25 @@ def simulate_demo(out_dir: str | os.PathLike, seed: int = 0, n_objects: int = 0,
     chunk = simulate_chunk(memory_gb, kwargs.get("box", 64), kwargs.get("ctf_pad", 2))
     return write_simulated(out_dir, chunk, overwrite=True, seed=seed,
                            n_objects=n_objects or None, **kwargs)
+
+
+#: the labelled sets of the accuracy benchmark (``bench/bench_accuracy.py``) and of the
+#: seen-once test: as a user's data would look, 3 Å/px, the CTF per micrograph over
+#: 0.5–3.5 µm with up to 1,000 Å astigmatism, 1/16 each of noise, ice/carbon-edge and
+#: aggregate picks and 1/16 duplicate picks, 100 particles per micrograph
+LABELLED_SET = dict(apix=3.0, junk_fraction=3 / 15, duplicate_fraction=1 / 16,
+                    defocus_range=(5000.0, 35000.0), max_astigmatism=1000.0)
+
+
+def write_labelled(out_dir: str | os.PathLike, n_particles: int, box: int, seed: int,
+                   kind: str = "objects", snr: float = 0.1,
+                   memory_gb: float = DEFAULT_MEMORY_GB) -> str:
+    """Write a LABELLED_SET of ``n_particles`` in ``box`` px: ``kind`` "objects" (16
+    distinct objects) or "views" (the phantom at uniformly random views).  Returns the
+    STAR path."""
+    if kind not in ("objects", "views"):
+        raise ValueError(f"kind must be 'objects' or 'views', got {kind!r}")
+    return write_simulated(out_dir, simulate_chunk(memory_gb, box, 2), overwrite=True,
+                           n_particles=n_particles, box=box, seed=seed, snr=snr,
+                           n_objects=16 if kind == "objects" else None,
+                           n_micrographs=max(20, n_particles // 100), **LABELLED_SET)
