@@ -33,6 +33,8 @@ import pytest
 import starfile
 import yaml
 
+from class2d.errors import InputError
+from class2d.prepare import prepare_stack
 from killing import REPO
 
 #: the small set every case starts from: 16 particles of 32 px at 6 Å/px
@@ -162,6 +164,13 @@ def with_column(name: str, values) -> pd.DataFrame:
     return block
 
 
+def garbled_defocus() -> list[str]:
+    """rlnDefocusU as starfile writes it, with one token that is not a number (particle 2)."""
+    values = [f"{value:g}" for value in 15000.0 + 100 * np.arange(N)]
+    values[1] = "15x00"
+    return values
+
+
 def set_mode(mode: int):
     def edit(folder: Path):
         with open(folder / "particles.mrcs", "r+b") as handle:
@@ -282,6 +291,8 @@ CASES = {
                                   particle_block=with_column("rlnDefocusU", -15000.0)),
     "nan defocus": star_case("no defocus value",
                              particle_block=with_column("rlnDefocusV", np.nan)),
+    "garbled defocus": star_case("rlnDefocusU of particle 2 is '15x00', not a number",
+                                 particle_block=with_column("rlnDefocusU", garbled_defocus())),
     "duplicate image names": star_case("1@particles.mrcs appears 2 times",
                                        particle_block=with_column(
                                            "rlnImageName", ["1@particles.mrcs"] + [
@@ -410,6 +421,30 @@ def test_bad_input_is_one_line_and_leaves_nothing(catalogue, name):
     assert [p for p in result["new"]
             if not (case.target == "init" and p.startswith("prepare/"))] == []
     assert result["after"] == result["before"], "the input files changed"
+
+
+@pytest.mark.filterwarnings("ignore:The 'future.infer_string' option is deprecated")
+@pytest.mark.parametrize("strings", ["object", "pyarrow"])
+def test_a_garbled_number_is_one_line_whatever_pandas_stores_text_in(tmp_path, strings):
+    """starfile leaves a numeric column holding one bad token as text: NumPy objects, or
+    pandas' str on pyarrow (pandas 3's default where pyarrow is installed; the catalogue
+    runs the workflow under whichever this environment has). Preparation ends with the
+    same one-line InputError under both."""
+    try:
+        pd.get_option("future.infer_string")
+    except pd.errors.OptionError:
+        pytest.skip(f"pandas {pd.__version__} has no future.infer_string option")
+    if strings == "pyarrow":
+        pytest.importorskip("pyarrow", reason="pyarrow-backed strings need pyarrow")
+    star = write_set(tmp_path / "input", particle_block=with_column("rlnDefocusU",
+                                                                    garbled_defocus()))
+    with pd.option_context("future.infer_string", strings == "pyarrow"):
+        column = starfile.read(star)["particles"]["rlnDefocusU"]
+        assert (column.dtype == object) if strings == "object" else (
+            column.dtype.storage == "pyarrow"), column.dtype
+        with pytest.raises(InputError) as err:
+            prepare_stack(star, tmp_path / "prepare")
+    assert str(err.value) == f"{star}: rlnDefocusU of particle 2 is '15x00', not a number"
 
 
 @pytest.mark.slow

@@ -144,7 +144,7 @@ def particle_centres(table: ParticleTable, micrograph_apix: float | None = None)
     """
     p = table.particles
     apix = micrograph_pixel_size(table, micrograph_apix)
-    coords = p[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64)
+    coords = _pick_px(table)
     bad = ~np.isfinite(coords).all(axis=1)
     if bad.any():
         raise InputError(table.source, f"particle {np.argmax(bad) + 1} has no pick coordinate")
@@ -152,7 +152,8 @@ def particle_centres(table: ParticleTable, micrograph_apix: float | None = None)
         logger.warning("%s: no rlnOriginX/YAngst: using the pick coordinates unshifted",
                        table.source)
         return coords * apix[:, None]
-    origins = np.nan_to_num(p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy(np.float64))
+    origins = np.nan_to_num(np.column_stack([table.numbers(f"rlnOrigin{axis}Angst")
+                                             for axis in "XY"]))
     return coords * apix[:, None] - origins
 
 
@@ -162,7 +163,7 @@ def class_centre_offsets(class_set: ClassSet, table: ParticleTable) -> np.ndarra
     _, rows = particle_classes(class_set, table)
     com = -centre_of_mass_shifts(np.asarray(class_set.images, np.float64),
                                  CENTRE_THRESHOLD) * class_set.apix
-    psi = np.radians(-np.nan_to_num(table.particles["rlnAnglePsi"].to_numpy(np.float64))
+    psi = np.radians(-np.nan_to_num(table.numbers("rlnAnglePsi"))
                      if "rlnAnglePsi" in table.particles else np.zeros(table.n))
     c = com[rows]
     cos, sin = np.cos(psi), np.sin(psi)
@@ -172,7 +173,12 @@ def class_centre_offsets(class_set: ClassSet, table: ParticleTable) -> np.ndarra
 def pick_locations(table: ParticleTable, micrograph_apix: float | None = None) -> np.ndarray:
     """Pick coordinates on their micrographs, unshifted: (n, 2) float64, Å (x, y)."""
     apix = micrograph_pixel_size(table, micrograph_apix)
-    return table.particles[["rlnCoordinateX", "rlnCoordinateY"]].to_numpy(np.float64) * apix[:, None]
+    return _pick_px(table) * apix[:, None]
+
+
+def _pick_px(table: ParticleTable) -> np.ndarray:
+    """(n, 2) float64 px on the micrograph (x, y): ``rlnCoordinateX/Y`` as numbers."""
+    return np.column_stack([table.numbers("rlnCoordinateX"), table.numbers("rlnCoordinateY")])
 
 
 def micrograph_pixel_size(table: ParticleTable, fallback: float | None = None) -> np.ndarray:
@@ -184,13 +190,13 @@ def micrograph_pixel_size(table: ParticleTable, fallback: float | None = None) -
         raise ConfigError("dedup.micrograph_apix", f"must be > 0 Å/px, got {fallback}")
     for name in OPTICS_APIX:
         if name in table.optics.columns:
-            values = table.optics_column(name).astype(np.float64)
+            values = table.optics_column(name)
             if np.all(np.isfinite(values) & (values > 0)):
                 _check_fallback(table, values, fallback, name)
                 return values
     for name in PARTICLE_APIX:
         if name in table.particles.columns:
-            values = table.particles[name].to_numpy(np.float64)
+            values = table.numbers(name)
             if np.all(np.isfinite(values) & (values > 0)):
                 _check_fallback(table, values, fallback, name)
                 return values
@@ -213,7 +219,7 @@ def particle_scores(table: ParticleTable, score: str) -> np.ndarray:
     """(n,) float64, higher is better; NaN becomes the worst score."""
     for column, sign in SCORE_COLUMNS[score]:
         if column in table.particles.columns:
-            values = sign * table.particles[column].to_numpy(np.float64)
+            values = sign * table.numbers(column)
             logger.info("%s: duplicates ranked by %s %s", table.source,
                         "lower" if sign < 0 else "higher", column)
             return np.where(np.isfinite(values), values, -np.inf)

@@ -186,7 +186,7 @@ def particle_zscores(table: ParticleTable) -> np.ndarray | None:
     """(n,) float64 per-particle z-scores (the first column of ZSCORE_COLUMNS present)."""
     for column in ZSCORE_COLUMNS:
         if column in table.particles.columns:
-            return table.particles[column].to_numpy(np.float64)
+            return table.numbers(column)
     return None
 
 

@@ -124,7 +124,7 @@ def particle_classes(class_set: ClassSet, table: ParticleTable) -> tuple[np.ndar
     if "rlnClassNumber" not in table.particles.columns:
         raise InputError(table.source, "no rlnClassNumber: particles are not classified")
     numbers = class_set.table["rlnClassNumber"].to_numpy(np.int64)
-    assigned = table.particles["rlnClassNumber"].to_numpy(np.int64)
+    assigned = table.numbers("rlnClassNumber", np.int64)
     unknown = np.setdiff1d(assigned, numbers)
     if unknown.size:
         raise InputError(table.source, f"particles of class {unknown[0]}, which is not in "

@@ -137,7 +137,8 @@ def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = Tr
     """
     path = os.fspath(path)
     p, n = table.particles, table.n
-    fields = {"uid": p["uid"].to_numpy(np.uint64) if "uid" in p else _make_uids(p["rlnImageName"])}
+    fields = {"uid": table.numbers("uid", np.uint64) if "uid" in p
+              else _make_uids(p["rlnImageName"])}
     numbers, image_paths = split_image_names(p["rlnImageName"].to_numpy())
     out_dir = os.path.dirname(os.path.abspath(path))
     image_paths = relocate_paths(image_paths, table.base_dir, out_dir)
@@ -270,7 +271,7 @@ def _ctf_fields(table: ParticleTable) -> dict[str, np.ndarray]:
     p, n = table.particles, table.n
 
     def column(name: str, default: float) -> np.ndarray:
-        return p[name].to_numpy(np.float64) if name in p else np.full(n, default)
+        return table.numbers(name) if name in p else np.full(n, default)
 
     fields = {field: table.optics_column(name) for field, name in _OPTICS_FIELDS.items()
               if name in table.optics.columns}
@@ -292,7 +293,7 @@ def _location_fields(table: ParticleTable) -> dict[str, np.ndarray]:
             else np.full(table.n, ""))
     shape_columns = ["location/micrograph_shape[0]", "location/micrograph_shape[1]"]
     if all(column in p for column in shape_columns):
-        shape = p[shape_columns].to_numpy(np.int64)
+        shape = np.column_stack([table.numbers(c, np.int64) for c in shape_columns])
     else:
         shape = _micrograph_shapes(mics, table.base_dir)
         if shape is None:
@@ -300,8 +301,8 @@ def _location_fields(table: ParticleTable) -> dict[str, np.ndarray]:
                            "fields written", table.source)
             return {}
     return {"location/micrograph_path": _encode(mics), "location/micrograph_shape": shape,
-            "location/center_x_frac": p["rlnCoordinateX"].to_numpy(np.float64) / shape[:, 1],
-            "location/center_y_frac": p["rlnCoordinateY"].to_numpy(np.float64) / shape[:, 0]}
+            "location/center_x_frac": table.numbers("rlnCoordinateX") / shape[:, 1],
+            "location/center_y_frac": table.numbers("rlnCoordinateY") / shape[:, 0]}
 
 
 def _micrograph_shapes(mics: np.ndarray, base_dir: str) -> np.ndarray | None:
@@ -319,19 +320,19 @@ def _micrograph_shapes(mics: np.ndarray, base_dir: str) -> np.ndarray | None:
 
 def _alignment_fields(table: ParticleTable, apix: np.ndarray) -> dict[str, np.ndarray]:
     p, n = table.particles, table.n
-    psize = p["alignments2D/psize_A"].to_numpy(np.float64) if "alignments2D/psize_A" in p else apix
+    psize = table.numbers("alignments2D/psize_A") if "alignments2D/psize_A" in p else apix
     fields = {"alignments2D/psize_A": psize}
     if "rlnClassNumber" in p:
-        classes = p["rlnClassNumber"].to_numpy(np.int64)
+        classes = table.numbers("rlnClassNumber", np.int64)
         if np.any(classes < 1):
             raise InputError(table.source, f"rlnClassNumber {classes.min()} (classes count from 1)")
         fields["alignments2D/class"] = classes - 1
-    psi = p["rlnAnglePsi"].to_numpy(np.float64) if "rlnAnglePsi" in p else np.zeros(n)
+    psi = table.numbers("rlnAnglePsi") if "rlnAnglePsi" in p else np.zeros(n)
     fields["alignments2D/pose"] = np.radians(psi)
     origin = np.zeros((n, 2))
     for k, axis in enumerate("XY"):
         if f"rlnOrigin{axis}Angst" in p:
-            origin[:, k] = p[f"rlnOrigin{axis}Angst"].to_numpy(np.float64) / psize
+            origin[:, k] = table.numbers(f"rlnOrigin{axis}Angst") / psize
     fields["alignments2D/shift"] = origin
     return fields
 

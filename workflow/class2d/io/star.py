@@ -47,7 +47,7 @@ from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import stack_box_sizes
 from class2d.io.paths import find_base_dir, join_image_names, relocate_paths, split_image_names
-from class2d.io.table import OPTICS_COLUMNS, ParticleTable, build_optics
+from class2d.io.table import OPTICS_COLUMNS, ParticleTable, as_numbers, build_optics
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def read_star(path: str | os.PathLike) -> ParticleTable:
         sizes = stack_box_sizes(image_paths, base_dir, path)
         if sizes is not None:
             optics["rlnImageSize"] = int(sizes[0])
-    particles = _origins_to_angstrom(particles, optics)
+    particles = _origins_to_angstrom(particles, optics, path)
     logger.info("%s: %d particles, %d optics group(s)", path, len(particles), len(optics))
     return ParticleTable(particles.reset_index(drop=True), optics.reset_index(drop=True),
                          base_dir=base_dir, source=path)
@@ -209,10 +209,10 @@ def _check_optics(particles: pd.DataFrame, optics: pd.DataFrame,
 def _optics_from_particles(particles: pd.DataFrame, path: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """RELION 3.0: make optics groups from the per-particle optics values."""
     if "rlnImagePixelSize" in particles.columns:
-        apix = particles["rlnImagePixelSize"].to_numpy(np.float64)
+        apix = as_numbers(particles["rlnImagePixelSize"], path)
     elif all(name in particles.columns for name in _LEGACY_PIXEL):
-        apix = (particles["rlnDetectorPixelSize"].to_numpy(np.float64) * 1e4
-                / particles["rlnMagnification"].to_numpy(np.float64))
+        apix = (as_numbers(particles["rlnDetectorPixelSize"], path) * 1e4
+                / as_numbers(particles["rlnMagnification"], path))
     else:
         raise InputError(path, "no pixel size: no data_optics block, and neither rlnImagePixelSize "
                                "nor rlnMagnification + rlnDetectorPixelSize per particle")
@@ -226,25 +226,26 @@ def _optics_from_particles(particles: pd.DataFrame, path: str) -> tuple[pd.DataF
 
 
 def _check_pixel_size(optics: pd.DataFrame, path: str) -> None:
-    apix = optics["rlnImagePixelSize"].to_numpy(np.float64)
+    groups = optics["rlnOpticsGroup"].to_numpy()
+    apix = as_numbers(optics["rlnImagePixelSize"], path, row="optics group", labels=groups)
     bad = ~(np.isfinite(apix) & (apix > 0))
     if bad.any():
-        group = optics["rlnOpticsGroup"].to_numpy()[bad][0]
+        group = groups[bad][0]
         raise InputError(path, f"pixel size {apix[bad][0]} Å in optics group {group} "
                                f"(must be > 0)")
 
 
-def _origins_to_angstrom(particles: pd.DataFrame, optics: pd.DataFrame) -> pd.DataFrame:
+def _origins_to_angstrom(particles: pd.DataFrame, optics: pd.DataFrame,
+                         path: str) -> pd.DataFrame:
     """rlnOriginX/Y [px] → rlnOriginXAngst/YAngst [Å] (pixel size of each particle's group)."""
     if not any(f"rlnOrigin{axis}" in particles.columns for axis in "XY"):
         return particles
-    lookup = optics.set_index("rlnOpticsGroup")["rlnImagePixelSize"]
-    apix = lookup.loc[particles["rlnOpticsGroup"].to_numpy()].to_numpy(np.float64)
+    apix = ParticleTable(particles, optics, source=path).pixel_size()
     for axis in "XY":
         old, new = f"rlnOrigin{axis}", f"rlnOrigin{axis}Angst"
         if old in particles.columns:
             if new not in particles.columns:
-                particles[new] = particles[old].to_numpy(np.float64) * apix
+                particles[new] = as_numbers(particles[old], path) * apix
             particles = particles.drop(columns=[old])
     return particles
 

@@ -19,6 +19,13 @@ written back holds them again.  STAR files leave the ``.cs``-named columns out.
 by ``rlnOpticsGroup``; every particle row has ``rlnOpticsGroup``.  RELION 3.0 inputs get
 groups made from their distinct per-particle optics values.
 
+Columns are read as numbers where they are used, through :func:`as_numbers` (or
+``ParticleTable.numbers``), one rule whatever pandas stores text in: starfile leaves a
+numeric column that holds one token such as ``15x00`` as text (NumPy ``object`` by
+default, pandas' ``str`` backed by pyarrow under pandas 3 or ``future.infer_string``),
+and that token then ends as one ``InputError`` naming the file, the column, the row and
+the token.
+
 ``cs_dtype`` is the structured dtype of the CryoSPARC ``.cs`` a table was read from (or
 ``None``): ``write_cs`` uses it to give the fields it writes back their original order,
 dtypes and string widths.
@@ -69,41 +76,47 @@ class ParticleTable:
     def n(self) -> int:
         return len(self.particles)
 
-    def optics_column(self, name: str) -> np.ndarray:
-        """Per-particle value of an optics-group column: (n,).
+    def numbers(self, name: str, dtype: type = np.float64) -> np.ndarray:
+        """(n,) ``dtype``: the particle column ``name`` as numbers (:func:`as_numbers`)."""
+        return as_numbers(self.particles[name], self.source, dtype)
+
+    def optics_column(self, name: str, dtype: type = np.float64) -> np.ndarray:
+        """Per-particle value of an optics-group column: (n,) ``dtype``.
 
         ``InputError`` if the optics groups lack it (e.g. ``rlnImageSize`` when the metadata
-        has no box size and the image stacks were not found to read it from).
+        has no box size and the image stacks were not found to read it from) or hold a
+        value that is not a number.
         """
         if name not in self.optics.columns:
             raise InputError(self.source, f"no {name} in the optics groups")
-        lookup = self.optics.set_index("rlnOpticsGroup")[name]
+        groups = self.optics["rlnOpticsGroup"].to_numpy()
+        values = as_numbers(self.optics[name], self.source, dtype, "optics group", groups)
+        lookup = pd.Series(values, index=groups)
         return lookup.loc[self.particles["rlnOpticsGroup"].to_numpy()].to_numpy()
 
     def pixel_size(self) -> np.ndarray:
         """(n,) float64, Å/px of the particle images."""
-        return self.optics_column("rlnImagePixelSize").astype(np.float64)
+        return self.optics_column("rlnImagePixelSize")
 
     def box_size(self) -> np.ndarray:
-        """(n,) int, the particle box in px."""
-        return self.optics_column("rlnImageSize").astype(np.int64)
+        """(n,) int64, the particle box in px."""
+        return self.optics_column("rlnImageSize", np.int64)
 
     def ctf_params(self) -> CTFParams:
         """Per-particle CTF parameters in RELION units."""
-        p = self.particles
 
         def col(name: str, default: float) -> np.ndarray:
-            if name in p.columns:
-                return p[name].to_numpy(np.float64)
+            if name in self.particles.columns:
+                return self.numbers(name)
             return np.full(self.n, default, np.float64)
 
         return CTFParams(
-            defocus_u=p["rlnDefocusU"].to_numpy(np.float64),
-            defocus_v=p["rlnDefocusV"].to_numpy(np.float64),
+            defocus_u=self.numbers("rlnDefocusU"),
+            defocus_v=self.numbers("rlnDefocusV"),
             defocus_angle=col("rlnDefocusAngle", 0.0),
-            voltage=self.optics_column("rlnVoltage").astype(np.float64),
-            cs=self.optics_column("rlnSphericalAberration").astype(np.float64),
-            amplitude_contrast=self.optics_column("rlnAmplitudeContrast").astype(np.float64),
+            voltage=self.optics_column("rlnVoltage"),
+            cs=self.optics_column("rlnSphericalAberration"),
+            amplitude_contrast=self.optics_column("rlnAmplitudeContrast"),
             phase_shift=col("rlnPhaseShift", 0.0),
             bfactor=col("rlnCtfBfactor", 0.0),
             scale=col("rlnCtfScalefactor", 1.0),
@@ -136,7 +149,8 @@ def require_ctf(table: ParticleTable) -> None:
     """Raise ``InputError`` naming the table's file unless every CTF quantity is present.
 
     Needed per particle: ``rlnDefocusU``, ``rlnDefocusV`` (finite, ≥ 0); per optics group:
-    ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``.
+    ``rlnVoltage``, ``rlnSphericalAberration``, ``rlnAmplitudeContrast``; every CTF value
+    present a number.
     """
     missing = [name for name in ("rlnDefocusU", "rlnDefocusV")
                if name not in table.particles.columns]
@@ -144,7 +158,8 @@ def require_ctf(table: ParticleTable) -> None:
                 if name not in table.optics.columns]
     if missing:
         raise InputError(table.source, f"no CTF parameters ({', '.join(missing)} missing)")
-    defocus = table.particles[["rlnDefocusU", "rlnDefocusV"]].to_numpy(np.float64)
+    ctf = table.ctf_params()          # every CTF value a number, or InputError
+    defocus = np.column_stack([ctf.defocus_u, ctf.defocus_v])
     bad = ~np.isfinite(defocus)
     if bad.any():
         row = int(np.flatnonzero(bad.any(axis=1))[0])
@@ -153,6 +168,30 @@ def require_ctf(table: ParticleTable) -> None:
         row = int(np.flatnonzero((defocus < 0).any(axis=1))[0])
         raise InputError(table.source, f"particle {row + 1} has a negative defocus "
                          f"({defocus[row].min():g} Å; RELION's underfocus is positive)")
+
+
+def as_numbers(column: pd.Series, source: str | None, dtype: type = np.float64,
+               row: str = "particle", labels: np.ndarray | None = None) -> np.ndarray:
+    """(n,) ``dtype``: a table column as numbers, whatever pandas stores it as (NumPy numbers
+    or ``object``, pandas' ``str`` on pyarrow or Python storage).
+
+    An empty value stays NaN for a float ``dtype`` and is an ``InputError`` for an integer
+    one; a value that is text but not a number is an ``InputError``:
+    ``<source>: rlnDefocusU of particle 2 is '15x00', not a number``.
+    row, labels: what a row is and its name in that message (default: particle 1, 2, …).
+    """
+    parsed = pd.to_numeric(column, errors="coerce")
+    empty = parsed.isna().to_numpy()
+    text = empty & column.notna().to_numpy()
+    bad = empty if np.dtype(dtype).kind in "iu" else text
+    if bad.any():
+        k = int(np.argmax(bad))
+        label = k + 1 if labels is None else labels[k]
+        what = f"{column.iloc[k]!r}, not a number" if text[k] else "empty"
+        raise InputError(source, f"{column.name} of {row} {label} is {what}")
+    if np.dtype(dtype).kind == "f":
+        return parsed.to_numpy(dtype, na_value=np.nan)
+    return parsed.to_numpy(dtype)
 
 
 def build_optics(per_particle: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
