@@ -1,17 +1,19 @@
 """Stack preparation: crop box, normalisation, shards, and bad input."""
 
+import logging
 import os
 
 import mrcfile
 import numpy as np
 import pytest
+import yaml
 
 from class2d import io, layout
 from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
-from class2d.fourier import fourier_crop
-from class2d.prepare import (alignment_box, background_mask, finish_prepare, prepare_shard,
-                             prepare_stack, shard_count)
+from class2d.fourier import fourier_crop, pixel_radius
+from class2d.prepare import (alignment_box, background_mask, contrast_signs, finish_prepare,
+                             prepare_shard, prepare_stack, shard_count)
 from class2d.simulate import simulate, write_dataset
 
 
@@ -70,6 +72,55 @@ def test_invert_contrast_flips_the_sign(demo_star, tmp_path):
     inverted = prepare_stack(star, tmp_path / "b", max_res_A=8.0,
                              invert_contrast=True).images(np.arange(5))
     np.testing.assert_allclose(inverted, -plain, atol=1e-5)
+
+
+def prepared(particles, folder, **settings) -> tuple[np.ndarray, dict]:
+    """The images of ``particles`` prepared at 64 px, and their prepared.yaml."""
+    stack = prepare_stack(particles, folder, box_px=64, **settings)
+    with open(layout.prepared_meta(stack.folder)) as fh:
+        return stack.images(np.arange(stack.n)), yaml.safe_load(fh)
+
+
+def test_a_cs_with_blob_sign_minus_one_comes_out_inverted_without_a_setting(data_file, tmp_path,
+                                                                            caplog):
+    """The 7 EMPIAR-10076 images, once described by a .cs (blob/sign -1) and once by a
+    RELION 3.0 STAR (no blob/sign): the .cs is inverted, the STAR kept, so their prepared
+    images are each other's negatives; inverted, the ribosomes are white (the disc of
+    radius 12 px is 0.14-0.29 background s.d. above the background mean)."""
+    caplog.set_level(logging.INFO, "class2d.prepare")
+    from_cs, cs_meta = prepared(data_file("empiar10076_cs"), tmp_path / "cs")
+    assert ("contrast inverted for 7 of 7 particles: prepare.invert_contrast is null: the "
+            "input's blob/sign decides") in caplog.text
+    from_star, star_meta = prepared(data_file("empiar10076_star"), tmp_path / "star")
+    assert "contrast inverted for 0 of 7 particles: prepare.invert_contrast is null and the " \
+           "input has no blob/sign" in caplog.text
+    np.testing.assert_array_equal(from_cs, -from_star)
+    assert (cs_meta["inverted_particles"], star_meta["inverted_particles"]) == (7, 0)
+    disc = pixel_radius(64) < 12
+    assert (from_cs[:, disc].mean(axis=1) > 0.1).all()
+
+
+def test_an_explicit_invert_contrast_wins_over_blob_sign(data_file, tmp_path):
+    from_cs, meta = prepared(data_file("empiar10076_cs"), tmp_path / "cs", invert_contrast=False)
+    from_star, _ = prepared(data_file("empiar10076_star"), tmp_path / "star")
+    np.testing.assert_array_equal(from_cs, from_star)
+    assert meta["inverted_particles"] == 0
+    inverted, meta = prepared(data_file("empiar10076_star"), tmp_path / "star_inv",
+                              invert_contrast=True)
+    np.testing.assert_array_equal(inverted, -from_star)
+    assert meta["inverted_particles"] == 7
+
+
+def test_contrast_signs_follow_each_particles_blob_sign(data_file):
+    """A .cs that merges CryoSPARC-extracted (-1) and imported (+1) particles: each image
+    gets its own sign; a setting overrides them all."""
+    table = io.read_particles(data_file("empiar10076_cs"))
+    mixed = table.with_columns(**{"blob/sign": np.array([-1, 1, -1, -1, 1, -1, -1], np.float32)})
+    signs, why = contrast_signs(mixed, None)
+    assert signs.tolist() == [-1, 1, -1, -1, 1, -1, -1] and signs.dtype == np.float32
+    assert why.startswith("contrast inverted for 5 of 7 particles")
+    assert contrast_signs(mixed, True)[0].tolist() == [-1] * 7
+    assert contrast_signs(mixed, False)[0].tolist() == [1] * 7
 
 
 def test_nan_image_is_rejected_with_its_name_and_nothing_is_left(demo_star, tmp_path):

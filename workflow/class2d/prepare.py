@@ -9,9 +9,10 @@
 
 The prepared folder holds ``particles.star`` (the input table, every column kept),
 ``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
-``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, normalised:
-background mean 0 and s.d. 1 outside the particle diameter, as RELION normalises) and
-``prepared.yaml`` (boxes, pixel sizes, shard row ranges); ``class2d.layout`` names them.
+``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, particles white
+(see :func:`contrast_signs`), normalised: background mean 0 and s.d. 1 outside the
+particle diameter, as RELION normalises) and ``prepared.yaml`` (boxes, pixel sizes, shard
+row ranges, how many images were inverted); ``class2d.layout`` names them.
 The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 """
 
@@ -175,6 +176,30 @@ def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
     return Geometry(box, apix, new_box, new_apix, radius)
 
 
+def contrast_signs(table: io.ParticleTable,
+                   invert_contrast: bool | None) -> tuple[np.ndarray, str]:
+    """(n,) float32 ±1 that each image is multiplied by so that its particle is white, as
+    the classifier assumes; and why, for the log.
+
+    invert_contrast: True (−1) or False (+1) for every image, whatever the input says; None:
+    the input's own convention: a CryoSPARC ``.cs`` gives each particle's ``blob/sign``
+    (−1, as CryoSPARC extracts: dark particles, inverted here; +1 kept); a RELION STAR has
+    no such field and is kept (RELION extracts particles white).
+    """
+    if invert_contrast is not None:
+        signs = np.full(table.n, -1.0 if invert_contrast else 1.0, np.float32)
+        why = f"prepare.invert_contrast is {str(bool(invert_contrast)).lower()}"
+    elif "blob/sign" in table.particles.columns:
+        signs = np.where(table.numbers("blob/sign") < 0, -1.0, 1.0).astype(np.float32)
+        why = ("prepare.invert_contrast is null: the input's blob/sign decides, -1 (CryoSPARC's "
+               "dark particles) is inverted")
+    else:
+        signs = np.ones(table.n, np.float32)
+        why = ("prepare.invert_contrast is null and the input has no blob/sign: kept, as "
+               "RELION extracts particles white")
+    return signs, f"contrast inverted for {int((signs < 0).sum())} of {table.n} particles: {why}"
+
+
 def shard_rows(n: int, shards: int) -> tuple[tuple[int, int], ...]:
     """Row range (start, stop) of each of ``shards`` contiguous, near-equal shards of n rows."""
     if not 1 <= shards <= n:
@@ -203,14 +228,15 @@ def shard_count(particles: str | os.PathLike | int, shards: int = 0,
 
 def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, shard: int,
                   shards: int, *, max_res_A: float | None = None, box_px: int | None = None,
-                  diameter_A: float | None = None, invert_contrast: bool = False,
+                  diameter_A: float | None = None, invert_contrast: bool | None = None,
                   memory_gb: float = DEFAULT_MEMORY_GB) -> None:
     """Prepare shard ``shard`` of ``shards`` of ``particles`` into ``shard_path``.
 
     Images are read, cropped and normalised in batches sized from ``memory_gb`` and
     written through a temporary file renamed at the end: a failure (a stack missing
     halfway, NaN pixels) leaves no shard.  The bytes depend on the shard's rows only, not
-    on the batch size or on other shards.  Other arguments as :func:`geometry`.
+    on the batch size or on other shards.  invert_contrast: as :func:`contrast_signs`;
+    other arguments as :func:`geometry`.
     """
     source = os.fspath(particles)
     table = io.read_particles(particles)
@@ -219,6 +245,8 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     batch = prepare_batch(memory_gb, geo.box, geo.new_box)
     background = background_mask(geo.new_box, geo.radius)
     names = table.particles["rlnImageName"].astype(str).to_numpy()
+    signs, contrast = contrast_signs(table, invert_contrast)
+    logger.info("%s", contrast)
     logger.info("shard %d of %d: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
                 "batches of %d", shard, shards, a, b - 1, geo.box, geo.new_box, geo.apix,
                 geo.new_apix, batch)
@@ -238,10 +266,8 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
                 raise InputError(source, f"image {names[rows[first]]} is constant "
                                  f"({flat[first, 0]:g} everywhere: no particle; "
                                  f"{int(constant.sum())} such image(s) in this batch)")
-            cropped = fourier_crop(images, geo.new_box)
+            cropped = fourier_crop(images, geo.new_box) * signs[rows, None, None]
             del images
-            if invert_contrast:
-                cropped = -cropped
             stack.write(start - a, normalise(cropped, background))
             progress.advance(rows.size)
 
@@ -249,7 +275,7 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
 def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,
                    max_res_A: float | None = None, box_px: int | None = None,
                    diameter_A: float | None = None,
-                   invert_contrast: bool = False) -> PreparedStack:
+                   invert_contrast: bool | None = None) -> PreparedStack:
     """Write ``particles.star`` and (last) ``prepared.yaml`` beside the prepared shards.
 
     Every shard must be in ``out_dir`` with its rows and box (``InputError`` otherwise).
@@ -270,7 +296,7 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
             "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
             "source": os.path.abspath(source), "n": table.n,
             "diameter_A": float(2 * geo.radius * geo.new_apix),
-            "invert_contrast": bool(invert_contrast)}
+            "inverted_particles": int((contrast_signs(table, invert_contrast)[0] < 0).sum())}
     with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)
     logger.info("prepared %d particles in %d shard(s): box %d -> %d px", table.n, shards,
@@ -280,7 +306,7 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
 
 def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
                   max_res_A: float | None = None, box_px: int | None = None,
-                  diameter_A: float | None = None, invert_contrast: bool = False,
+                  diameter_A: float | None = None, invert_contrast: bool | None = None,
                   shards: int = 1, memory_gb: float = DEFAULT_MEMORY_GB) -> PreparedStack:
     """Prepare ``particles`` (a .star or .cs) into ``out_dir`` in one process: every shard
     (:func:`prepare_shard`), then :func:`finish_prepare`.  Returns the prepared stack."""
