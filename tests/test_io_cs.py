@@ -112,13 +112,15 @@ def test_cs_through_star_keeps_relion_columns(data_file, tmp_path, label, assert
     table = read_cs(data_file(label))
     write_particles(table, tmp_path / "p.star")
     via_star = read_star(tmp_path / "p.star")
-    assert not [c for c in via_star.particles.columns if "/" in c or c == "uid"]
+    # of the .cs fields only the contrast sign passes through a STAR (as c2dContrastSign)
+    assert [c for c in via_star.particles.columns if "/" in c or c == "uid"] == ["blob/sign"]
+    assert "c2dContrastSign" in (tmp_path / "p.star").read_text()
     relion = [c for c in table.particles.columns if c.startswith("rln") and c != "rlnImageName"]
     pd.testing.assert_frame_equal(via_star.particles[relion], table.particles[relion])
     assert_same_images(via_star, table)
     write_cs(via_star, tmp_path / "p.cs")
     raw, back = np.load(data_file(label)), np.load(tmp_path / "p.cs")
-    for name in ("blob/idx", "blob/shape", "blob/psize_A", "ctf/accel_kv", "ctf/cs_mm",
+    for name in ("blob/idx", "blob/shape", "blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm",
                  "ctf/amp_contrast", "ctf/df1_A", "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/bfactor"):
         np.testing.assert_array_equal(back[name], raw[name], err_msg=name)
     if "alignments2D/class" in raw.dtype.names:
@@ -160,6 +162,7 @@ def test_star_origin_cs_has_cryosparc_fields(data_file, tmp_path):
     assert out.dtype["blob/shape"] == np.dtype(("<u4", (2,)))
     assert out["blob/shape"][0].tolist() == [256, 256]
     assert out["blob/psize_A"][0] == np.float32(2.806)
+    assert out.dtype["blob/sign"] == np.dtype("<f4") and out["blob/sign"].tolist() == [1.0] * 5
     assert out.dtype["alignments2D/class"] == np.dtype("<u4")
     assert out["alignments2D/class"].tolist() == [0] * 5
     p = table.particles
@@ -170,6 +173,24 @@ def test_star_origin_cs_has_cryosparc_fields(data_file, tmp_path):
     uids_again = np.load(tmp_path / "r.cs")["uid"]
     write_cs(table, tmp_path / "r2.cs")
     np.testing.assert_array_equal(np.load(tmp_path / "r2.cs")["uid"], uids_again)   # deterministic
+
+
+def test_each_particles_contrast_sign_survives_cs_star_cs(data_file, tmp_path):
+    """A .cs merging CryoSPARC-extracted (-1, dark) and imported (+1, white) particles:
+    each keeps its blob/sign through the table, a STAR and back, and cryosparc-tools reads
+    it from the .cs we write; a table without the column (a RELION STAR's) gives +1."""
+    raw = np.load(data_file("empiar10076_cs"))
+    signs = np.array([-1, 1, -1, -1, 1, -1, 1], np.float32)
+    raw["blob/sign"] = signs
+    source = _save_cs(tmp_path / "mixed.cs", raw)
+    write_particles(read_cs(source), tmp_path / "mixed.star")
+    via_star = read_star(tmp_path / "mixed.star")
+    np.testing.assert_array_equal(via_star.image_signs(), signs)
+    write_cs(via_star, tmp_path / "back.cs")
+    np.testing.assert_array_equal(np.load(tmp_path / "back.cs")["blob/sign"], signs)
+    assert read_star(data_file("empiar10076_star")).image_signs().tolist() == [1.0] * 7
+    dataset = pytest.importorskip("cryosparc.dataset")
+    np.testing.assert_array_equal(dataset.Dataset.load(tmp_path / "back.cs")["blob/sign"], signs)
 
 
 def test_locations_from_micrograph_headers(data_file, tmp_path):

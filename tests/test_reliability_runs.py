@@ -70,6 +70,7 @@ def test_cryosparc_tools_loads_every_cs_with_cryosparc_dtypes(small_run, data_fi
     np.testing.assert_allclose(cs["alignments2D/shift"][:, 0] * cs["alignments2D/psize_A"],
                                star["rlnOriginXAngst"], atol=1e-3)
     np.testing.assert_array_equal(cs["alignments2D/class"] + 1, star["rlnClassNumber"])
+    assert (cs["blob/sign"] == 1).all()        # the demo's images hold white particles
 
 
 @pytest.mark.slow

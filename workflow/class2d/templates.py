@@ -44,6 +44,7 @@ from class2d.fourier import (centered_irfft2, centered_rfft2, centre_images, cir
                              fourier_crop, pixel_radius, rfft_frequencies)
 from class2d.io import (ParticleTable, read_classes, write_particles, write_stack,
                         write_star_blocks)
+from class2d.io.table import SIGN_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def _template_table(numbers: np.ndarray, blob_sign: np.ndarray, apix: float, box
     particles = pd.DataFrame({"rlnImageName": [f"{k + 1}@templates.mrcs"
                                                for k in range(len(numbers))],
                               "rlnClassNumber": numbers, "rlnOpticsGroup": 1,
-                              "blob/sign": blob_sign.astype(np.float64)})
+                              SIGN_COLUMN: blob_sign.astype(np.float64)})
     optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["templates"],
                            "rlnImagePixelSize": [apix], "rlnImageSize": [box]})
     return ParticleTable(particles, optics, base_dir=os.path.abspath(out_dir))

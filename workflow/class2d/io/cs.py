@@ -20,6 +20,9 @@ Field mapping (``.cs`` → table; ``write_cs`` does the inverse)
 ``location/center_x_frac``, ``_y_frac``        ``rlnCoordinateX = x_frac * shape[1]``,
 ``location/micrograph_shape`` (ny, nx)         ``rlnCoordinateY = y_frac * shape[0]`` [px]
 ``location/micrograph_path``                   ``rlnMicrographName``
+``blob/sign``                                  the column of that name (``SIGN_COLUMN``);
+                                               written +1 for a table without it (a RELION
+                                               STAR's: ``ParticleTable.image_signs``)
 =============================================  ==============================================
 
 Order and signs of the 2D alignment follow pyem's ``csparc2star`` (the converter most
@@ -55,7 +58,7 @@ from class2d.io.atomic import atomic_path
 from class2d.io.mrc import read_header, stack_box_sizes
 from class2d.io.paths import factorize, join_image_names, relocate_paths, split_image_names
 from class2d.io.star import is_cs_column
-from class2d.io.table import ParticleTable, build_optics
+from class2d.io.table import SIGN_COLUMN, ParticleTable, build_optics
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ FIELD_DTYPES = {
     "location/micrograph_shape": np.dtype(("<u4", (2,))), "alignments2D/class": np.dtype("<u4"),
     "alignments2D/shift": np.dtype(("<f4", (2,))),
     **{name: np.dtype("<f4") for name in (
-        "blob/psize_A", "blob/sign", "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A",
+        "blob/psize_A", SIGN_COLUMN, "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A",
         "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/bfactor", "ctf/scale",
         "location/center_x_frac", "location/center_y_frac", "alignments2D/pose",
         "alignments2D/psize_A")},
@@ -130,7 +133,8 @@ def read_cs(path: str | os.PathLike) -> ParticleTable:
 def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = True) -> None:
     """Write a particle table as a CryoSPARC ``.cs`` structured array.
 
-    Written from RELION columns: ``uid`` (kept, or a hash of the image name), ``blob/*``,
+    Written from RELION columns: ``uid`` (kept, or a hash of the image name), ``blob/*``
+    (``blob/sign``: :meth:`ParticleTable.image_signs`, kept or +1 for a RELION STAR's),
     ``ctf/*`` (if there is a defocus), ``location/*`` (if there are coordinates and the
     micrograph shapes are known, from the table or the micrographs' headers) and
     ``alignments2D/*`` (if there is a class, psi or origin); then every ``.cs``-named column.
@@ -150,8 +154,7 @@ def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = Tr
     else:
         logger.warning("%s: box size unknown: no blob/shape written to %s", table.source, path)
     fields["blob/psize_A"] = apix
-    if "blob/sign" not in p:
-        fields["blob/sign"] = np.full(n, -1.0)
+    fields[SIGN_COLUMN] = table.image_signs()
     if "rlnDefocusU" in p:
         fields.update(_ctf_fields(table))
     if "rlnCoordinateX" in p and "rlnCoordinateY" in p:

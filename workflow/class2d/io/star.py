@@ -21,8 +21,12 @@ where the first image exists (RELION resolves them against its project directory
 Every column not named here is carried through untouched.
 
 Writing gives ``# version 30001`` + ``data_optics`` + ``data_particles``.  Columns that
-hold CryoSPARC-only fields (``"blob/sign"``, ``"uid"``…) are left out: RELION has no label
-for them and the ``.cs`` written beside keeps them.
+hold CryoSPARC-only fields (``"uid"``, ``"ctf/type"``…) are left out: RELION has no label
+for them and the ``.cs`` written beside keeps them.  The exception is each particle's
+contrast sign (``table.SIGN_COLUMN``, CryoSPARC's ``blob/sign``), written as
+:data:`SIGN_LABEL` and read back into that column: the workflow passes its particles from
+stage to stage as STAR files, and a ``.cs`` written from one of them must still say
+whether the images it points to hold dark particles.
 
 Every STAR file the package writes goes through :func:`format_star`, so all of them
 share one text form, and the same tables always give the same bytes (no time stamp, as
@@ -47,13 +51,15 @@ from class2d.errors import InputError
 from class2d.io.atomic import atomic_path
 from class2d.io.mrc import stack_box_sizes
 from class2d.io.paths import find_base_dir, join_image_names, relocate_paths, split_image_names
-from class2d.io.table import OPTICS_COLUMNS, ParticleTable, as_numbers, build_optics
+from class2d.io.table import OPTICS_COLUMNS, SIGN_COLUMN, ParticleTable, as_numbers, build_optics
 
 logger = logging.getLogger(__name__)
 
 STAR_VERSION = "# version 30001"
 #: first line of every STAR file written here
 BANNER = "# written by class2d"
+#: the STAR label of ``SIGN_COLUMN`` (RELION has none of its own)
+SIGN_LABEL = "c2dContrastSign"
 #: RELION 3.0 columns whose only content (the pixel size) moves into the optics group
 _LEGACY_PIXEL = ("rlnMagnification", "rlnDetectorPixelSize")
 
@@ -81,7 +87,7 @@ def read_star(path: str | os.PathLike) -> ParticleTable:
     """Read a RELION particle STAR file (any version since 3.0) into a ``ParticleTable``."""
     path = os.fspath(path)
     blocks = read_star_blocks(path)
-    particles = _particle_block(blocks, path)
+    particles = _particle_block(blocks, path).rename(columns={SIGN_LABEL: SIGN_COLUMN})
     optics = blocks.get("optics")
     if isinstance(optics, dict):        # a single optics group written as a simple block
         optics = pd.DataFrame([optics])
@@ -111,8 +117,8 @@ def write_star(table: ParticleTable, path: str | os.PathLike, overwrite: bool = 
     Relative image paths are rewritten to resolve from the new file's directory.
     """
     path = os.fspath(path)
-    particles = table.particles[[c for c in table.particles.columns if not is_cs_column(c)]]
-    particles = particles.copy()
+    particles = table.particles.rename(columns={SIGN_COLUMN: SIGN_LABEL})
+    particles = particles[[c for c in particles.columns if not is_cs_column(c)]].copy()
     numbers, image_paths = split_image_names(particles["rlnImageName"].to_numpy())
     out_dir = os.path.dirname(os.path.abspath(path))
     moved = relocate_paths(image_paths, table.base_dir, out_dir)

@@ -11,9 +11,10 @@ Layout
 and RELION units for every quantity the project understands (Å, degrees, kV, mm,
 ``rlnImageName`` as ``N@path``, ``rlnOriginXAngst/YAngst``, 1-based ``rlnClassNumber``).
 Columns the project does not understand are carried through untouched: RELION columns
-under their own names, CryoSPARC fields under their ``.cs`` names (``"blob/sign"``; a
+under their own names, CryoSPARC fields under their ``.cs`` names (``"uid"``; a
 field of shape (k,) as columns ``"ctf/tilt_A[0]"`` … ``"[k-1]"``) so that a ``.cs``
-written back holds them again.  STAR files leave the ``.cs``-named columns out.
+written back holds them again.  STAR files leave the ``.cs``-named columns out, all but
+:data:`SIGN_COLUMN` (see :meth:`ParticleTable.image_signs`).
 
 ``optics`` is a DataFrame with one row per optics group (RELION's ``data_optics``), keyed
 by ``rlnOpticsGroup``; every particle row has ``rlnOpticsGroup``.  RELION 3.0 inputs get
@@ -45,6 +46,8 @@ from class2d.io.paths import resolve_paths, split_image_names
 
 logger = logging.getLogger(__name__)
 
+#: each particle's contrast sign, under its CryoSPARC name (see ``ParticleTable.image_signs``)
+SIGN_COLUMN = "blob/sign"
 #: optics-level columns: stored in ``optics``, looked up per particle through the group
 OPTICS_COLUMNS = (
     "rlnVoltage",
@@ -121,6 +124,22 @@ class ParticleTable:
             bfactor=col("rlnCtfBfactor", 0.0),
             scale=col("rlnCtfScalefactor", 1.0),
         )
+
+    def image_signs(self) -> np.ndarray:
+        """(n,) float64: the contrast of each particle in the image its ``rlnImageName``
+        points to, as CryoSPARC's ``blob/sign`` says it (image × sign shows the particle
+        white): −1 dark, as CryoSPARC extracts (every ``.cs`` in the shared test data,
+        2019 + 22 + 7 particles, holds −1), +1 white.
+
+        The :data:`SIGN_COLUMN` as it is where the table has one (read from a ``.cs``, or
+        from a STAR class2d wrote: ``class2d.io.star`` carries it); +1 for every particle
+        of a table without it, a RELION STAR's: RELION's Extract job inverts the contrast
+        unless told not to ("Invert contrast?" defaults to Yes, ``do_invert`` in RELION's
+        ``src/pipeline_jobs.cpp``), so its particles are white.
+        """
+        if SIGN_COLUMN in self.particles.columns:
+            return self.numbers(SIGN_COLUMN)
+        return np.ones(self.n)
 
     def image_locations(self) -> tuple[np.ndarray, np.ndarray]:
         """Where each image is: (paths (n,) str absolute, indices (n,) int 0-based).
