@@ -12,8 +12,8 @@ from class2d import io, layout
 from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import fourier_crop, pixel_radius
-from class2d.prepare import (alignment_box, background_mask, contrast_signs, finish_prepare,
-                             prepare_shard, prepare_stack, shard_count)
+from class2d.prepare import (PreparedStack, alignment_box, background_mask, contrast_signs,
+                             finish_prepare, prepare_shard, prepare_stack, shard_count)
 from class2d.simulate import simulate, write_dataset
 
 
@@ -121,6 +121,24 @@ def test_contrast_signs_follow_each_particles_blob_sign(data_file):
     assert why.startswith("contrast inverted for 5 of 7 particles")
     assert contrast_signs(mixed, True)[0].tolist() == [-1] * 7
     assert contrast_signs(mixed, False)[0].tolist() == [1] * 7
+
+
+@pytest.mark.parametrize("label, settings, sign", [
+    ("empiar10076_star", {}, 1.0),                           # RELION's white particles
+    ("empiar10076_cs", {}, -1.0),                            # CryoSPARC's dark ones
+    ("empiar10076_star", {"invert_contrast": True}, -1.0),   # said dark by the setting
+], ids=["star", "cs", "star-inverted"])
+def test_our_cs_is_prepared_again_as_its_input_was(data_file, tmp_path, label, settings, sign):
+    """Round trip: input → prepared copy → our particles.cs (as the classify stage writes
+    it from ``stack.table()``) → prepared again with no setting: the same images, because
+    the .cs's blob/sign says how the images it points to (the input's) were prepared."""
+    first, _ = prepared(data_file(label), tmp_path / "first", **settings)
+    stack = PreparedStack.open(tmp_path / "first")
+    io.write_particles(stack.table(), tmp_path / "ours" / "particles.cs")
+    assert np.load(tmp_path / "ours" / "particles.cs")["blob/sign"].tolist() == [sign] * 7
+    again, meta = prepared(tmp_path / "ours" / "particles.cs", tmp_path / "again")
+    np.testing.assert_array_equal(again, first)
+    assert meta["inverted_particles"] == (7 if sign < 0 else 0)
 
 
 def test_nan_image_is_rejected_with_its_name_and_nothing_is_left(demo_star, tmp_path):

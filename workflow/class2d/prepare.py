@@ -7,7 +7,9 @@
     >>> stack = PreparedStack.open("results/prepare")
     >>> stack.images(np.arange(100))             # (100, d, d) float32, from memory maps
 
-The prepared folder holds ``particles.star`` (the input table, every column kept),
+The prepared folder holds ``particles.star`` (the input table, its RELION columns kept, and
+``blob/sign`` set to the sign each image was given: −1 where the original is dark, so that
+every ``.cs`` written from it, a forced ``invert_contrast`` included, tells the truth),
 ``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, particles white
 (see :func:`contrast_signs`), normalised: background mean 0 and s.d. 1 outside the
@@ -39,6 +41,7 @@ from class2d.io.count import count_particles
 from class2d.io.mrc import read_header, read_images
 from class2d.io.npz import write_npz
 from class2d.io.stack_writer import stack_writer
+from class2d.io.table import SIGN_COLUMN
 from class2d.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -182,21 +185,20 @@ def contrast_signs(table: io.ParticleTable,
     the classifier assumes; and why, for the log.
 
     invert_contrast: True (−1) or False (+1) for every image, whatever the input says; None:
-    the input's own convention: a CryoSPARC ``.cs`` gives each particle's ``blob/sign``
+    the input's own convention, :meth:`~class2d.io.table.ParticleTable.image_signs`: a
+    CryoSPARC ``.cs`` (or a STAR class2d wrote from one) gives each particle's ``blob/sign``
     (−1, as CryoSPARC extracts: dark particles, inverted here; +1 kept); a RELION STAR has
     no such field and is kept (RELION extracts particles white).
     """
     if invert_contrast is not None:
         signs = np.full(table.n, -1.0 if invert_contrast else 1.0, np.float32)
         why = f"prepare.invert_contrast is {str(bool(invert_contrast)).lower()}"
-    elif "blob/sign" in table.particles.columns:
-        signs = np.where(table.numbers("blob/sign") < 0, -1.0, 1.0).astype(np.float32)
-        why = ("prepare.invert_contrast is null: the input's blob/sign decides, -1 (CryoSPARC's "
-               "dark particles) is inverted")
     else:
-        signs = np.ones(table.n, np.float32)
-        why = ("prepare.invert_contrast is null and the input has no blob/sign: kept, as "
-               "RELION extracts particles white")
+        signs = np.where(table.image_signs() < 0, -1.0, 1.0).astype(np.float32)
+        why = (f"prepare.invert_contrast is null: the input's {SIGN_COLUMN} decides, -1 "
+               f"(CryoSPARC's dark particles) is inverted" if SIGN_COLUMN in table.particles
+               else f"prepare.invert_contrast is null and the input has no {SIGN_COLUMN}: "
+                    f"kept, as RELION extracts particles white")
     return signs, f"contrast inverted for {int((signs < 0).sum())} of {table.n} particles: {why}"
 
 
@@ -290,13 +292,15 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
         if (header.n, header.nx) != (b - a, geo.new_box):
             raise InputError(header.path, f"holds {header.n} images of {header.nx} px, shard {s} "
                              f"needs {b - a} of {geo.new_box} px: prepare it again")
-    io.write_particles(table, layout.prepared_particles(out_dir))
+    signs = contrast_signs(table, invert_contrast)[0]
+    io.write_particles(table.with_columns(**{SIGN_COLUMN: signs}),
+                       layout.prepared_particles(out_dir))
     write_npz(layout.prepared_ctf(out_dir), table.ctf_params()._asdict())
     meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,
             "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
             "source": os.path.abspath(source), "n": table.n,
             "diameter_A": float(2 * geo.radius * geo.new_apix),
-            "inverted_particles": int((contrast_signs(table, invert_contrast)[0] < 0).sum())}
+            "inverted_particles": int((signs < 0).sum())}
     with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)
     logger.info("prepared %d particles in %d shard(s): box %d -> %d px", table.n, shards,
