@@ -21,7 +21,8 @@ prepare and classify, and against the truth:
 - view_sd: median over classes of the RMS angle between a member's viewing direction and
   the class's mean direction, degrees (for ``views`` the spread of views in a class; for
   ``objects``, where each object is one view, what a class mixes);
-- largest: the largest class's share of all particles, against the largest true class's;
+- largest: the largest class's share of all particles, and largest_good that of the
+  largest class holding mostly good particles, against the largest true class's;
 - junk_in_junk: share of the junk picks in classes that are mostly junk;
 - good_kept, junk_removed: after select's automatic rule (and its per-particle z-score);
 
@@ -56,8 +57,8 @@ from class2d.simulate.output import read_truth
 
 #: classify settings every run shares (the particle is 60 % of the box: 115 Å at 64 px)
 CLASSIFY = {"max_res_A": 6.0}
-METRICS = ("ari", "purity", "psi_err", "shift_err", "view_sd", "largest", "largest_true",
-           "junk_in_junk", "good_kept", "junk_removed", "gflops", "seconds")
+METRICS = ("ari", "purity", "psi_err", "shift_err", "view_sd", "largest", "largest_good",
+           "largest_true", "junk_in_junk", "good_kept", "junk_removed", "gflops", "seconds")
 
 
 def dataset(work: str, kind: str, n: int, box: int, seed: int, snr: float = 0.1) -> str:
@@ -98,12 +99,15 @@ def score(truth, table, kept: np.ndarray) -> dict:
         psi_err.append(circular_sd_deg(psi[members] - truth["rlnAnglePsi"].to_numpy()[members]))
         shift_err.append(origin_spread(psi[members], origins[members], true_origins[members]))
     junk_classes = [k for k in np.unique(classes) if junk[classes == k].mean() > 0.5]
+    sizes = np.bincount(classes)
+    mostly_good = np.bincount(classes, good) > sizes / 2
     return {
         "ari": adjusted_rand(true_class[good], classes[good]),
         "purity": purity(true_class[good], classes[good]),
         "psi_err": float(np.median(psi_err)), "shift_err": float(np.median(shift_err)),
         "view_sd": float(np.median(view_sd)),
-        "largest": float(np.bincount(classes).max() / classes.size),
+        "largest": float(sizes.max() / classes.size),
+        "largest_good": float(sizes[mostly_good].max(initial=0) / classes.size),
         "largest_true": float(np.bincount(true_class[good]).max() / classes.size),
         "junk_in_junk": float(np.isin(classes[junk], junk_classes).mean()) if junk.any() else 1.0,
         "good_kept": float(kept[good].mean()),
