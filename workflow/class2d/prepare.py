@@ -41,7 +41,6 @@ from class2d.io.count import count_particles
 from class2d.io.mrc import read_header, read_images
 from class2d.io.npz import write_npz
 from class2d.io.stack_writer import stack_writer
-from class2d.io.table import SIGN_COLUMN
 from class2d.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -195,9 +194,9 @@ def contrast_signs(table: io.ParticleTable,
         why = f"prepare.invert_contrast is {str(bool(invert_contrast)).lower()}"
     else:
         signs = np.where(table.image_signs() < 0, -1.0, 1.0).astype(np.float32)
-        why = (f"prepare.invert_contrast is null: the input's {SIGN_COLUMN} decides, -1 "
-               f"(CryoSPARC's dark particles) is inverted" if SIGN_COLUMN in table.particles
-               else f"prepare.invert_contrast is null and the input has no {SIGN_COLUMN}: "
+        why = (f"prepare.invert_contrast is null: the input's {io.SIGN_COLUMN} decides, -1 "
+               f"(CryoSPARC's dark particles) is inverted" if io.SIGN_COLUMN in table.particles
+               else f"prepare.invert_contrast is null and the input has no {io.SIGN_COLUMN}: "
                     f"kept, as RELION extracts particles white")
     return signs, f"contrast inverted for {int((signs < 0).sum())} of {table.n} particles: {why}"
 
@@ -293,7 +292,7 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
             raise InputError(header.path, f"holds {header.n} images of {header.nx} px, shard {s} "
                              f"needs {b - a} of {geo.new_box} px: prepare it again")
     signs = contrast_signs(table, invert_contrast)[0]
-    io.write_particles(table.with_columns(**{SIGN_COLUMN: signs}),
+    io.write_particles(table.with_columns(**{io.SIGN_COLUMN: signs}),
                        layout.prepared_particles(out_dir))
     write_npz(layout.prepared_ctf(out_dir), table.ctf_params()._asdict())
     meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,

@@ -27,6 +27,7 @@ _WHERE = {
     "write_npz": "npz", "read_particles": "particles", "write_particle_set": "particles",
     "write_particles": "particles", "read_star": "star", "write_star": "star",
     "write_star_blocks": "star", "ParticleTable": "table", "require_ctf": "table",
+    "SIGN_COLUMN": "table",
 }
 
 __all__ = sorted(_WHERE)
