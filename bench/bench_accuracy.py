@@ -32,17 +32,16 @@ then the median and range over the runs (data seeds × run seeds) per size.  Res
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import platform
 import shutil
 import statistics
-import sys
 import time
 
 import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS reads on load
 import numpy as np
+import yaml
 
 from class2d import io, layout
 from class2d.classify import classify_all
@@ -119,20 +118,17 @@ def run(star: str, out: str, n_classes: int, seed: int, settings: dict) -> dict:
     """Prepare, classify and select ``star`` into ``out`` (made anew); the figures."""
     shutil.rmtree(out, ignore_errors=True)
     config = {**CLASSIFY, **settings, "n_classes": n_classes}
+    params = ClassifyParams.from_config(config, seed)
     tic = time.perf_counter()
-    prepare_stack(star, os.path.join(out, "prepare"),
-                  max_res_A=ClassifyParams.from_config(config, seed).align_res_A)
+    prepare_stack(star, os.path.join(out, "prepare"), max_res_A=params.align_res_A)
     classify_all(os.path.join(out, "prepare"), os.path.join(out, "classify"), config, seed, "cpu")
     seconds = time.perf_counter() - tic
-    with contextlib.redirect_stdout(sys.stderr):
-        select_classes(os.path.join(out, "classify", "classes.star"),
-                       os.path.join(out, "classify", "particles.star"),
-                       os.path.join(out, "select"))
+    select_classes(os.path.join(out, "classify", "classes.star"),
+                   os.path.join(out, "classify", "particles.star"), os.path.join(out, "select"))
     table = io.read_particles(os.path.join(out, "classify", "particles.star")).particles
     selected = io.read_particles(os.path.join(out, "select", "particles.star")).particles
     kept = table["rlnImageName"].isin(selected["rlnImageName"]).to_numpy()
     truth = read_truth(os.path.join(os.path.dirname(star), "truth.star"))
-    params = ClassifyParams.from_config(config, seed)
     last = ClassState.load(layout.state_path(os.path.join(out, "classify"),
                                              params.online_iterations
                                              + params.final_full_iterations))
@@ -156,8 +152,6 @@ def summary_line(label: str, rows: list[dict]) -> str:
 
 def parse_settings(pairs: list[str]) -> dict:
     """``key=value`` pairs, values read as YAML (numbers, booleans)."""
-    import yaml
-
     return {key: yaml.safe_load(value) for key, value in (p.split("=", 1) for p in pairs)}
 
 
