@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import starfile
-from scipy import ndimage
+from scipy import ndimage, special
 
 from class2d import io
 from class2d.ctf import evaluate
@@ -22,7 +22,7 @@ from class2d.errors import ConfigError, InputError
 from class2d.fourier import (centered_irfft2, centered_rfft2, circular_mask, frc, frc_resolution,
                              rfft_frequencies)
 from class2d.io import read_classes
-from class2d.select import class_features, select_classes
+from class2d.select import class_features, select_classes, summarize
 from class2d.simulate import simulate, write_dataset
 
 #: junk classes made per junk type
@@ -340,3 +340,79 @@ def test_bad_settings_name_their_config_key(noisy_set, tmp_path):
     with pytest.raises(ConfigError, match=r"^config select\.classes: mode 'list' needs"):
         select_classes(noisy_set.classes_star, noisy_set.particles_star, tmp_path / "out",
                        mode="list", classes=[])
+
+
+def _edge_contaminated(tmp_path, n_edges_in_good: int = 40):
+    """What the classify stage would write when a good class took up edge picks: class 1
+    holds object 0's particles and ``n_edges_in_good`` images of a bright straight edge at
+    the mask's rim (z-score 12: they do not fit), its average object 0 plus their share of
+    the edge; class 2 object 1 (clean); class 3 an edge across the disc alone (z-scores
+    |N(0, 1)|, three at 8), its average that edge.  Particles at SNR 0.5 with their true poses; the edges are
+    CTF-modulated with the first particles' CTFs and get the particles' noise."""
+    data = simulate(240, box=64, apix=3.0, snr=0.5, n_objects=2, junk_fraction=0.0,
+                    duplicate_fraction=0.0, seed=21)
+    folder = tmp_path / "sim"
+    write_dataset(data, folder)
+    rng = np.random.default_rng(21)
+    truth = data.truth
+    classes = truth["true_class"].to_numpy() + 1
+    table = dataclasses.replace(data.table, base_dir=str(folder)).with_columns(
+        rlnClassNumber=classes, rlnAnglePsi=truth["rlnAnglePsi"].to_numpy(),
+        rlnOriginXAngst=truth["rlnOriginXAngst"].to_numpy(),
+        rlnOriginYAngst=truth["rlnOriginYAngst"].to_numpy(),
+        rlnParticleSelectZScore=np.abs(rng.normal(size=len(classes))))
+    y, x = np.mgrid[:64, :64] - 32
+    height = 5 * data.references.std()
+    rim, across = (height / 2 * (1 + special.erf((x - at) / 2.0)) for at in (22, 8))
+    n_edges = n_edges_in_good + 50
+    donors = np.arange(n_edges) % len(classes)
+    fy, fx = rfft_frequencies(64, 3.0)
+    ctf = evaluate(table.subset(donors).ctf_params(), fx, fy)
+    noise = data.images[:, :8, :].std()
+    scenes = np.stack([rim] * n_edges_in_good + [across] * 50)
+    edges = np.fft.irfft2(np.fft.rfft2(scenes) * ctf, s=(64, 64)) \
+        + rng.normal(0.0, noise, (n_edges, 64, 64))
+    io.write_stack(folder / "edges.mrcs", edges.astype(np.float32), 3.0)
+    rows = table.particles.iloc[donors].copy()
+    rows["rlnImageName"] = [f"{k + 1}@edges.mrcs" for k in range(n_edges)]
+    rows["rlnClassNumber"] = np.r_[np.ones(n_edges_in_good, int), np.full(50, 3)]
+    rows["rlnAnglePsi"] = rows["rlnOriginXAngst"] = rows["rlnOriginYAngst"] = 0.0
+    z = np.abs(rng.normal(size=n_edges))
+    z[:n_edges_in_good], z[n_edges_in_good:n_edges_in_good + 3] = 12.0, 8.0
+    rows["rlnParticleSelectZScore"] = z
+    starfile.write({"optics": table.optics,
+                    "particles": pd.concat([table.particles, rows], ignore_index=True)},
+                   folder / "particles.star", overwrite=True)
+    share = n_edges_in_good / (n_edges_in_good + (classes == 1).sum())
+    mask = circular_mask(64, 0.45 * 64, 0.05 * 64)
+    averages = np.stack([data.references[0] * (1 - share) + share * rim, data.references[1],
+                         across]) * mask
+    out = tmp_path / "classify"
+    out.mkdir()
+    io.write_stack(out / "classes.mrcs", averages.astype(np.float32), 3.0)
+    starfile.write({"classes": pd.DataFrame({
+        "rlnReferenceImage": [f"{k}@classes.mrcs" for k in (1, 2, 3)],
+        "rlnClassNumber": [1, 2, 3], "rlnImagePixelSize": 3.0})}, out / "classes.star",
+        overwrite=True)
+    return str(out / "classes.star"), str(folder / "particles.star"), len(classes)
+
+
+def test_a_good_class_that_took_up_edges_is_kept_without_them(tmp_path):
+    """Class 1's average shows the edge (edge ratio above the rule's 0.2), but the average of
+    its particles that fit, made from their images, does not: it is kept, its edges are not;
+    the class of edges alone stays rejected, its three outliers or not."""
+    classes_star, particles_star, n_good = _edge_contaminated(tmp_path)
+    summary = summarize(read_classes(classes_star), io.read_particles(particles_star))
+    assert summary["reasons"].tolist()[0] == "signal at the mask edge"
+    assert set(summary["reasons"].tolist()[2].split(", ")) <= {"signal at the mask edge",
+                                                               "off-centre"}
+    assert not summary["auto"][0] and summary["auto"][1] and not summary["auto"][2]
+    paths = select_classes(classes_star, particles_star, tmp_path / "select")
+    assert starfile.read(paths["classes.star"])["rlnClassNumber"].tolist() == [1, 2]
+    kept = io.read_particles(paths["particles.star"]).particles["rlnImageName"]
+    assert not kept.str.endswith("@edges.mrcs").any()
+    assert kept.size >= 0.97 * n_good
+    # without per-particle z-scores the class cannot be judged without its edges
+    paths = select_classes(classes_star, particles_star, tmp_path / "plain",
+                           max_particle_zscore=None)
+    assert starfile.read(paths["classes.star"])["rlnClassNumber"].tolist() == [2]

@@ -76,6 +76,10 @@ OFFCENTRE_MAX = 0.1
 CONTRAST_MIN = 0.25
 RESOLUTION_FACTOR = 2.5
 N_SECTORS = 8
+#: the automatic rule's reasons that a class's outliers can cause (``refit_classes``), and
+#: the fewest particles left without them for a class to be judged again
+SHAPE_REASONS = {"signal at the mask edge", "off-centre"}
+MIN_REFIT = 10
 #: outer radius of the annulus and default particle radius, as fractions of the box
 MASK_FRACTION = 0.45
 PARTICLE_FRACTION = 0.35
@@ -107,6 +111,7 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     thresholds = dict(min_particles=min_particles, max_resolution_A=max_resolution_A,
                       min_posterior=min_posterior, max_eca=max_eca)
     passes = threshold_mask(summary, class_set.path, **thresholds)
+    automatic = False
     if selection_file is not None and os.path.isfile(selection_file):
         chosen = _in_list(summary, read_selection(selection_file),
                           functools.partial(InputError, selection_file))
@@ -122,12 +127,15 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
         chosen, how = passes, f"thresholds {given}"
     else:
         chosen, how = summary["auto"].to_numpy() & passes, "automatic rule"
+        automatic = True
+    outliers = particle_outliers(table, summary, in_classes(table, summary, chosen),
+                                 max_particle_zscore)
+    if automatic and outliers.any():
+        chosen = chosen | refit_classes(summary, table, outliers, particle_diameter_A) & passes
     summary["selected"] = chosen
     logger.info("%s: %d of %d classes selected (%s)", class_set.path, int(chosen.sum()),
                 len(chosen), how)
-    in_chosen = table.particles["rlnClassNumber"].isin(
-        summary["rlnClassNumber"].to_numpy()[chosen]).to_numpy()
-    outliers = particle_outliers(table, summary, in_chosen, max_particle_zscore)
+    in_chosen = in_classes(table, summary, chosen)
 
     out_dir = os.fspath(out_dir)
     paths = {"selection.html": write_selection_page(
@@ -137,6 +145,10 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
         # (Snakemake removes a failed job's outputs, so the page cannot be pointed to)
         raise InputError(class_set.path, f"no class selected ({how}): the later stages "
                                          f"would have no particles; choose at least one")
+    if "zscore_threshold" in summary.attrs:
+        logger.info("%s: %d of %d particles of the selected classes have %s > %.2f: rejected",
+                    table.source, int((outliers & in_chosen).sum()), int(in_chosen.sum()),
+                    ZSCORE_COLUMNS[0], summary.attrs["zscore_threshold"])
     keep = in_chosen & ~outliers
     logger.info("%s: %d of %d particles in the selected classes, %d of them kept", table.source,
                 int(in_chosen.sum()), table.n, int(keep.sum()))
@@ -146,11 +158,18 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     return paths
 
 
+def in_classes(table: ParticleTable, summary: pd.DataFrame, chosen: np.ndarray) -> np.ndarray:
+    """(n,) bool: the particles of the classes ``chosen`` ((K,) bool over ``summary``)."""
+    return table.particles["rlnClassNumber"].isin(
+        summary["rlnClassNumber"].to_numpy()[chosen]).to_numpy()
+
+
 def particle_outliers(table: ParticleTable, summary: pd.DataFrame, in_chosen: np.ndarray,
                       max_zscore: float | str | None) -> np.ndarray:
     """(n,) bool: particles whose z-score is above the threshold ``max_zscore`` sets (see
-    the module docstring).  Adds ``zscore_drop`` (share of each class's particles above it)
-    to ``summary`` and the threshold to ``summary.attrs["zscore_threshold"]``."""
+    the module docstring; ``"auto"`` fits it to the particles ``in_chosen``), in any class.
+    Adds ``zscore_drop`` (share of each class's particles above it) to ``summary`` and the
+    threshold to ``summary.attrs["zscore_threshold"]``."""
     none = np.zeros(table.n, bool)
     if max_zscore is None:
         return none
@@ -176,10 +195,41 @@ def particle_outliers(table: ParticleTable, summary: pd.DataFrame, in_chosen: np
     summary["zscore_drop"] = [above[class_of == k].mean() if (class_of == k).any() else 0.0
                               for k in summary["rlnClassNumber"]]
     summary.attrs["zscore_threshold"] = threshold
-    logger.info("%s: %d of %d particles of the selected classes have %s > %.2f (%s): rejected",
-                table.source, int((above & in_chosen).sum()), int(in_chosen.sum()),
-                ZSCORE_COLUMNS[0], threshold, how)
-    return above & in_chosen
+    logger.info("%s: particle z-score threshold %.2f (%s)", table.source, threshold, how)
+    return above
+
+
+def refit_classes(summary: pd.DataFrame, table: ParticleTable, outliers: np.ndarray,
+                  particle_diameter_A: float | None = None) -> np.ndarray:
+    """(K,) bool: classes the automatic rule rejects for their shape alone (signal at the
+    mask edge, off-centre) that pass those tests without their ``outliers`` (n,) bool:
+    judged on the average of the others made from their images in the class frame
+    (``class_frame.class_frame_average``).  Such a class shows one particle whose average
+    took up the junk it absorbed (edges, neighbours); its outliers are left out anyway.
+    Sets those classes' ``reasons`` in ``summary``."""
+    from class2d.class_frame import class_frame_average
+
+    out = np.zeros(len(summary), bool)
+    class_of = table.particles["rlnClassNumber"].to_numpy()
+    apix = float(table.pixel_size()[0]) if table.n else 1.0
+    for k, (number, reasons) in enumerate(zip(summary["rlnClassNumber"], summary["reasons"])):
+        members = class_of == number
+        fits = members & ~outliers
+        if not reasons or set(reasons.split(", ")) - SHAPE_REASONS or not (
+                members & outliers).any() or fits.sum() < MIN_REFIT:
+            continue
+        average = class_frame_average(table, np.flatnonzero(fits))
+        shape = class_features(average[None], apix, particle_diameter_A).iloc[0]
+        out[k] = shape["edge_ratio"] <= EDGE_RATIO_MAX and shape["offcentre"] <= OFFCENTRE_MAX
+        logger.info("class %d (%s): the average of its %d particles that fit has edge ratio "
+                    "%.3f, off-centre %.3f: %s", number, reasons, int(fits.sum()),
+                    shape["edge_ratio"], shape["offcentre"],
+                    "kept without its outliers" if out[k] else "rejected")
+        if out[k]:
+            summary.loc[k, "reasons"] = (f"{reasons} in the average of all its particles; kept "
+                                         f"without its {int((members & outliers).sum())} "
+                                         f"outliers")
+    return out
 
 
 def particle_zscores(table: ParticleTable) -> np.ndarray | None:
