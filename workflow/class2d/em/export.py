@@ -23,7 +23,7 @@ from class2d.em.mstep import class_resolution
 from class2d.em.outliers import outlier_scores
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
-from class2d.fourier import pixel_grid
+from class2d.fourier import pixel_grid, rotate_images
 from class2d.io.atomic import atomic_path
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
@@ -57,11 +57,10 @@ def vertical_rotation(image: np.ndarray) -> float:
 def align_vertically(images: np.ndarray, psi: np.ndarray,
                      classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each class so its long axis is vertical (filaments) and every particle's ψ
-    with it: image = R(ψ)·class = R(ψ − φ)·(R(φ)·class).  Returns (images, psi)."""
-    from scipy import ndimage
-
+    with it: image = R(ψ)·class = R(ψ − φ)·(R(φ)·class), turned about the centre pixel
+    (``fourier.rotate_images``).  Returns (images, psi)."""
     phi = np.array([vertical_rotation(image) for image in images])
-    turned = np.stack([ndimage.rotate(image, -np.degrees(a), reshape=False, order=1)
+    turned = np.stack([rotate_images(image, np.degrees(a))
                        for image, a in zip(images, phi)]).astype(np.float32)
     return turned, psi - phi[classes]
 
