@@ -181,8 +181,9 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
                 settings = {"particles": star, "outdir": out, "backend": "cpu", "seed": 0,
                             "particle_diameter_A": config["particle_diameter_A"],
                             "classify": {k: v for k, v in config.items()
-                                         if k != "particle_diameter_A"}, **{stage: {"activate": False} for stage in
-                                                   ("dedup", "select", "rebalance", "templates")}}
+                                         if k != "particle_diameter_A"},
+                            **{stage: {"activate": False} for stage in
+                               ("dedup", "select", "rebalance", "templates")}}
                 with open(out + ".yaml", "w") as fh:
                     yaml.safe_dump(settings, fh)
                 cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores),

@@ -13,8 +13,9 @@ every ``.cs`` written from it, a forced ``invert_contrast`` included, tells the 
 ``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, particles white
 (see :func:`contrast_signs`), normalised: background mean 0 and s.d. 1 outside the
-circle ``discs.normalisation_radius_px``, as RELION normalises) and ``prepared.yaml`` (boxes, pixel sizes, shard
-row ranges, how many images were inverted); ``class2d.layout`` names them.
+circle ``discs.normalisation_radius_px``, as RELION normalises) and ``prepared.yaml``
+(boxes, pixel sizes, shard row ranges, how many images were inverted); ``class2d.layout``
+names them.
 The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 """
 

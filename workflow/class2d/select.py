@@ -28,7 +28,8 @@ The automatic rule
 ------------------
 Each average (box D px) is split into a central disc (radius: half the particle
 diameter, default 0.35·D) and an annulus out to the classifier's mask radius (default
-0.45·D; both ``class2d.discs``), cut into 8 sectors of 45°.  With the annulus median as background level:
+0.45·D; both ``class2d.discs``), cut into 8 sectors of 45°.  With the annulus median as
+background level:
 
 * ``contrast`` = √(mean square in the disc − that of the quietest sector): the central
   signal above the solvent noise;

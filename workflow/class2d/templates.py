@@ -141,7 +141,8 @@ def _prepare(images: np.ndarray, apix: float,
     outer, edge = discs.mask_radius_px(box, apix, particle_diameter_A)
     annulus = (radius >= outer - edge) & (radius < outer)
     images = images - np.median(images[:, annulus], axis=1)[:, None, None]
-    inside = images[:, radius < discs.particle_radius_px(box, apix, particle_diameter_A)].mean(axis=1)
+    particle = radius < discs.particle_radius_px(box, apix, particle_diameter_A)
+    inside = images[:, particle].mean(axis=1)
     sign = np.where(inside < 0, -1.0, 1.0)
     if len(set(sign)) > 1:
         logger.warning("averages of both contrasts: %d white, %d dark; each is set by its own",
