@@ -40,15 +40,16 @@ import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS
 import numpy as np
 import yaml
 
-from class2d import io
+from class2d import discs, io
 from class2d.classify import classify_all
 from class2d.em.state import ClassState
 from class2d.metrics import adjusted_rand
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
 
-CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 120.0,
-            "mask_diameter_A": 150.0}
+#: particle 117 Å: a 150 Å mask (9/7, ``discs``)
+CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 117.0}
+MASK_DIAMETER_A = discs.mask_diameter_A(CLASSIFY["particle_diameter_A"])
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: the in-process run of --workflow, in a fresh process: argv star, out_dir, classify config
@@ -60,7 +61,7 @@ from class2d.em.params import ClassifyParams
 from class2d.prepare import prepare_stack
 star, out, config = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 tic = time.perf_counter()
-prepare_stack(star, os.path.join(out, "prepare"),
+prepare_stack(star, os.path.join(out, "prepare"), diameter_A=config["particle_diameter_A"],
               max_res_A=ClassifyParams.from_config(config, 0).align_res_A)
 classify_all(os.path.join(out, "prepare"), os.path.join(out, "classify"), config, 0, "cpu")
 print(time.perf_counter() - tic)
@@ -115,7 +116,7 @@ def run_relion(star: str, work: str, n_classes: int, cores: int) -> tuple[float,
     os.makedirs(os.path.dirname(out), exist_ok=True)
     cmd = ["relion_refine", "--i", os.path.basename(star), "--o", out, "--K", str(n_classes),
            "--iter", "25",
-           "--tau2_fudge", "2", "--particle_diameter", str(CLASSIFY["mask_diameter_A"]),
+           "--tau2_fudge", "2", "--particle_diameter", str(MASK_DIAMETER_A),
            "--ctf", "--flatten_solvent", "--zero_mask", "--oversampling", "1",
            "--psi_step", "12", "--offset_range", "5", "--offset_step", "2", "--norm", "--scale",
            "--j", str(cores), "--pool", "30", "--dont_combine_weights_via_disc"]
@@ -178,8 +179,11 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
                 cmd = [sys.executable, "-c", IN_PROCESS, star, out, json.dumps(config)]
             else:
                 settings = {"particles": star, "outdir": out, "backend": "cpu", "seed": 0,
-                            "classify": config, **{stage: {"activate": False} for stage in
-                                                   ("dedup", "select", "rebalance", "templates")}}
+                            "particle_diameter_A": config["particle_diameter_A"],
+                            "classify": {k: v for k, v in config.items()
+                                         if k != "particle_diameter_A"},
+                            **{stage: {"activate": False} for stage in
+                               ("dedup", "select", "rebalance", "templates")}}
                 with open(out + ".yaml", "w") as fh:
                     yaml.safe_dump(settings, fh)
                 cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores),
@@ -252,7 +256,8 @@ def main() -> None:
             return
         peak_before = matmul_peak()
         tic = time.perf_counter()
-        prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"])
+        prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"],
+                      diameter_A=CLASSIFY["particle_diameter_A"])
         t_prepare = time.perf_counter() - tic
         tic = time.perf_counter()
         config = {**CLASSIFY, "class_prune_margin": 0.0} if args.exhaustive else CLASSIFY

@@ -46,7 +46,8 @@ from bench_classify import TimedSteps  # a sibling script: bench/ is on sys.path
 #: FMAs per thread and loop trip of the peak kernel: 8 independent chains × 8 unrolled steps
 _CHAINS = 8
 #: classification settings of bench_classify (6 Å, 120 Å particles), scaled with the box
-CLASSIFY = {"max_res_A": 6.0, "particle_diameter_A": 120.0, "mask_diameter_A": 150.0}
+#: particle 117 Å: a 150 Å mask (9/7, ``discs``)
+CLASSIFY = {"max_res_A": 6.0, "particle_diameter_A": 117.0}
 #: the box spans this many Å whatever its size in px (so a larger box is a finer sampling)
 BOX_A = 192.0
 
@@ -275,7 +276,8 @@ def classify(star: str, work: str, config: dict, backend: str) -> dict:
 
     seconds = {}
     tic = time.perf_counter()
-    prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"])
+    prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"],
+                  diameter_A=CLASSIFY["particle_diameter_A"])
     seconds["prepare"] = time.perf_counter() - tic
     tic = time.perf_counter()
     with TimedSteps() as timed:

@@ -71,9 +71,8 @@ def run_workflow(star: str, outdir: str, args: argparse.Namespace,
     config = {"particles": star, "outdir": outdir, "backend": "cpu", "seed": 0,
               "memory_gb": args.memory_gb, "threads": args.cores,
               "classify": {"n_classes": n_classes, "max_res_A": args.max_res,
-                           "online_iterations": args.iterations,
-                           "particle_diameter_A": 0.6 * args.box * args.apix,
-                           "mask_diameter_A": 0.75 * args.box * args.apix}}
+                           "online_iterations": args.iterations},
+              "particle_diameter_A": 0.6 * args.box * args.apix}
     os.makedirs(outdir, exist_ok=True)
     path = os.path.join(outdir, "bench_config.yaml")
     with open(path, "w") as handle:

@@ -82,7 +82,7 @@ FIRST_END = ONLINE_ENDS[0] if ONLINE_ENDS else 0
 def em_config():
     """The classify section as the package takes it (workflow-only keys removed)."""
     return {**{k: v for k, v in CLS.items() if k not in WORKFLOW_KEYS},
-            "memory_gb": config["memory_gb"]}
+            "memory_gb": config["memory_gb"], "particle_diameter_A": config["particle_diameter_A"]}
 
 
 def alignment_res_A():

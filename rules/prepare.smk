@@ -12,7 +12,7 @@ rule prepare_shard:
     params:
         shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
-        diameter_A=config["prepare"]["diameter_A"],
+        diameter_A=config["particle_diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=alignment_res_A(),
         memory_gb=config["memory_gb"],
@@ -40,7 +40,7 @@ rule prepare_stack:
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
         shards=N_SHARDS,
         box_px=config["prepare"]["box_px"],
-        diameter_A=config["prepare"]["diameter_A"],
+        diameter_A=config["particle_diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=alignment_res_A(),
     conda:

@@ -13,6 +13,7 @@ rule rebalance_classes:
     params:
         n_superclasses=config["rebalance"]["n_superclasses"],
         rebalance_factor=config["rebalance"]["rebalance_factor"],
+        particle_diameter_A=config["particle_diameter_A"],
         seed=config["seed"],
     conda:
         CONDA_ENV

@@ -20,7 +20,7 @@ rule select_classes:
         max_resolution_A=config["select"]["max_resolution_A"],
         min_posterior=config["select"]["min_posterior"],
         max_eca=config["select"]["max_eca"],
-        particle_diameter_A=config["select"]["particle_diameter_A"] or None,
+        particle_diameter_A=config["particle_diameter_A"],
         selection_file=SELECTION_FILE,
         max_particle_zscore=config["select"]["max_particle_zscore"],
     conda:

@@ -12,6 +12,7 @@ rule export_templates:
         contrast=config["templates"]["contrast"],
         recentre=config["templates"]["recentre"],
         classes=config["templates"]["classes"] or None,
+        particle_diameter_A=config["particle_diameter_A"],
     conda:
         CONDA_ENV
     log:

@@ -8,4 +8,5 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_step(export_templates, sm.input.classes, os.path.dirname(sm.output.star),
          lowpass_A=sm.params.lowpass_A, picker_apix=sm.params.picker_apix,
          picker_box=sm.params.picker_box, contrast=sm.params.contrast,
-         recentre=sm.params.recentre, classes=sm.params.classes, log=sm.log[0], threads=sm.threads)
+         recentre=sm.params.recentre, classes=sm.params.classes,
+         particle_diameter_A=sm.params.particle_diameter_A, log=sm.log[0], threads=sm.threads)

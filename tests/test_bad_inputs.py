@@ -309,9 +309,11 @@ CASES = {
     "resolution beyond nyquist": Case(beyond_nyquist,
                                       "finer than the particles' Nyquist limit 12 Å",
                                       target="export", works=True),
-    "mask wider than box": config_case("classify.mask_diameter_A", "wider than the 192 Å box",
-                                       {"classify": {**CONFIG["classify"],
-                                                     "mask_diameter_A": 400.0}}, "init"),
+    "particle wider than box": config_case("particle_diameter_A", "wider than the 192 Å box",
+                                           {"particle_diameter_A": 400.0}),
+    "retired diameter key": config_case("classify.mask_diameter_A", "top-level "
+                                        "particle_diameter_A", {"classify": {
+                                            **CONFIG["classify"], "mask_diameter_A": 150.0}}),
     "unwritable outdir": Case(unwritable_outdir, "not a folder"),
     "full disk": Case(full_disk, "File too large", fsize_limit=40_000),
     "malformed selection.json": selection_case("not a selection file", "{selected: [1,"),

@@ -28,8 +28,9 @@ from class2d.truth import best_match
 
 #: CryoSPARC's advice for small, low-SNR particles: more online-EM iterations (30, not 20);
 #: everything else at its default (force max over poses, twin classes merged, ``em.twins``)
-CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 120.0,
-            "mask_diameter_A": 150.0, "online_iterations": 30}
+#: particle 117 Å: a 150 Å mask (9/7, ``discs``)
+CLASSIFY = {"n_classes": 20, "max_res_A": 6.0, "particle_diameter_A": 117.0,
+            "online_iterations": 30}
 
 
 def test_adjusted_rand_reference_values():

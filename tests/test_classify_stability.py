@@ -35,6 +35,7 @@ def classify(star: str, work, config: dict, diameter_A: float | None = None):
     """Prepare and classify ``star``: (history of the last state, final classes (n,) 0-based)."""
     prepare_stack(star, work / "prepare", max_res_A=config.get("max_res_A", 6.0),
                   diameter_A=diameter_A)
+    config = {**config, "particle_diameter_A": diameter_A or 0.0}      # one diameter for both
     classify_all(str(work / "prepare"), str(work / "classify"), config, seed=0, backend="cpu")
     last = config.get("online_iterations", 20) + 1
     history = ClassState.load(layout.state_path(str(work / "classify"), last)).history

@@ -127,6 +127,17 @@ def test_clamp_solvent_zeroes_the_background(classify):
     assert free.min() > 0.02                        # measured 0.04–0.07
 
 
+def test_particle_diameter_sets_the_class_mask(classify):
+    """A 70 Å particle: a 90 Å mask (9/7, ``discs``), 7.5 px radius at 6 Å/px, and a 2 px
+    soft edge: the averages are 0 from 9.5 px on; by default (mask radius 14 px) not."""
+    from class2d.fourier import pixel_radius
+
+    outside = pixel_radius(BOX) >= 9.5
+    assert np.abs(classify(particle_diameter_A=70.0).classes[:, outside]).max() == 0.0
+    default = classify().classes
+    assert np.abs(default[:, outside]).max() > 0.02 * np.abs(default).max()   # measured 0.044
+
+
 def test_non_negative_clips_the_averages(classify):
     assert classify(non_negative=True).classes.min() >= 0.0
     assert classify().classes.min() < -0.03 * classify().classes.max()

@@ -167,19 +167,18 @@ def test_default_pose_grid_shrinks_at_low_resolution():
 
 
 def test_vertical_alignment_turns_a_rod_upright_and_keeps_images_consistent():
-    from scipy import ndimage
-
     from class2d.em.export import align_vertically
+    from class2d.fourier import rotate_images
 
     box = 48
     y, x = np.mgrid[:box, :box] - box // 2
     rod = np.exp(-(x ** 2) / 8 - (y ** 2) / 200).astype(np.float32)       # vertical rod
-    tilted = ndimage.rotate(rod, 35, reshape=False, order=1)[None]
+    tilted = rotate_images(rod, -35.0)[None]
     turned, psi = align_vertically(tilted, np.array([0.4]), np.array([0]))
     assert np.corrcoef(turned[0].ravel(), rod.ravel())[0, 1] > 0.98
     # a particle = class rotated by ψ; the same particle = turned class rotated by ψ'
-    particle = ndimage.rotate(tilted[0], -np.degrees(0.4), reshape=False, order=1)
-    again = ndimage.rotate(turned[0], -np.degrees(psi[0]), reshape=False, order=1)
+    particle = rotate_images(tilted[0], np.degrees(0.4))
+    again = rotate_images(turned[0], np.degrees(psi[0]))
     assert np.corrcoef(particle.ravel(), again.ravel())[0, 1] > 0.98
 
 

@@ -286,3 +286,44 @@ def test_mixed_box_sizes(data_file, tmp_path):
     with pytest.raises(InputError, match="mixed box sizes") as err:
         read_cs(path)
     assert str(path) in str(err.value)
+
+
+# ---- one writer: every .cs goes through write_cs_fields
+
+def test_class_averages_cs_has_cryosparcs_dtypes(tmp_path):
+    from class2d.em.export import _write_classes_cs
+
+    classes = pd.DataFrame({"rlnEstimatedResolution": [8.5, 999.0],
+                            "c2dEffectiveClasses": [1.25, 0.0], "c2dParticleCount": [7, 0],
+                            "c2dMeanPosterior": [0.75, 0.0]})
+    _write_classes_cs(str(tmp_path / "classes.cs"), classes, 64, 3.5)
+    array = np.load(tmp_path / "classes.cs")
+    # CryoSPARC's dtypes: uid u8, indices and counts u4, floats f4
+    assert array.dtype["uid"] == np.dtype("<u8")
+    assert array.dtype["blob/idx"] == array.dtype["alignments2D/class"] == np.dtype("<u4")
+    assert array.dtype["blob/shape"] == np.dtype(("<u4", (2,)))
+    assert array.dtype["alignments2D/num_particles"] == np.dtype("<u4")
+    assert array.dtype["alignments2D/res_A"] == np.dtype("<f4")
+    assert array["uid"].tolist() == [1, 2] and array["blob/idx"].tolist() == [0, 1]
+    assert array["blob/path"].tolist() == [b"classes.mrcs"] * 2
+    assert array["blob/shape"].tolist() == [[64, 64]] * 2
+    assert array["blob/psize_A"].tolist() == [3.5, 3.5] and array["blob/sign"].tolist() == [1, 1]
+    assert array["alignments2D/res_A"].tolist() == [8.5, 999.0]
+    assert array["alignments2D/class_ess"].tolist() == [1.25, 0.0]
+    assert array["alignments2D/num_particles"].tolist() == [7, 0]
+    assert array["alignments2D/class_posterior"].tolist() == [0.75, 0.0]
+
+
+def test_an_empty_set_keeps_the_fields_of_its_template(data_file, tmp_path):
+    from class2d.io import write_particle_set
+
+    table = read_cs(data_file("cs_class2d"))
+    paths = write_particle_set(table.subset(np.zeros(table.n, bool)), tmp_path, "none",
+                               template=table)
+    empty, full = np.load(paths["none.cs"]), np.load(write_cs_to(table, tmp_path / "all.cs"))
+    assert empty.shape == (0,) and empty.dtype == full.dtype
+
+
+def write_cs_to(table, path):
+    write_cs(table, path)
+    return path

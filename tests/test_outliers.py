@@ -22,8 +22,8 @@ from class2d.prepare import prepare_stack
 from class2d.select import auto_zscore_threshold, select_classes
 from class2d.simulate import simulate, write_dataset
 
-CLASSIFY = {"n_classes": 12, "max_res_A": 6.0, "particle_diameter_A": 120.0,
-            "mask_diameter_A": 150.0}
+#: particle 117 Å: a 150 Å mask (9/7, ``discs``)
+CLASSIFY = {"n_classes": 12, "max_res_A": 6.0, "particle_diameter_A": 117.0}
 
 
 def test_class_models_are_the_simulated_particles():

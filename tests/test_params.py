@@ -58,15 +58,17 @@ def test_step_size_replaces_first_then_decays_as_a_power_to_a_floor():
     assert params.step_size_at(47) == 0.1 and params.step_size_at(200) == 0.1
 
 
-def test_mask_and_particle_diameter_defaults():
+def test_mask_from_the_particle_diameter():
     params = ClassifyParams()
     # 90 % of 64 px across, edge 5 % of the box (3.2 px): radius min(28.8, 32 − 3.2)
     assert params.mask_radius_px(BOX, APIX) == pytest.approx((28.8, 3.2))
-    assert params.diameter_px(BOX, APIX) == pytest.approx(57.6)
-    # a 240 Å mask in a 192 Å box is cut to the box less the edge; 30 Å diameter: 10 px
-    assert ClassifyParams(mask_diameter_A=240.0, mask_edge_A=6.0).mask_radius_px(
+    assert params.mask_diameter_px(BOX, APIX) == pytest.approx(57.6)
+    # a 210 Å particle: a 270 Å (9/7) mask, in a 192 Å box cut to the box less the edge
+    assert ClassifyParams(particle_diameter_A=210.0, mask_edge_A=6.0).mask_radius_px(
         BOX, APIX) == pytest.approx((30.0, 2.0))
-    assert ClassifyParams(particle_diameter_A=30.0).diameter_px(BOX, APIX) == 10.0
+    # a 70 Å particle: a 90 Å mask, 30 px at 3 Å/px
+    assert ClassifyParams(particle_diameter_A=70.0).mask_diameter_px(BOX, APIX) == \
+        pytest.approx(30.0)
 
 
 @pytest.mark.parametrize("res_A, settings, expected", [
@@ -74,8 +76,8 @@ def test_mask_and_particle_diameter_defaults():
     (6.0, {}, 360 / 91),
     # 30/86.4 rad = 19.9° is more than the 15° ceiling: 24 steps
     (30.0, {}, 15.0),
-    # particle 100 Å: 6/50 rad = 6.875°, 52.4 → 53 steps
-    (6.0, {"particle_diameter_A": 100.0}, 360 / 53),
+    # particle 70 Å, mask 90 Å (radius 45 Å): 6/45 rad = 7.639°, 47.1 → 48 steps
+    (6.0, {"particle_diameter_A": 70.0}, 360 / 48),
     # 0.5/86.4 rad = 0.33° is below the 1° floor: 360 steps
     (0.5, {}, 1.0),
     (6.0, {"psi_step_deg": 5.0}, 5.0),

@@ -59,7 +59,7 @@ def _superclass_sizes(paths) -> pd.DataFrame:
 def test_similar_views_group_together(views):
     tmp, view_of = views
     images = io.read_stack(tmp / "classes.mrcs", mmap=False)
-    similarity = view_similarity(images)
+    similarity = view_similarity(images, 3.0)
     same = view_of[:, None] == view_of[None, :]
     off_diagonal = ~np.eye(len(view_of), dtype=bool)
     assert similarity[same & off_diagonal].min() > similarity[~same].max()

@@ -347,8 +347,9 @@ def _edge_contaminated(tmp_path, n_edges_in_good: int = 40):
     holds object 0's particles and ``n_edges_in_good`` images of a bright straight edge at
     the mask's rim (z-score 12: they do not fit), its average object 0 plus their share of
     the edge; class 2 object 1 (clean); class 3 an edge across the disc alone (z-scores
-    |N(0, 1)|, three at 8), its average that edge.  Particles at SNR 0.5 with their true poses; the edges are
-    CTF-modulated with the first particles' CTFs and get the particles' noise."""
+    |N(0, 1)|, three at 8), its average that edge.  Particles at SNR 0.5 with their true
+    poses; the edges are CTF-modulated with the first particles' CTFs and get the
+    particles' noise."""
     data = simulate(240, box=64, apix=3.0, snr=0.5, n_objects=2, junk_fraction=0.0,
                     duplicate_fraction=0.0, seed=21)
     folder = tmp_path / "sim"

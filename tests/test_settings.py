@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from class2d import layout
-from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
+from class2d.em.params import TOP_LEVEL_KEYS, WORKFLOW_KEYS, ClassifyParams
 from class2d.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,8 @@ def test_every_schema_default_is_the_config_value_and_the_params_default():
             assert sub_spec["default"] == config[key][sub], f"{key}.{sub}"
     params = {f.name: f.default for f in dataclasses.fields(ClassifyParams)}
     assert params.pop("seed") == config["seed"]
-    assert params.pop("memory_gb") == config["memory_gb"]      # top-level, passed along
+    for key in TOP_LEVEL_KEYS:                                  # top-level, passed along
+        assert params.pop(key) == config[key], key
     assert set(params) | WORKFLOW_KEYS == set(config["classify"])
     for key, default in params.items():
         value = config["classify"][key]

@@ -5,8 +5,8 @@
 Select uses it to judge a class on the particles that fit it (``select.refit_classes``):
 the classifier's average holds every member, junk included.
 
-Each image is normalised as preparation does (background mean 0, s.d. 1 outside 75 % of
-the box) and turned white (``ParticleTable.image_signs``), multiplied by its CTF, and
+Each image is normalised as preparation does (background mean 0, s.d. 1 outside
+``discs.normalisation_radius_px``) and turned white (``ParticleTable.image_signs``), multiplied by its CTF, and
 brought into its class's frame by its pose: a particle shows ``ref(R(ψ)(x + o/apix))``
 (``em/export.py``: ``rlnAnglePsi`` ψ, ``rlnOriginX/YAngst`` o), so the class-frame pixel y
 reads the particle at R(−ψ)·y − o/apix (``fourier.rotation_coordinates``, bilinear).  The
@@ -21,6 +21,7 @@ import numpy as np
 import scipy.fft
 from scipy import ndimage
 
+from class2d import discs
 from class2d.ctf import evaluate
 from class2d.fourier import FFT_WORKERS, rfft_frequencies, rotation_coordinates
 from class2d.io import ParticleTable
@@ -33,9 +34,11 @@ WIENER_FLOOR = 0.1
 BATCH = 64
 
 
-def class_frame_average(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
+def class_frame_average(table: ParticleTable, rows: np.ndarray,
+                        diameter_A: float = 0.0) -> np.ndarray:
     """The CTF-corrected average (D, D) float64 of the particles ``rows`` (indices into
-    ``table``) in their class's frame (see the module docstring)."""
+    ``table``) in their class's frame (see the module docstring); ``diameter_A``: the
+    particle diameter, Å, for the normalisation (0: ``discs``' default)."""
     rows = np.asarray(rows, np.int64)
     if rows.size == 0:
         raise ValueError("no particles to average")
@@ -48,7 +51,8 @@ def class_frame_average(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
         / apix[:, None]
     signs = part.image_signs()
     ctf = part.ctf_params()
-    background = background_mask(box, 0.75 * box / 2)
+    background = background_mask(box, discs.normalisation_radius_px(box, float(apix[0]),
+                                                                     diameter_A))
     total = np.zeros((box, box))
     weight = np.zeros((box, box // 2 + 1))
     for start in range(0, rows.size, BATCH):

@@ -10,6 +10,18 @@ from __future__ import annotations
 
 import os
 
+#: settings that are gone → the problem a config still using one is told
+REPLACED = {key: "no longer a setting: give the particle's diameter once, as the top-level "
+                 "particle_diameter_A (Å; 0: 70 % of the box), and every stage derives its "
+                 "circle from it (class2d.discs)"
+            for key in ("prepare.diameter_A", "classify.mask_diameter_A",
+                        "classify.particle_diameter_A", "select.particle_diameter_A")}
+
+
+def replaced_setting(key: str) -> str | None:
+    """What to tell a config that sets ``key`` (``section.name``), if it is a retired one."""
+    return REPLACED.get(key)
+
 
 class InputError(ValueError):
     """Bad user input. ``str(err)`` is one line: ``<path>: <problem>``."""
@@ -41,4 +53,10 @@ def schema_problem(err: Exception) -> str:
     if problem is None:
         return f"config: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
     key = ".".join(str(part) for part in problem.absolute_path) or "(top level)"
+    if getattr(problem, "validator", None) == "additionalProperties":
+        known = set(problem.schema.get("properties", {}))
+        for name in sorted(set(problem.instance) - known):
+            full = f"{key}.{name}" if problem.absolute_path else name
+            if replaced_setting(full):
+                return str(ConfigError(full, replaced_setting(full)))
     return str(ConfigError(key, problem.message))

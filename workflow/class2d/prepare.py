@@ -13,8 +13,9 @@ every ``.cs`` written from it, a forced ``invert_contrast`` included, tells the 
 ``ctf.npz`` (its CTF parameters as arrays, so that a pass need not parse the STAR text),
 ``stack_NNN.mrcs`` (one per shard, contiguous rows, in the alignment box, particles white
 (see :func:`contrast_signs`), normalised: background mean 0 and s.d. 1 outside the
-particle diameter, as RELION normalises) and ``prepared.yaml`` (boxes, pixel sizes, shard
-row ranges, how many images were inverted); ``class2d.layout`` names them.
+circle ``discs.normalisation_radius_px``, as RELION normalises) and ``prepared.yaml``
+(boxes, pixel sizes, shard row ranges, how many images were inverted); ``class2d.layout``
+names them.
 The alignment resolution that sets the crop is ``ClassifyParams.align_res_A``.
 """
 
@@ -31,7 +32,7 @@ import mrcfile
 import numpy as np
 import yaml
 
-from class2d import io, layout
+from class2d import discs, io, layout
 from class2d.budget import DEFAULT_MEMORY_GB, prepare_batch
 from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
@@ -149,8 +150,9 @@ def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
 
     max_res_A: Å, the highest resolution the alignment will use (sets the crop:
     ``ClassifyParams.align_res_A``; None: no crop); box_px: alignment box in px
-    (overrides max_res_A); diameter_A: Å, particle diameter (default: 75 % of the box,
-    as RELION's default background radius).
+    (overrides max_res_A); diameter_A: Å, the particle diameter (config
+    ``particle_diameter_A``; normalisation uses the pixels outside
+    ``discs.normalisation_radius_px``: 75 % of the box by default, RELION's default).
     """
     io.require_ctf(table)
     boxes = np.unique(table.box_size())
@@ -171,10 +173,8 @@ def geometry(table: io.ParticleTable, source: str, max_res_A: float | None,
                        "at Nyquist", max_res_A, 2 * apix)
     new_box = alignment_box(box, apix, max_res_A, box_px)
     new_apix = apix * box / new_box
-    radius = (0.75 * new_box / 2) if not diameter_A else diameter_A / 2 / new_apix
-    if radius >= new_box / 2 * math.sqrt(2) - 1:
-        raise InputError(source, f"particle diameter {diameter_A} Å leaves no background in a "
-                         f"{box * apix:.0f} Å box")
+    discs.check_diameter(diameter_A, new_box, new_apix)
+    radius = discs.normalisation_radius_px(new_box, new_apix, diameter_A)
     return Geometry(box, apix, new_box, new_apix, radius)
 
 
@@ -298,7 +298,7 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
     meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,
             "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
             "source": os.path.abspath(source), "n": table.n,
-            "diameter_A": float(2 * geo.radius * geo.new_apix),
+            "normalisation_diameter_A": float(2 * geo.radius * geo.new_apix),
             "inverted_particles": int((signs < 0).sum())}
     with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)

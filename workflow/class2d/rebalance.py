@@ -34,8 +34,9 @@ from scipy import sparse
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
+from class2d import discs
 from class2d.errors import ConfigError
-from class2d.fourier import centre_images, circular_mask, fourier_crop, pixel_grid
+from class2d.fourier import centre_images, circular_mask, fourier_crop, rotation_coordinates
 from class2d.io import (particle_classes, read_classes, read_particles, write_particle_set,
                         write_star_blocks)
 from class2d.io.atomic import atomic_path
@@ -52,13 +53,16 @@ PICTURE_COLUMNS = 12
 
 def rebalance_classes(classes_star: str | os.PathLike, particles_path: str | os.PathLike,
                       out_dir: str | os.PathLike, n_superclasses: int = 10,
-                      rebalance_factor: float = 0.5, seed: int = 0) -> dict[str, str]:
+                      rebalance_factor: float = 0.5, particle_diameter_A: float = 0.0,
+                      seed: int = 0) -> dict[str, str]:
     """Cluster classes into superclasses of similar views and thin the crowded ones.
 
     classes_star: class averages (``classes.star``, e.g. from the select stage);
     particles_path: their particles (``rlnClassNumber`` refers to ``classes_star``);
     n_superclasses: groups of views (at most the number of classes);
     rebalance_factor: 0 (keep all) to 1 (every superclass as small as the smallest);
+    particle_diameter_A: Å (0: from the box), sets the window the averages are compared in
+    (the class mask, ``discs.mask_radius_px``);
     seed: of the random choice of kept particles.  Returns {file name: path}.
     """
     if not 0.0 <= rebalance_factor <= 1.0:
@@ -71,7 +75,7 @@ def rebalance_classes(classes_star: str | os.PathLike, particles_path: str | os.
     numbers, class_index = particle_classes(class_set, table)
     counts = np.bincount(class_index, minlength=len(numbers))
 
-    similarity = view_similarity(class_set.images)
+    similarity = view_similarity(class_set.images, class_set.apix, particle_diameter_A)
     superclass = cluster_views(similarity, n_superclasses, counts)
     per_particle = superclass[class_index]
     keep, sizes, targets = thin(per_particle, rebalance_factor, seed)
@@ -97,19 +101,22 @@ def rebalance_classes(classes_star: str | os.PathLike, particles_path: str | os.
     return paths
 
 
-def view_similarity(images: np.ndarray) -> np.ndarray:
-    """(K, K) float64 in [-1, 1]: best correlation over in-plane rotations and mirroring."""
+def view_similarity(images: np.ndarray, apix: float, particle_diameter_A: float = 0.0
+                    ) -> np.ndarray:
+    """(K, K) float64 in [-1, 1]: best correlation over in-plane rotations and mirroring,
+    inside the class mask (``discs.mask_radius_px``).  images: (K, D, D); apix: Å/px."""
     images = np.asarray(images, np.float64)
     box = images.shape[-1]
     if box > SIMILARITY_BOX:
         images = fourier_crop(images, SIMILARITY_BOX)
-        box = SIMILARITY_BOX
-    mask = circular_mask(box, 0.45 * box, 0.05 * box).astype(np.float64)
+        apix, box = apix * box / SIMILARITY_BOX, SIMILARITY_BOX
+    mask = circular_mask(box, *discs.mask_radius_px(box, apix, particle_diameter_A))
+    mask = mask.astype(np.float64)
     masked = images * mask
     masked -= np.median(masked, axis=(1, 2), keepdims=True)
     centred = centre_images(masked) * mask
     unit = _unit(centred, mask)
-    angles = np.deg2rad(np.arange(0.0, 360.0, ROTATION_STEP))
+    angles = np.arange(0.0, 360.0, ROTATION_STEP)
     rotate = _rotation_operator(box, angles)
     best = np.full((len(images), len(images)), -1.0)
     for flip in (False, True):
@@ -133,12 +140,11 @@ def _unit(images: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return centred.reshape(images.shape)
 
 
-def _rotation_operator(box: int, angles: np.ndarray) -> sparse.csr_matrix:
-    """(R·box², box²) bilinear interpolation turning a flattened image by each angle."""
-    y, x = pixel_grid(box)
-    cos, sin = np.cos(angles)[:, None, None], np.sin(angles)[:, None, None]
-    rows = (sin * x + cos * y + box // 2).ravel()
-    cols = (cos * x - sin * y + box // 2).ravel()
+def _rotation_operator(box: int, angles_deg: np.ndarray) -> sparse.csr_matrix:
+    """(R·box², box²) bilinear interpolation turning a flattened image by each angle
+    (degrees, ``fourier.rotation_coordinates``; outside read as 0): one sparse product
+    turns every average by every angle."""
+    rows, cols = (where.ravel() for where in rotation_coordinates(box, angles_deg))
     row0, col0 = np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
     out, inp, weights = [], [], []
     for dy in (0, 1):
@@ -150,7 +156,7 @@ def _rotation_operator(box: int, angles: np.ndarray) -> sparse.csr_matrix:
             inp.append(r[inside] * box + c[inside])
             weights.append(w[inside])
     return sparse.csr_matrix((np.concatenate(weights), (np.concatenate(out), np.concatenate(inp))),
-                             shape=(len(angles) * box * box, box * box))
+                             shape=(len(angles_deg) * box * box, box * box))
 
 
 def cluster_views(similarity: np.ndarray, n_superclasses: int, counts: np.ndarray) -> np.ndarray:

@@ -27,8 +27,9 @@ per class, the share of its particles above the threshold.
 The automatic rule
 ------------------
 Each average (box D px) is split into a central disc (radius: half the particle
-diameter, default 0.35·D) and an annulus out to 0.45·D (the classifier's default mask
-radius), cut into 8 sectors of 45°.  With the annulus median as background level:
+diameter, default 0.35·D) and an annulus out to the classifier's mask radius (default
+0.45·D; both ``class2d.discs``), cut into 8 sectors of 45°.  With the annulus median as
+background level:
 
 * ``contrast`` = √(mean square in the disc − that of the quietest sector): the central
   signal above the solvent noise;
@@ -58,6 +59,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from class2d import discs
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import pixel_grid, pixel_radius
 from class2d.io import (ClassSet, ParticleTable, particle_classes, read_classes, read_particles,
@@ -80,9 +82,6 @@ N_SECTORS = 8
 #: the fewest particles left without them for a class to be judged again
 SHAPE_REASONS = {"signal at the mask edge", "off-centre"}
 MIN_REFIT = 10
-#: outer radius of the annulus and default particle radius, as fractions of the box
-MASK_FRACTION = 0.45
-PARTICLE_FRACTION = 0.35
 
 
 def select_classes(classes_star: str | os.PathLike, particles_path: str | os.PathLike,
@@ -90,7 +89,7 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
                    classes: list[int] | None = None, min_particles: int | None = None,
                    max_resolution_A: float | None = None, min_posterior: float | None = None,
                    max_eca: float | None = None, selection_file: str | os.PathLike | None = None,
-                   particle_diameter_A: float | None = None,
+                   particle_diameter_A: float = 0.0,
                    max_particle_zscore: float | str | None = "auto") -> dict[str, str]:
     """Keep the particles of the chosen classes; write the files listed in the module docstring.
 
@@ -98,7 +97,7 @@ def select_classes(classes_star: str | os.PathLike, particles_path: str | os.Pat
     (``min_particles``, ``max_resolution_A`` Å, ``min_posterior`` 0–1, ``max_eca``: each
     ``None`` is off; in ``"auto"`` those given apply on top of the automatic rule);
     selection_file: JSON ``{"selected": [...]}``; when it exists it overrides ``mode``;
-    particle_diameter_A: Å, for the automatic rule (default 70 % of the box);
+    particle_diameter_A: Å, for the automatic rule (0: 70 % of the box, ``discs``);
     max_particle_zscore: a number, ``"auto"`` or None (see "Particles inside the selected
     classes" above).
     Returns {file name: path} of what it wrote.
@@ -200,7 +199,7 @@ def particle_outliers(table: ParticleTable, summary: pd.DataFrame, in_chosen: np
 
 
 def refit_classes(summary: pd.DataFrame, table: ParticleTable, outliers: np.ndarray,
-                  particle_diameter_A: float | None = None) -> np.ndarray:
+                  particle_diameter_A: float = 0.0) -> np.ndarray:
     """(K,) bool: classes the automatic rule rejects for their shape alone (signal at the
     mask edge, off-centre) that pass those tests without their ``outliers`` (n,) bool:
     judged on the average of the others made from their images in the class frame
@@ -218,7 +217,7 @@ def refit_classes(summary: pd.DataFrame, table: ParticleTable, outliers: np.ndar
         if not reasons or set(reasons.split(", ")) - SHAPE_REASONS or not (
                 members & outliers).any() or fits.sum() < MIN_REFIT:
             continue
-        average = class_frame_average(table, np.flatnonzero(fits))
+        average = class_frame_average(table, np.flatnonzero(fits), particle_diameter_A)
         shape = class_features(average[None], apix, particle_diameter_A).iloc[0]
         out[k] = shape["edge_ratio"] <= EDGE_RATIO_MAX and shape["offcentre"] <= OFFCENTRE_MAX
         logger.info("class %d (%s): the average of its %d particles that fit has edge ratio "
@@ -267,7 +266,7 @@ def auto_zscore_threshold(z: np.ndarray) -> float:
 
 
 def summarize(class_set: ClassSet, table: ParticleTable,
-              particle_diameter_A: float | None = None) -> pd.DataFrame:
+              particle_diameter_A: float = 0.0) -> pd.DataFrame:
     """Per class: number, particle count and share, statistics, features, automatic choice."""
     numbers, class_index = particle_classes(class_set, table)
     counts = np.bincount(class_index, minlength=len(numbers))
@@ -287,20 +286,21 @@ def summarize(class_set: ClassSet, table: ParticleTable,
 
 
 def class_features(images: np.ndarray, apix: float,
-                   particle_diameter_A: float | None = None) -> pd.DataFrame:
+                   particle_diameter_A: float = 0.0) -> pd.DataFrame:
     """``contrast``, ``edge_ratio``, ``offcentre`` of each average (see the module docstring).
 
-    images: (K, D, D); apix: Å/px; particle_diameter_A: Å (default 0.7·D·apix).
+    images: (K, D, D); apix: Å/px; particle_diameter_A: Å (0: 0.7·D·apix).
     """
     box = images.shape[-1]
     y, x = pixel_grid(box)
     radius = pixel_radius(box)
-    outer = MASK_FRACTION * box
-    inner = PARTICLE_FRACTION * box if not particle_diameter_A else particle_diameter_A / 2 / apix
-    widest = outer - max(2.0, 0.05 * box)
+    outer, edge = discs.mask_radius_px(box, apix, particle_diameter_A)
+    inner = discs.particle_radius_px(box, apix, particle_diameter_A)
+    widest = outer - edge
     if inner > widest:
-        logger.warning("particle diameter %.0f Å leaves almost no solvent in the %d px box; "
-                       "the automatic rule uses a disc of %.0f Å", 2 * inner * apix, box,
+        logger.warning("the solvent between the particle (%.0f Å) and the class mask "
+                       "(%.0f Å) is narrower than the mask's soft edge; the automatic rule "
+                       "uses a disc of %.0f Å", 2 * inner * apix, 2 * outer * apix,
                        2 * widest * apix)
         inner = widest
     disc = radius < inner

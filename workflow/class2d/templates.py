@@ -39,6 +39,7 @@ import os
 import numpy as np
 import pandas as pd
 
+from class2d import discs
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import (centered_irfft2, centered_rfft2, centre_images, circular_mask,
                              fourier_crop, pixel_radius, rfft_frequencies)
@@ -58,14 +59,17 @@ APIX_TOLERANCE = 1e-4
 def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike,
                      lowpass_A: float | None = 20.0, picker_apix: float | None = None,
                      picker_box: int | None = None, contrast: str = "dark",
-                     recentre: bool = True, classes: list[int] | None = None) -> dict[str, str]:
+                     recentre: bool = True, classes: list[int] | None = None,
+                     particle_diameter_A: float = 0.0) -> dict[str, str]:
     """Write picker templates from class averages (see the module docstring).
 
     classes_star: selected classes (``classes.star``); lowpass_A: Å (``None`` or 0: none);
     picker_apix: Å/px of the micrographs to pick (default: the averages' pixel size);
     picker_box: px, even (default: the averages' field of view at ``picker_apix``);
     contrast: ``"dark"``, ``"light"`` or ``"keep"``; recentre: shift each average's centre
-    of mass to the box centre; classes: class numbers to export (default: all).
+    of mass to the box centre; classes: class numbers to export (default: all);
+    particle_diameter_A: Å (0: from the box), where the density and the background are
+    measured (``discs``).
     Returns {file name: path}.
     """
     if contrast not in CONTRASTS:
@@ -95,7 +99,7 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
         raise InputError(class_set.path, "no non-empty class average to make templates from")
 
     apix = class_set.apix
-    images, density_sign = _prepare(images)
+    images, density_sign = _prepare(images, apix, particle_diameter_A)
     if recentre:
         images = centre_images(images * density_sign[:, None, None]) * density_sign[:, None, None]
     target_apix = apix if picker_apix is None else float(picker_apix)
@@ -103,7 +107,7 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
     box = picker_box or images.shape[-1]
     field = images.shape[-1]
     images = crop_or_pad(images, box)
-    edge = max(2.0, 0.05 * box)
+    edge = discs.mask_edge_px(box, new_apix)
     mask = circular_mask(box, 0.5 * min(box, field) - edge, edge).astype(np.float64)
     images *= mask
     signs = {"dark": -density_sign, "light": density_sign, "keep": np.ones(len(rows))}[contrast]
@@ -128,13 +132,17 @@ def export_templates(classes_star: str | os.PathLike, out_dir: str | os.PathLike
     return paths
 
 
-def _prepare(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Subtract each average's background (annulus median); the sign of its density (K,)."""
+def _prepare(images: np.ndarray, apix: float,
+             particle_diameter_A: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Subtract each average's background (median over the class mask's soft edge); the
+    sign of its density (mean inside the particle's disc) (K,).  images: (K, D, D)."""
     box = images.shape[-1]
     radius = pixel_radius(box)
-    annulus = (radius >= 0.40 * box) & (radius < 0.45 * box)
+    outer, edge = discs.mask_radius_px(box, apix, particle_diameter_A)
+    annulus = (radius >= outer - edge) & (radius < outer)
     images = images - np.median(images[:, annulus], axis=1)[:, None, None]
-    inside = images[:, radius < 0.35 * box].mean(axis=1)
+    particle = radius < discs.particle_radius_px(box, apix, particle_diameter_A)
+    inside = images[:, particle].mean(axis=1)
     sign = np.where(inside < 0, -1.0, 1.0)
     if len(set(sign)) > 1:
         logger.warning("averages of both contrasts: %d white, %d dark; each is set by its own",

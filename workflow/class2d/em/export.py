@@ -23,8 +23,7 @@ from class2d.em.mstep import class_resolution
 from class2d.em.outliers import outlier_scores
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState
-from class2d.fourier import pixel_grid
-from class2d.io.atomic import atomic_path
+from class2d.fourier import pixel_grid, rotate_images
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
 from class2d.report import convergence_plot, convergence_table, gallery
@@ -57,11 +56,10 @@ def vertical_rotation(image: np.ndarray) -> float:
 def align_vertically(images: np.ndarray, psi: np.ndarray,
                      classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rotate each class so its long axis is vertical (filaments) and every particle's ψ
-    with it: image = R(ψ)·class = R(ψ − φ)·(R(φ)·class).  Returns (images, psi)."""
-    from scipy import ndimage
-
+    with it: image = R(ψ)·class = R(ψ − φ)·(R(φ)·class), turned about the centre pixel
+    (``fourier.rotate_images``).  Returns (images, psi)."""
     phi = np.array([vertical_rotation(image) for image in images])
-    turned = np.stack([ndimage.rotate(image, -np.degrees(a), reshape=False, order=1)
+    turned = np.stack([rotate_images(image, np.degrees(a))
                        for image, a in zip(images, phi)]).astype(np.float32)
     return turned, psi - phi[classes]
 
@@ -139,21 +137,12 @@ def _class_stats(best: np.ndarray, out: dict, k_count: int) -> dict[str, np.ndar
 def _write_classes_cs(path: str, classes: pd.DataFrame, box: int, apix: float) -> None:
     """Class averages as CryoSPARC lists them (``blob/*`` plus per-class statistics)."""
     k_count = len(classes)
-    dtype = [("uid", "<u8"), ("blob/path", "S64"), ("blob/idx", "<u4"), ("blob/shape", "<u4", (2,)),
-             ("blob/psize_A", "<f4"), ("blob/sign", "<f4"), ("alignments2D/class", "<u4"),
-             ("alignments2D/res_A", "<f4"), ("alignments2D/class_ess", "<f4"),
-             ("alignments2D/num_particles", "<u4"), ("alignments2D/class_posterior", "<f4")]
-    array = np.zeros(k_count, dtype)
-    array["uid"] = np.arange(1, k_count + 1)
-    array["blob/path"] = b"classes.mrcs"
-    array["blob/idx"] = np.arange(k_count)
-    array["blob/shape"] = box
-    array["blob/psize_A"] = apix
-    array["blob/sign"] = 1.0
-    array["alignments2D/class"] = np.arange(k_count)
-    array["alignments2D/res_A"] = classes["rlnEstimatedResolution"]
-    array["alignments2D/class_ess"] = classes["c2dEffectiveClasses"]
-    array["alignments2D/num_particles"] = classes["c2dParticleCount"]
-    array["alignments2D/class_posterior"] = classes["c2dMeanPosterior"]
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, array)
+    io.write_cs_fields({
+        "uid": np.arange(1, k_count + 1), "blob/path": np.full(k_count, "classes.mrcs"),
+        "blob/idx": np.arange(k_count), "blob/shape": np.full((k_count, 2), box),
+        "blob/psize_A": np.full(k_count, apix), io.SIGN_COLUMN: np.ones(k_count),
+        "alignments2D/class": np.arange(k_count),
+        "alignments2D/res_A": classes["rlnEstimatedResolution"].to_numpy(),
+        "alignments2D/class_ess": classes["c2dEffectiveClasses"].to_numpy(),
+        "alignments2D/num_particles": classes["c2dParticleCount"].to_numpy(),
+        "alignments2D/class_posterior": classes["c2dMeanPosterior"].to_numpy()}, k_count, path)

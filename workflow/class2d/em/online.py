@@ -164,7 +164,7 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
         # against the classes the shard aligned to: the work scatters with the shards
         out.update(outlier_features(stack, np.arange(a, b), state.references,
                                     out["best_class"], out["psi"], out["tx"], out["ty"],
-                                    params.diameter_px(stack.box, stack.apix)))
+                                    params.mask_diameter_px(stack.box, stack.apix)))
     logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
                 "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
                 _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,

@@ -116,7 +116,7 @@ def class_models(references: np.ndarray, classes: np.ndarray, psi: np.ndarray,
 
 def rotated(references: np.ndarray, classes: np.ndarray, psi: np.ndarray) -> np.ndarray:
     """Each particle's class average rotated by its ψ (radians, counter-clockwise x → y)
-    about the box centre (d/2, d/2), bilinear, as the E-step rotates it in Fourier space:
+    about the centre pixel (d//2, d//2), bilinear, as the E-step rotates it in Fourier space:
     (m, d, d) float64 from references (K, d, d), classes (m,) int, psi (m,)."""
     from scipy import ndimage
 

@@ -18,7 +18,8 @@ import numbers
 
 import numpy as np
 
-from class2d.errors import ConfigError
+from class2d import discs
+from class2d.errors import ConfigError, replaced_setting
 from class2d.fourier import circular_mask
 
 #: keys of the config's classify section that schedule workflow jobs, not the maths
@@ -42,9 +43,11 @@ _CHECKS = {
 }
 # settings in Å, degrees or log-units where 0 means automatic (or off)
 _CHECKS.update({key: (lambda v: v >= 0, "must be 0 (automatic) or more") for key in (
-    "max_align_res_A", "min_align_res_A", "start_res_A", "mask_diameter_A", "mask_edge_A",
+    "max_align_res_A", "min_align_res_A", "start_res_A", "mask_edge_A",
     "psi_step_deg", "shift_range_A", "shift_step_A", "particle_diameter_A",
     "class_prune_margin")})
+#: fields that are top-level config keys, handed to the classify steps
+TOP_LEVEL_KEYS = frozenset({"memory_gb", "particle_diameter_A"})
 
 from class2d.budget import DEFAULT_MEMORY_GB, estep_batch
 
@@ -70,7 +73,6 @@ class ClassifyParams:
     final_full_iterations: int = 1
     hard_last_iteration: bool = False
     zeropad: int = 2
-    mask_diameter_A: float = 0.0          # 0: 90 % of the box
     mask_edge_A: float = 0.0              # 0: 5 % of the box
     recenter: bool = True
     recenter_threshold: float = 0.2
@@ -83,7 +85,6 @@ class ClassifyParams:
     psi_step_deg: float = 0.0             # 0: from the particle size and resolution
     shift_range_A: float = 0.0            # 0: 10 % of the box
     shift_step_A: float = 0.0             # 0: a quarter of the alignment resolution, ≥ 1 px
-    particle_diameter_A: float = 0.0      # 0: the mask diameter
     merge_twin_classes: bool = True       # refill, then merge, classes showing one object
     local_shift_steps: int = 2            # a seen particle searches ±this many shift steps
     max_poses: int = 8                    # poses kept per particle and class when marginalising
@@ -91,6 +92,7 @@ class ClassifyParams:
     tau2_fudge: float = 2.0               # RELION's regularisation T
     batch_size: int = 0                   # particles per E-step chunk; 0: from memory_gb
     memory_gb: float = DEFAULT_MEMORY_GB  # GB a job may use: the config's top-level memory_gb
+    particle_diameter_A: float = 0.0      # Å, the config's top-level key; 0: from the box
     seed: int = 0
 
     @classmethod
@@ -99,7 +101,8 @@ class ClassifyParams:
         known = {f.name for f in dataclasses.fields(cls)} - {"seed"}
         unknown = sorted(set(section) - known - WORKFLOW_KEYS)
         if unknown:
-            raise ConfigError(f"classify.{unknown[0]}", "unknown setting (a typo? every "
+            key = f"classify.{unknown[0]}"
+            raise ConfigError(key, replaced_setting(key) or "unknown setting (a typo? every "
                               "setting is listed in config/config.yaml)")
         return cls(**{k: v for k, v in section.items() if k in known}, seed=seed)
 
@@ -108,8 +111,7 @@ class ClassifyParams:
             value = getattr(self, field.name)
             if value is None and field.type.endswith("| None"):
                 continue
-            # memory_gb is the config's top-level key, handed to the classify steps
-            key = field.name if field.name == "memory_gb" else f"classify.{field.name}"
+            key = field.name if field.name in TOP_LEVEL_KEYS else f"classify.{field.name}"
             wanted = _type_problem(field.type.split(" | ")[0], value)
             if wanted:
                 raise ConfigError(key, f"must be {wanted}, got {value!r}")
@@ -127,13 +129,11 @@ class ClassifyParams:
 
     def check_particles(self, n: int, box: int, apix: float) -> None:
         """``ConfigError`` for settings that ``n`` particles of ``box`` px at ``apix`` Å/px
-        cannot take: more classes than particles, a mask wider than the box."""
+        cannot take: more classes than particles, a particle wider than the box."""
         if self.n_classes > n:
             raise ConfigError("classify.n_classes", f"{self.n_classes} classes for {n} "
                               f"particles: at most one class per particle")
-        if self.mask_diameter_A > box * apix:
-            raise ConfigError("classify.mask_diameter_A", f"{self.mask_diameter_A:g} Å is "
-                              f"wider than the {box * apix:g} Å box")
+        discs.check_diameter(self.particle_diameter_A, box, apix)
 
     def estep_batch(self, box: int) -> int:
         """Particles per E-step chunk in a ``box``-px alignment box: ``batch_size``, or with
@@ -180,25 +180,24 @@ class ClassifyParams:
         return 1.0 if iteration <= 1 else max(0.1, (iteration) ** -0.6)
 
     def mask_radius_px(self, box: int, apix: float) -> tuple[float, float]:
-        """(radius, soft edge) of the class mask in px of the alignment box."""
-        diameter = self.mask_diameter_A / apix if self.mask_diameter_A else 0.9 * box
-        edge = self.mask_edge_A / apix if self.mask_edge_A else max(2.0, 0.05 * box)
-        return min(diameter / 2, box / 2 - edge), edge
+        """(radius, soft edge) of the class mask in px of the alignment box
+        (``discs.mask_radius_px``)."""
+        return discs.mask_radius_px(box, apix, self.particle_diameter_A, self.mask_edge_A)
 
     def class_mask(self, box: int, apix: float) -> np.ndarray:
         """(box, box) float32 soft circular mask of the class averages."""
         return circular_mask(box, *self.mask_radius_px(box, apix))
 
-    def diameter_px(self, box: int, apix: float) -> float:
-        if self.particle_diameter_A:
-            return self.particle_diameter_A / apix
+    def mask_diameter_px(self, box: int, apix: float) -> float:
+        """px: the diameter the angle step and the outlier statistics take, the class mask's
+        (RELION's ``--particle_diameter`` is its mask's)."""
         return 2 * self.mask_radius_px(box, apix)[0]
 
     def psi_step(self, res_A: float, box: int, apix: float) -> float:
         """In-plane angle step in degrees at a resolution."""
         if self.psi_step_deg:
             return self.psi_step_deg
-        radius_A = self.diameter_px(box, apix) * apix / 2
+        radius_A = self.mask_diameter_px(box, apix) * apix / 2
         step = math.degrees(res_A / radius_A)
         return 360.0 / math.ceil(360.0 / min(15.0, max(1.0, step)))
 

@@ -22,6 +22,7 @@ from class2d.em.params import ClassifyParams
 from class2d.em.passes import PassContext, accumulate, load_spectra
 from class2d.em.state import ClassState, Statistics
 from class2d.em.twins import one_object, twin_classes
+from class2d.fourier import rotate_images
 from class2d.prepare import PreparedStack
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,15 @@ MAX_SPLIT = 2000
 
 def aligned_images(stack: PreparedStack, rows: np.ndarray, psi: np.ndarray, tx: np.ndarray,
                    ty: np.ndarray) -> np.ndarray:
-    """Particles brought into their class's frame (undo shift t, then rotation ψ): (m, d, d)."""
+    """Particles brought into their class's frame (undo shift t, then rotation ψ about the
+    centre pixel, ``fourier.rotate_images``): (m, d, d)."""
     from scipy import ndimage
 
     images = stack.images(rows)
     out = np.empty_like(images)
     for i, image in enumerate(images):
         moved = ndimage.shift(image, (-ty[i], -tx[i]), order=1, mode="constant")
-        out[i] = ndimage.rotate(moved, np.degrees(psi[i]), reshape=False, order=1, mode="constant")
+        out[i] = rotate_images(moved, -np.degrees(psi[i]))
     return out
 
 

@@ -22,7 +22,8 @@ import importlib
 #: every public name → the submodule that defines it
 _WHERE = {
     "ClassSet": "classes", "particle_classes": "classes", "read_classes": "classes",
-    "write_classes": "classes", "read_cs": "cs", "write_cs": "cs", "StackHeader": "mrc",
+    "write_classes": "classes", "read_cs": "cs", "write_cs": "cs", "write_cs_fields": "cs",
+    "StackHeader": "mrc",
     "read_header": "mrc", "read_images": "mrc", "read_stack": "mrc", "write_stack": "mrc",
     "write_npz": "npz", "read_particles": "particles", "write_particle_set": "particles",
     "write_particles": "particles", "read_star": "star", "write_star": "star",

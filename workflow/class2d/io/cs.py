@@ -2,6 +2,10 @@
 
     >>> table = read_cs("J24/J24_001_particles.cs")
     >>> write_cs(table, "results/classify/particles.cs")
+    >>> write_cs_fields({"uid": uids, "blob/path": paths}, n, "classes.cs")     # any .cs
+
+``write_cs_fields`` is the one writer of ``.cs`` files (particles, class averages,
+templates, empty sets): fields packed with CryoSPARC's dtypes, through a temporary file.
 
 Field mapping (``.cs`` → table; ``write_cs`` does the inverse)
 
@@ -79,7 +83,9 @@ FIELD_DTYPES = {
         "blob/psize_A", SIGN_COLUMN, "ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast", "ctf/df1_A",
         "ctf/df2_A", "ctf/df_angle_rad", "ctf/phase_shift_rad", "ctf/bfactor", "ctf/scale",
         "location/center_x_frac", "location/center_y_frac", "alignments2D/pose",
-        "alignments2D/psize_A")},
+        "alignments2D/psize_A", "alignments2D/res_A", "alignments2D/class_ess",
+        "alignments2D/class_posterior")},
+    "alignments2D/num_particles": np.dtype("<u4"),
 }
 _SPLIT = re.compile(r"^(?P<name>.+)\[(?P<index>\d+(?:,\d+)*)\]$")
 _LOCATION_FIELDS = {"location/center_x_frac", "location/center_y_frac", "location/micrograph_shape"}
@@ -163,11 +169,22 @@ def write_cs(table: ParticleTable, path: str | os.PathLike, overwrite: bool = Tr
         fields.update(_alignment_fields(table, apix))
     for field, values in _gather_cs_columns(p).items():
         fields.setdefault(field, values)
-    array = _to_structured(fields, n, table.cs_dtype)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    write_cs_fields(fields, n, path, template=table.cs_dtype, overwrite=overwrite)
+    logger.info("wrote %d particles to %s", n, path)
+
+
+def write_cs_fields(fields: dict[str, np.ndarray], n: int, path: str | os.PathLike, *,
+                 template: np.dtype | None = None, overwrite: bool = True) -> None:
+    """Write ``n`` rows of ``fields`` (name → (n, …) values) as a ``.cs`` structured array.
+
+    Dtypes: ``template``'s (the ``.cs`` a table was read from), else CryoSPARC's
+    (``FIELD_DTYPES``), else the values' (floats as float32, text as bytes); fields in
+    ``template``'s order first.  Written through a temporary file renamed at the end.
+    """
+    array = _to_structured(dict(fields), n, template)
+    with atomic_path(os.fspath(path), overwrite=overwrite) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)
-    logger.info("wrote %d particles to %s", n, path)
 
 
 def _load(path: str) -> np.ndarray:

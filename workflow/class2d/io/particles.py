@@ -16,8 +16,7 @@ import tempfile
 import numpy as np
 
 from class2d.errors import InputError
-from class2d.io.atomic import atomic_path
-from class2d.io.cs import read_cs, write_cs
+from class2d.io.cs import read_cs, write_cs, write_cs_fields
 from class2d.io.star import read_star, write_star
 from class2d.io.table import ParticleTable
 
@@ -62,8 +61,7 @@ def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: s
             proxy = os.path.join(scratch, os.path.basename(cs))
             write_particles(template.subset([0]), proxy)
             dtype = np.load(proxy).dtype
-        with atomic_path(cs) as tmp:
-            with open(tmp, "wb") as handle:
-                np.save(handle, np.zeros(0, dtype))
+        write_cs_fields({name: np.zeros((0,) + dtype[name].shape, dtype[name].base)
+                      for name in dtype.names}, 0, cs, template=dtype)
         logger.warning("no particles for %s", star)
     return {f"{stem}.star": star, f"{stem}.cs": cs}
