@@ -47,8 +47,9 @@ def write_particles(table: ParticleTable, path: str | os.PathLike, overwrite: bo
 
 
 def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: str,
-                       template: ParticleTable) -> dict[str, str]:
-    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows.
+                       template: ParticleTable, warn_empty: bool = True) -> dict[str, str]:
+    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows
+    (and a warning, unless ``warn_empty`` is False: a set expected to be empty).
 
     ``template`` (≥ 1 row, same columns) gives an empty ``.cs`` its fields:
     ``write_cs`` cannot write 0 rows that have pick locations.  Returns {file name: path}.
@@ -65,5 +66,6 @@ def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: s
         with atomic_path(cs) as tmp:
             with open(tmp, "wb") as handle:
                 np.save(handle, np.zeros(0, dtype))
-        logger.warning("no particles for %s", star)
+        if warn_empty:
+            logger.warning("no particles for %s", star)
     return {f"{stem}.star": star, f"{stem}.cs": cs}
