@@ -347,8 +347,8 @@ def test_bad_particles_error_mode_stops_at_the_first_naming_file_and_row(demo_st
 def test_too_many_bad_particles_is_one_error_and_leaves_nothing(demo_star, tmp_path):
     star, data = demo_star
     spoilt = bad_set(star, data, tmp_path / "bad")
-    with pytest.raises(InputError, match=r"particles\.star: 4 of 120 particles are bad \(1 "
-                                         r"bad_number:rlnDefocusU, 1 constant_image, 1 "
+    with pytest.raises(InputError, match=r"particles\.star: at least 4 of 120 particles are bad "
+                                         r"\(1 bad_number:rlnDefocusU, 1 constant_image, 1 "
                                          r"index_past_stack, 1 non_finite_pixels\): more than "
                                          r"prepare.max_bad_fraction 0.03"):
         prepare_stack(spoilt, tmp_path / "out", max_res_A=8.0, max_bad_fraction=0.03)

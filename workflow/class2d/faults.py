@@ -126,13 +126,16 @@ def image_faults(images: np.ndarray, rows: np.ndarray) -> Faults:
     return Faults.of(rows[non_finite], NON_FINITE) + Faults.of(rows[constant], CONSTANT)
 
 
-def check_share(faults: Faults, n: int, max_bad_fraction: float, source: str) -> None:
+def check_share(faults: Faults, n: int, max_bad_fraction: float, source: str,
+                partial: bool = False) -> None:
     """``InputError`` naming ``source`` when no particle is left or more than
-    ``max_bad_fraction`` of the ``n`` are bad."""
+    ``max_bad_fraction`` of the ``n`` are bad.  partial: ``faults`` are those found so far
+    (one shard's): the message says "at least"."""
     if len(faults) >= n:
         raise InputError(source, f"no usable particle: all {n} are bad ({faults.summary()})")
     if len(faults) > max_bad_fraction * n:
-        raise InputError(source, f"{len(faults)} of {n} particles are bad "
+        raise InputError(source, f"{'at least ' if partial else ''}{len(faults)} of {n} "
+                                 f"particles are bad "
                                  f"({faults.summary()}): more than prepare.max_bad_fraction "
                                  f"{max_bad_fraction:g} of them")
 

@@ -255,7 +255,7 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     found = numbers.within(np.arange(a, b))
     if skip:
         found = found + faults.past_stack_faults(table, numbers.good(np.arange(a, b)))
-        faults.check_share(found, table.n, max_bad_fraction, source)
+        faults.check_share(found, table.n, max_bad_fraction, source, partial=True)
     geo = geometry(table.subset(clean), source, max_res_A, box_px, diameter_A)
     batch = prepare_batch(memory_gb, geo.box, geo.new_box)
     background = background_mask(geo.new_box, geo.radius)
@@ -288,7 +288,7 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
             progress.advance(rows.size)
         if written == 0:
             raise _empty_shard(source, shard, a, b, found)
-        faults.check_share(found, table.n, max_bad_fraction, source)
+        faults.check_share(found, table.n, max_bad_fraction, source, partial=True)
         stack.end_at(written)
     faults.write_faults(layout.shard_rejects(os.path.dirname(os.fspath(shard_path)), shard),
                         found)
