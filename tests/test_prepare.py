@@ -327,6 +327,17 @@ def test_good_particles_are_prepared_as_if_the_bad_were_never_there(demo_star, t
     assert a["rlnImageName"].tolist() == b["rlnImageName"].tolist()
     assert (skipped.box, skipped.apix, skipped.shard_rows) == (clean.box, clean.apix,
                                                                clean.shard_rows)
+    # and so are their classes: the same states, bit for bit, after online EM and a full pass
+    from class2d.classify import classify_all
+
+    config = {"n_classes": 3, "max_res_A": 12.0, "online_iterations": 2, "batch_per_class": 10}
+    for stack in (skipped, clean):
+        classify_all(stack.folder, os.path.join(stack.folder, "classify"), config, seed=1,
+                     backend="cpu")
+    with (np.load(layout.state_path(os.path.join(skipped.folder, "classify"), 3)) as a,
+          np.load(layout.state_path(os.path.join(clean.folder, "classify"), 3)) as b):
+        for key in ("references", "classes", "shifts", "sigma2"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_bad_particles_error_mode_stops_at_the_first_naming_file_and_row(demo_star, tmp_path):
