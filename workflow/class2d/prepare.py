@@ -278,14 +278,16 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
             bad = faults.image_faults(images, rows)
             if len(bad) and not skip:
                 raise _image_error(source, names, images, rows, bad)
-            keep = ~np.isin(rows, bad.rows)
-            if keep.any():
-                cropped = fourier_crop(images[keep], geo.new_box) * signs[rows[keep], None, None]
+            if len(bad):                     # a copy only where images are left out
+                keep = ~np.isin(rows, bad.rows)
+                images, rows = images[keep], rows[keep]
+            if rows.size:
+                cropped = fourier_crop(images, geo.new_box) * signs[rows, None, None]
                 del images
                 stack.write(written, normalise(cropped, background))
-                written += int(keep.sum())
+                written += rows.size
             found = found + bad
-            progress.advance(rows.size)
+            progress.advance(rows.size + len(bad))
         if written == 0:
             raise _empty_shard(source, shard, a, b, found)
         faults.check_share(found, table.n, max_bad_fraction, source, partial=True)
