@@ -25,7 +25,9 @@ Columns are read as numbers where they are used, through :func:`as_numbers` (or
 numeric column that holds one token such as ``15x00`` as text (NumPy ``object`` by
 default, pandas' ``str`` backed by pyarrow under pandas 3 or ``future.infer_string``),
 and that token then ends as one ``InputError`` naming the file, the column, the row and
-the token.
+the token.  ``ParticleTable.unusable_numbers`` finds, by the same parse, every row of the
+per-particle number columns (:data:`PARTICLE_NUMBERS`) that holds no finite number, so
+that preparation can leave those particles out (``class2d.faults``) instead.
 
 ``cs_dtype`` is the structured dtype of the CryoSPARC ``.cs`` a table was read from (or
 ``None``): ``write_cs`` uses it to give the fields it writes back their original order,
