@@ -56,6 +56,11 @@ def shard_paths():
     return [layout.stack_path(PREPARE_DIR, s) for s in range(N_SHARDS)]
 
 
+def shard_rejects():
+    """The particles each shard's preparation left out, one file per shard."""
+    return [layout.shard_rejects(PREPARE_DIR, s) for s in range(N_SHARDS)]
+
+
 def final_outputs():
     targets = [out("classify/classes.star"), out("classify/gallery.png")]
     if config["particles"] == "demo":

@@ -1,12 +1,14 @@
 # Each shard of the prepared stack is its own job (in parallel; on a cluster, one node each);
-# prepare_stack then writes the table and prepared.yaml once every shard is there.
+# prepare_stack then writes the table and prepared.yaml once every shard is there, and gathers
+# the particles each shard left out (prepare.bad_particles: skip) into rejected.star / .cs.
 
 
 rule prepare_shard:
     input:
         particles=input_particles(),
     output:
-        layout.stack_path(PREPARE_DIR, "{s}"),
+        stack=layout.stack_path(PREPARE_DIR, "{s}"),
+        rejects=layout.shard_rejects(PREPARE_DIR, "{s}"),
     wildcard_constraints:
         s=numbers(range(N_SHARDS)),
     params:
@@ -16,6 +18,8 @@ rule prepare_shard:
         invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=alignment_res_A(),
         memory_gb=config["memory_gb"],
+        bad_particles=config["prepare"]["bad_particles"],
+        max_bad_fraction=config["prepare"]["max_bad_fraction"],
     conda:
         CONDA_ENV
     log:
@@ -32,8 +36,11 @@ rule prepare_stack:
     input:
         particles=input_particles(),
         shards=shard_paths(),
+        rejects=shard_rejects(),
     output:
         star=layout.prepared_particles(PREPARE_DIR),
+        rejected_star=layout.rejected_particles(PREPARE_DIR, "star"),
+        rejected_cs=layout.rejected_particles(PREPARE_DIR, "cs"),
         meta=layout.prepared_meta(PREPARE_DIR),
         ctf=layout.prepared_ctf(PREPARE_DIR),
     params:
@@ -43,6 +50,7 @@ rule prepare_stack:
         diameter_A=config["particle_diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
         max_res_A=alignment_res_A(),
+        max_bad_fraction=config["prepare"]["max_bad_fraction"],
     conda:
         CONDA_ENV
     log:

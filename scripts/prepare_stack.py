@@ -1,5 +1,6 @@
 """Snakemake script of rule prepare_stack: thin wrapper around class2d.prepare (the shards
-are prepared by rule prepare_shard; this writes particles.star and prepared.yaml)."""
+are prepared by rule prepare_shard; this writes particles.star, rejected.star / .cs and
+prepared.yaml)."""
 from class2d.prepare import finish_prepare
 from class2d.runner import run_step
 
@@ -7,4 +8,4 @@ sm = snakemake  # noqa: F821 (injected by Snakemake)
 run_step(finish_prepare, sm.input.particles, sm.params.out_dir, sm.params.shards,
          max_res_A=sm.params.max_res_A, box_px=sm.params.box_px or None,
          diameter_A=sm.params.diameter_A or None, invert_contrast=sm.params.invert_contrast,
-         log=sm.log[0], threads=sm.threads)
+         max_bad_fraction=sm.params.max_bad_fraction, log=sm.log[0], threads=sm.threads)

@@ -239,6 +239,26 @@ def beyond_nyquist(folder: Path):
     return {"particles": str(star), "classify": {**CONFIG["classify"], "max_res_A": 8.0}}, ""
 
 
+#: per-particle faults stop the run at the first (the workflow's default skips them)
+STOP = {"prepare": {"shards": 1, "bad_particles": "error"}}
+#: rows of FEW_BAD's set that are bad, and the reason rejected.star must give each
+FEW_BAD_ROWS = {2: "constant_image", 5: "non_finite_pixels", 8: "bad_number:rlnDefocusU",
+                11: "index_past_stack"}
+
+
+def few_bad_particles() -> dict:
+    """write_set's arguments for a set with one particle of each per-particle fault."""
+    data = image_with(0.0, 2)
+    data[5, 3, 4] = np.nan
+    block = with_column("rlnDefocusU", [f"{v:g}" for v in 15000.0 + 100 * np.arange(N)])
+    block.loc[8, "rlnDefocusU"] = "15x00"
+    block.loc[11, "rlnImageName"] = f"{N + 4}@particles.mrcs"
+    return {"data": data, "particle_block": block}
+
+
+FEW_BAD = few_bad_particles()
+
+
 #: stage cases run in a copy of the small finished run; make(outdir) spoils it
 def selection_case(problem: str, text: str, target: str = "select"):
     def make(outdir: Path):
@@ -267,7 +287,7 @@ CASES = {
                                                                              "rlnDefocusV"])),
     "no voltage": star_case("no CTF parameters.*rlnVoltage",
                             optics_block=optics().drop(columns="rlnVoltage")),
-    "index beyond stack": star_case(r"stack .*particles.mrcs has 16 images",
+    "index beyond stack": star_case(r"stack .*particles.mrcs has 16 images", config=STOP,
                                     particle_block=with_column(
                                         "rlnImageName", [f"{i + 5}@particles.mrcs"
                                                          for i in range(N)])),
@@ -277,10 +297,14 @@ CASES = {
                                                                         1024 + 40000)),
     "unsupported mrc mode": star_case("unsupported MRC data mode 9", edit=set_mode(9)),
     "complex mrc mode": star_case("complex MRC data", edit=set_mode(4)),
-    "nan image": star_case("image 6@particles.mrcs holds NaN or Inf", data=image_with(np.nan)),
-    "inf image": star_case("image 6@particles.mrcs holds NaN or Inf", data=image_with(np.inf)),
-    "all-zero image": star_case("image 6@particles.mrcs is constant", data=image_with(0.0)),
-    "constant image": star_case("image 6@particles.mrcs is constant", data=image_with(3.5)),
+    "nan image": star_case("image 6@particles.mrcs holds NaN or Inf", config=STOP,
+                           data=image_with(np.nan)),
+    "inf image": star_case("image 6@particles.mrcs holds NaN or Inf", config=STOP,
+                           data=image_with(np.inf)),
+    "all-zero image": star_case("image 6@particles.mrcs is constant", config=STOP,
+                                data=image_with(0.0)),
+    "constant image": star_case("image 6@particles.mrcs is constant", config=STOP,
+                                data=image_with(3.5)),
     "mixed box sizes": Case(mixed_boxes, "big.mrcs holds 40 px images, rlnImageSize says 32"),
     "mixed pixel sizes": star_case("mixed pixel sizes", optics_block=pd.concat(
         [optics(), optics(APIX * 1.1).assign(rlnOpticsGroup=2)]),
@@ -289,10 +313,23 @@ CASES = {
     "negative pixel size": star_case("pixel size -6.0", optics_block=optics(-6.0)),
     "negative defocus": star_case("negative defocus",
                                   particle_block=with_column("rlnDefocusU", -15000.0)),
-    "nan defocus": star_case("no defocus value",
+    "nan defocus": star_case("no defocus value", config=STOP,
                              particle_block=with_column("rlnDefocusV", np.nan)),
     "garbled defocus": star_case("rlnDefocusU of particle 2 is '15x00', not a number",
+                                 config=STOP,
                                  particle_block=with_column("rlnDefocusU", garbled_defocus())),
+    # a few bad particles: skipped and listed (bad_particles: skip, the default) …
+    "a few bad particles": dataclasses.replace(star_case(
+        "left out 4 of 16 particles", "export",
+        {"prepare": {"shards": 2, "max_bad_fraction": 0.25}}, **FEW_BAD), works=True),
+    # … the first stops the run with bad_particles: error …
+    "a few bad particles, error": star_case("rlnDefocusU of particle 9 is '15x00', not a number",
+                                            config=STOP, **FEW_BAD),
+    # … and more than max_bad_fraction of them (default 0.05) stop it too
+    # (the shard that finds them says how many it found: the table's two, before any image)
+    "too many bad particles": star_case(
+        r"at least 2 of 16 particles are bad \(1 bad_number:rlnDefocusU, 1 index_past_stack\): "
+        r"more than prepare.max_bad_fraction 0.05", **FEW_BAD),
     "duplicate image names": star_case("1@particles.mrcs appears 2 times",
                                        particle_block=with_column(
                                            "rlnImageName", ["1@particles.mrcs"] + [
@@ -425,6 +462,23 @@ def test_bad_input_is_one_line_and_leaves_nothing(catalogue, name):
     assert result["after"] == result["before"], "the input files changed"
 
 
+@pytest.mark.slow
+def test_a_few_bad_particles_are_listed_with_their_reasons_and_nowhere_else(catalogue):
+    """The run that skipped them: rejected.star and .cs list exactly the bad particles, in
+    input order, each with its reason; the classified particles are the other 12."""
+    outdir = catalogue["a few bad particles"]["outdir"]
+    rejected = starfile.read(outdir / "prepare" / "rejected.star", always_dict=True)["particles"]
+    numbers = [int(name.split("@")[0]) for name in rejected["rlnImageName"]]
+    assert numbers == [3, 6, 9, N + 4]
+    assert rejected["c2dRejectReason"].tolist() == list(FEW_BAD_ROWS.values())
+    cs = np.load(outdir / "prepare" / "rejected.cs")
+    assert [r.decode() for r in cs["class2d/reject_reason"]] == list(FEW_BAD_ROWS.values())
+    classified = starfile.read(outdir / "classify" / "particles.star",
+                               always_dict=True)["particles"]
+    assert [int(name.split("@")[0]) for name in classified["rlnImageName"]] == [
+        row + 1 for row in range(N) if row not in FEW_BAD_ROWS]
+
+
 @pytest.mark.filterwarnings("ignore:The 'future.infer_string' option is deprecated")
 @pytest.mark.parametrize("strings", ["object", "pyarrow"])
 def test_a_garbled_number_is_one_line_whatever_pandas_stores_text_in(tmp_path, strings):
@@ -445,7 +499,7 @@ def test_a_garbled_number_is_one_line_whatever_pandas_stores_text_in(tmp_path, s
         assert (column.dtype == object) if strings == "object" else (
             column.dtype.storage == "pyarrow"), column.dtype
         with pytest.raises(InputError) as err:
-            prepare_stack(star, tmp_path / "prepare")
+            prepare_stack(star, tmp_path / "prepare", bad_particles="error")
     assert str(err.value) == f"{star}: rlnDefocusU of particle 2 is '15x00', not a number"
 
 

@@ -2,6 +2,8 @@
 
 import logging
 import os
+import shutil
+import subprocess
 
 import mrcfile
 import numpy as np
@@ -141,7 +143,7 @@ def test_our_cs_is_prepared_again_as_its_input_was(data_file, tmp_path, label, s
     assert meta["inverted_particles"] == (7 if sign < 0 else 0)
 
 
-def test_nan_image_is_rejected_with_its_name_and_nothing_is_left(demo_star, tmp_path):
+def test_nan_image_with_bad_particles_error_is_named_and_nothing_is_left(demo_star, tmp_path):
     star, data = demo_star
     images = data.images.copy()
     images[7, 3, 3] = np.nan
@@ -152,7 +154,8 @@ def test_nan_image_is_rejected_with_its_name_and_nothing_is_left(demo_star, tmp_
     table.base_dir = str(folder)        # the names now point at the stack with the NaN
     io.write_particles(table, folder / "particles.star")
     with pytest.raises(InputError, match=r"particles\.star: image 000008@.*NaN"):
-        prepare_stack(folder / "particles.star", tmp_path / "out", max_res_A=8.0)
+        prepare_stack(folder / "particles.star", tmp_path / "out", max_res_A=8.0,
+                      bad_particles="error")
     assert not (tmp_path / "out" / "prepared.yaml").exists()
     assert not list((tmp_path / "out").glob("*.tmp*"))
 
@@ -229,11 +232,152 @@ def test_stacks_missing_halfway_leave_no_shard(demo_star, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(InputError, match=r"second\.mrcs: file not found"):
         prepare_stack(folder / "particles.star", out, max_res_A=8.0)
-    assert os.listdir(out) == []
+    assert not out.exists() or os.listdir(out) == []
     prepare_shard(folder / "particles.star", out / "stack_000.mrcs", 0, 2, max_res_A=8.0)
     with pytest.raises(InputError, match=r"second\.mrcs: file not found"):
         prepare_shard(folder / "particles.star", out / "stack_001.mrcs", 1, 2, max_res_A=8.0)
-    assert os.listdir(out) == ["stack_000.mrcs"]
+    assert sorted(os.listdir(out)) == ["rejected_000.npz", "stack_000.mrcs"]
     with pytest.raises(InputError, match=r"stack_001\.mrcs: file not found"):
         finish_prepare(folder / "particles.star", out, 2, max_res_A=8.0)
-    assert os.listdir(out) == ["stack_000.mrcs"]
+    assert sorted(os.listdir(out)) == ["rejected_000.npz", "stack_000.mrcs"]
+
+
+# --- bad particles: left out, listed with a reason, the rest prepared as without them -------
+
+#: rows of the demo set spoilt by bad_set, and the reason each must be listed with
+BAD_ROWS = {3: "constant_image", 10: "non_finite_pixels", 20: "bad_number:rlnDefocusU",
+            30: "index_past_stack"}
+
+
+def bad_set(star, data, folder):
+    """The demo set with one particle of each per-particle fault (BAD_ROWS); its STAR path."""
+    folder.mkdir()
+    images = data.images.copy()
+    images[3] = 0.0
+    images[10, 5, 7] = np.nan
+    io.write_stack(folder / "particles.mrcs", images, 2.0)
+    table = io.read_particles(star)
+    table.base_dir = str(folder)
+    defocus = table.particles["rlnDefocusU"].map("{:.1f}".format).astype(object)
+    defocus[20] = "15x00"
+    table.particles["rlnDefocusU"] = defocus
+    table.particles.loc[30, "rlnImageName"] = "000500@particles.mrcs"
+    io.write_particles(table, folder / "particles.star")
+    return folder / "particles.star"
+
+
+def test_bad_particles_are_left_out_and_listed_with_their_reason(demo_star, tmp_path):
+    import starfile
+
+    star, data = demo_star
+    spoilt = bad_set(star, data, tmp_path / "bad")
+    stack = prepare_stack(spoilt, tmp_path / "out", max_res_A=8.0, shards=2)
+    good = np.setdiff1d(np.arange(120), list(BAD_ROWS))
+    assert stack.n == 116 and stack.shard_rows == ((0, 56), (56, 116))
+    rejected = starfile.read(tmp_path / "out" / "rejected.star", always_dict=True)["particles"]
+    table = io.read_particles(spoilt)
+    original = table.particles
+    listed = io.read_particles(tmp_path / "out" / "rejected.star").image_locations()
+    wanted = table.subset(list(BAD_ROWS)).image_locations()
+    for got, want in zip(listed, wanted):           # the same images (names relative to out/)
+        np.testing.assert_array_equal(got, want)
+    assert rejected["c2dRejectReason"].tolist() == list(BAD_ROWS.values())
+    assert np.isnan(rejected["rlnDefocusU"][2])                   # '15x00' is not a number
+    np.testing.assert_array_equal(rejected["rlnDefocusV"],
+                                  original["rlnDefocusV"][list(BAD_ROWS)])
+    cs = np.load(tmp_path / "out" / "rejected.cs")
+    assert cs.dtype.names is not None and len(cs) == 4
+    assert [r.decode() for r in cs["class2d/reject_reason"]] == list(BAD_ROWS.values())
+    prepared = io.read_particles(layout.prepared_particles(stack.folder))
+    for got, want in zip(prepared.image_locations(), table.subset(good).image_locations()):
+        np.testing.assert_array_equal(got, want)
+    meta = yaml.safe_load(open(layout.prepared_meta(stack.folder)))
+    assert (meta["n"], meta["rejected"]) == (116, 4)
+    assert not list((tmp_path / "out").glob(".*tmp*"))
+
+
+@pytest.mark.skipif(not shutil.which("relion_star_handler"), reason="RELION not installed")
+def test_relion_reads_the_rejected_list(demo_star, tmp_path):
+    star, data = demo_star
+    prepare_stack(bad_set(star, data, tmp_path / "bad"), tmp_path / "out", max_res_A=8.0)
+    done = subprocess.run(["relion_star_handler", "--i", str(tmp_path / "out" / "rejected.star"),
+                           "--o", str(tmp_path / "copy.star")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "constant_image" in (tmp_path / "copy.star").read_text()
+
+
+def test_good_particles_are_prepared_as_if_the_bad_were_never_there(demo_star, tmp_path):
+    """Preparing the spoilt set gives the same bytes, table and CTF arrays as preparing the
+    set with the bad rows removed beforehand."""
+    star, data = demo_star
+    spoilt = bad_set(star, data, tmp_path / "bad")
+    good = np.setdiff1d(np.arange(120), list(BAD_ROWS))
+    table = io.read_particles(spoilt)
+    io.write_particles(table.subset(good), tmp_path / "bad" / "good.star")
+    skipped = prepare_stack(spoilt, tmp_path / "skipped", max_res_A=8.0)
+    clean = prepare_stack(tmp_path / "bad" / "good.star", tmp_path / "clean", max_res_A=8.0)
+    np.testing.assert_array_equal(skipped.images(np.arange(116)), clean.images(np.arange(116)))
+    assert (mrcfile.read(layout.stack_path(skipped.folder, 0)).tobytes()
+            == mrcfile.read(layout.stack_path(clean.folder, 0)).tobytes())
+    for name in CTFParams._fields:
+        np.testing.assert_array_equal(getattr(skipped.ctf_params, name),
+                                      getattr(clean.ctf_params, name))
+    a, b = (io.read_particles(layout.prepared_particles(s.folder)).particles
+            for s in (skipped, clean))
+    assert a["rlnImageName"].tolist() == b["rlnImageName"].tolist()
+    assert (skipped.box, skipped.apix, skipped.shard_rows) == (clean.box, clean.apix,
+                                                               clean.shard_rows)
+    # and so are their classes: the same states, bit for bit, after online EM and a full pass
+    from class2d.classify import classify_all
+
+    config = {"n_classes": 3, "max_res_A": 12.0, "online_iterations": 2, "batch_per_class": 10}
+    for stack in (skipped, clean):
+        classify_all(stack.folder, os.path.join(stack.folder, "classify"), config, seed=1,
+                     backend="cpu")
+    with (np.load(layout.state_path(os.path.join(skipped.folder, "classify"), 3)) as a,
+          np.load(layout.state_path(os.path.join(clean.folder, "classify"), 3)) as b):
+        for key in ("references", "classes", "shifts", "sigma2"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_bad_particles_error_mode_stops_at_the_first_naming_file_and_row(demo_star, tmp_path):
+    star, data = demo_star
+    spoilt = bad_set(star, data, tmp_path / "bad")
+    with pytest.raises(InputError, match=r"particles\.star: rlnDefocusU of particle 21 is "
+                                         r"'15x00', not a number"):
+        prepare_stack(spoilt, tmp_path / "out", max_res_A=8.0, bad_particles="error")
+    table = io.read_particles(spoilt)
+    io.write_particles(table.subset(np.arange(20)), tmp_path / "bad" / "first.star")
+    with pytest.raises(InputError, match=r"first\.star: image 000004@particles\.mrcs is constant "
+                                         r"\(0 everywhere: no particle\) \(particle 4;"):
+        prepare_stack(tmp_path / "bad" / "first.star", tmp_path / "out", max_res_A=8.0,
+                      bad_particles="error")
+    assert not (tmp_path / "out" / "prepared.yaml").exists()
+
+
+def test_too_many_bad_particles_is_one_error_and_leaves_nothing(demo_star, tmp_path):
+    star, data = demo_star
+    spoilt = bad_set(star, data, tmp_path / "bad")
+    with pytest.raises(InputError, match=r"particles\.star: at least 4 of 120 particles are bad "
+                                         r"\(1 bad_number:rlnDefocusU, 1 constant_image, 1 "
+                                         r"index_past_stack, 1 non_finite_pixels\): more than "
+                                         r"prepare.max_bad_fraction 0.03"):
+        prepare_stack(spoilt, tmp_path / "out", max_res_A=8.0, max_bad_fraction=0.03)
+    assert not (tmp_path / "out" / "prepared.yaml").exists()
+    assert not list((tmp_path / "out").glob("stack_*"))
+    with pytest.raises(ConfigError, match="prepare.bad_particles"):
+        prepare_stack(spoilt, tmp_path / "out", bad_particles="ignore")
+
+
+def test_number_faults_find_every_unusable_value(demo_star):
+    from class2d.faults import number_faults
+
+    table = io.read_particles(demo_star[0])
+    defocus = table.particles["rlnDefocusV"].astype(object)
+    defocus[[2, 5, 9]] = ["abc", np.nan, "inf"]
+    table.particles["rlnDefocusV"] = defocus
+    table.particles.loc[7, "rlnDefocusAngle"] = np.nan
+    found = number_faults(table)
+    assert found.rows.tolist() == [2, 5, 7, 9]
+    assert found.reasons.tolist() == ["bad_number:rlnDefocusV"] * 2 + [
+        "bad_number:rlnDefocusAngle", "bad_number:rlnDefocusV"]

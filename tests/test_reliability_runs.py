@@ -78,7 +78,7 @@ def test_cryosparc_tools_loads_every_cs_with_cryosparc_dtypes(small_run, data_fi
 @pytest.mark.skipif(shutil.which("relion_star_handler") is None, reason="RELION is not installed")
 def test_relion_reads_every_star_and_every_mrc_validates(small_run, tmp_path):
     stars = sorted(small_run.rglob("*.star"))
-    assert len(stars) == 14     # demo 2, prepare 1, classify 2, dedup 2, select 3, rebalance 3,
+    assert len(stars) == 15     # demo 2, prepare 2, classify 2, dedup 2, select 3, rebalance 3,
     #                             templates 1
     for i, star in enumerate(stars):
         out = tmp_path / f"{i}.star"

@@ -40,6 +40,9 @@ def test_every_schema_default_is_the_config_value_and_the_params_default():
         value = config["classify"][key]
         assert value == default and isinstance(value, bool) == isinstance(default, bool), key
     assert ClassifyParams().n_classes == config["classify"]["n_classes"] == 50
+    from class2d.prepare import MAX_BAD_FRACTION   # the library's default is the config's
+    assert MAX_BAD_FRACTION == config["prepare"]["max_bad_fraction"]
+    assert config["prepare"]["bad_particles"] == "skip"
 
 
 def test_derived_settings():

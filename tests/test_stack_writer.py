@@ -47,3 +47,18 @@ def test_missing_rows_or_an_error_leave_no_file(images, tmp_path):
         with stack_writer(path, 10, 16, 2.5) as stack:
             stack.write(5, images)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["stack.mrcs"]
+
+
+def test_a_stack_ended_early_is_the_stack_of_its_first_rows(images, tmp_path):
+    """Planned for 10, ended at 7 (three images turned out unusable): the bytes of a stack
+    written with those 7 alone."""
+    write_stack(tmp_path / "seven.mrcs", images[:7], 2.5)
+    with stack_writer(tmp_path / "ended.mrcs", 10, 16, 2.5) as stack:
+        stack.write(0, images[:4])
+        stack.write(4, images[4:7])
+        stack.end_at(7)
+    assert (tmp_path / "ended.mrcs").read_bytes() == (tmp_path / "seven.mrcs").read_bytes()
+    with pytest.raises(ValueError, match="cannot end at 0"):
+        with stack_writer(tmp_path / "none.mrcs", 10, 16, 2.5) as stack:
+            stack.end_at(0)
+    assert not (tmp_path / "none.mrcs").exists()

@@ -24,6 +24,8 @@ PREPARED_META = "prepared.yaml"
 PREPARED_PARTICLES = "particles.star"
 #: the prepared particles' CTF parameters as arrays (``ctf.CTFParams``), read by every pass
 PREPARED_CTF = "ctf.npz"
+#: the particles preparation left out (``class2d.faults``), ``.star`` and ``.cs``
+REJECTED = "rejected"
 #: an iteration's model state (``em.state.ClassState``)
 STATE = "state.npz"
 #: a full pass's per-particle results (class, pose, posterior, …)
@@ -44,6 +46,17 @@ def stack_name(shard: int | str) -> str:
 
 def stack_path(prepare_dir: str, shard: int | str) -> str:
     return os.path.join(prepare_dir, stack_name(shard))
+
+
+def shard_rejects(prepare_dir: str, shard: int | str) -> str:
+    """The particles a shard's preparation left out, and why: ``rejected_NNN.npz``
+    (``faults.write_faults``), gathered into :func:`rejected_particles`."""
+    return os.path.join(prepare_dir, f"{REJECTED}_{number(shard)}.npz")
+
+
+def rejected_particles(prepare_dir: str, ext: str) -> str:
+    """``rejected.star`` or ``rejected.cs`` (ext ``"star"`` or ``"cs"``)."""
+    return os.path.join(prepare_dir, f"{REJECTED}.{ext}")
 
 
 def prepared_meta(prepare_dir: str) -> str:

@@ -32,7 +32,7 @@ import mrcfile
 import numpy as np
 import yaml
 
-from class2d import discs, io, layout
+from class2d import discs, faults, io, layout
 from class2d.budget import DEFAULT_MEMORY_GB, prepare_batch
 from class2d.ctf import CTFParams
 from class2d.errors import ConfigError, InputError
@@ -45,6 +45,10 @@ from class2d.io.stack_writer import stack_writer
 from class2d.progress import Progress
 
 logger = logging.getLogger(__name__)
+
+#: the share of bad particles (``class2d.faults``) above which preparation stops (config
+#: ``prepare.max_bad_fraction``)
+MAX_BAD_FRACTION = 0.05
 
 
 def alignment_box(box: int, apix: float, max_res_A: float | None, box_px: int | None) -> int:
@@ -230,79 +234,135 @@ def shard_count(particles: str | os.PathLike | int, shards: int = 0,
 def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, shard: int,
                   shards: int, *, max_res_A: float | None = None, box_px: int | None = None,
                   diameter_A: float | None = None, invert_contrast: bool | None = None,
-                  memory_gb: float = DEFAULT_MEMORY_GB) -> None:
-    """Prepare shard ``shard`` of ``shards`` of ``particles`` into ``shard_path``.
+                  memory_gb: float = DEFAULT_MEMORY_GB, bad_particles: str = "skip",
+                  max_bad_fraction: float = MAX_BAD_FRACTION) -> None:
+    """Prepare shard ``shard`` of ``shards`` of ``particles`` into ``shard_path``, and list
+    the particles it leaves out in ``layout.shard_rejects`` beside it.
 
     Images are read, cropped and normalised in batches sized from ``memory_gb`` and
     written through a temporary file renamed at the end: a failure (a stack missing
-    halfway, NaN pixels) leaves no shard.  The bytes depend on the shard's rows only, not
-    on the batch size or on other shards.  invert_contrast: as :func:`contrast_signs`;
-    other arguments as :func:`geometry`.
+    halfway) leaves no shard.  The bytes depend on the shard's good rows only, not on the
+    batch size, on other shards or on the bad rows left out.  bad_particles, max_bad_fraction:
+    what a bad particle does (``class2d.faults``: ``skip`` leaves it out, ``error`` stops);
+    invert_contrast: as :func:`contrast_signs`; other arguments as :func:`geometry`.
     """
     source = os.fspath(particles)
     table = io.read_particles(particles)
-    geo = geometry(table, source, max_res_A, box_px, diameter_A)
     a, b = shard_rows(table.n, shards)[shard]
+    skip = faults.check_mode(bad_particles) == "skip"
+    numbers = faults.number_faults(table) if skip else faults.Faults.none()
+    clean = numbers.good(np.arange(table.n))
+    found = numbers.within(np.arange(a, b))
+    if skip:
+        found = found + faults.past_stack_faults(table, numbers.good(np.arange(a, b)))
+        faults.check_share(found, table.n, max_bad_fraction, source, partial=True)
+    geo = geometry(table.subset(clean), source, max_res_A, box_px, diameter_A)
     batch = prepare_batch(memory_gb, geo.box, geo.new_box)
     background = background_mask(geo.new_box, geo.radius)
     names = table.particles["rlnImageName"].astype(str).to_numpy()
-    signs, contrast = contrast_signs(table, invert_contrast)
+    signs = np.ones(table.n, np.float32)
+    signs[clean], contrast = contrast_signs(table.subset(clean), invert_contrast)
     logger.info("%s", contrast)
     logger.info("shard %d of %d: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
                 "batches of %d", shard, shards, a, b - 1, geo.box, geo.new_box, geo.apix,
                 geo.new_apix, batch)
-    with (Progress(f"prepare shard {shard}", b - a, logger) as progress,
-          stack_writer(shard_path, b - a, geo.new_box, geo.new_apix) as stack):
-        for start in range(a, b, batch):
-            rows = np.arange(start, min(start + batch, b))
+    candidates = found.good(np.arange(a, b))
+    if candidates.size == 0:
+        raise _empty_shard(source, shard, a, b, found)
+    written = 0
+    with (Progress(f"prepare shard {shard}", candidates.size, logger) as progress,
+          stack_writer(shard_path, candidates.size, geo.new_box, geo.new_apix) as stack):
+        for start in range(0, candidates.size, batch):
+            rows = candidates[start:start + batch]
             images = read_images(table, rows)
-            bad = ~np.isfinite(images).all(axis=(1, 2))
-            if bad.any():
-                raise InputError(source, f"image {names[rows[bad][0]]} holds NaN or Inf values "
-                                 f"({int(bad.sum())} such image(s) in this batch)")
-            flat = images.reshape(len(rows), -1)
-            constant = flat.min(axis=1) == flat.max(axis=1)
-            if constant.any():
-                first = int(np.flatnonzero(constant)[0])
-                raise InputError(source, f"image {names[rows[first]]} is constant "
-                                 f"({flat[first, 0]:g} everywhere: no particle; "
-                                 f"{int(constant.sum())} such image(s) in this batch)")
-            cropped = fourier_crop(images, geo.new_box) * signs[rows, None, None]
-            del images
-            stack.write(start - a, normalise(cropped, background))
-            progress.advance(rows.size)
+            bad = faults.image_faults(images, rows)
+            if len(bad) and not skip:
+                raise _image_error(source, names, images, rows, bad)
+            if len(bad):                     # a copy only where images are left out
+                keep = ~np.isin(rows, bad.rows)
+                images, rows = images[keep], rows[keep]
+            if rows.size:
+                cropped = fourier_crop(images, geo.new_box) * signs[rows, None, None]
+                del images
+                stack.write(written, normalise(cropped, background))
+                written += rows.size
+            found = found + bad
+            progress.advance(rows.size + len(bad))
+        if written == 0:
+            raise _empty_shard(source, shard, a, b, found)
+        faults.check_share(found, table.n, max_bad_fraction, source, partial=True)
+        stack.end_at(written)
+    faults.write_faults(layout.shard_rejects(os.path.dirname(os.fspath(shard_path)), shard),
+                        found)
+    if len(found):
+        logger.info("shard %d: left out %d of %d particles (%s)", shard, len(found), b - a,
+                    found.summary())
+
+
+def _empty_shard(source: str, shard: int, a: int, b: int, found) -> InputError:
+    return InputError(source, f"shard {shard} (particles {a + 1}-{b}) holds no usable particle "
+                              f"({found.summary()}): prepare.max_bad_fraction allows more bad "
+                              f"particles than a shard holds")
+
+
+def _image_error(source: str, names: np.ndarray, images: np.ndarray, rows: np.ndarray,
+                 bad) -> InputError:
+    """The one line of ``bad_particles: error`` for the first bad image of a batch."""
+    row = int(bad.rows[0])
+    image = images[int(np.flatnonzero(rows == row)[0])]
+    what = ("holds NaN or Inf values" if bad.reasons[0] == faults.NON_FINITE
+            else f"is constant ({image.flat[0]:g} everywhere: no particle)")
+    return InputError(source, f"image {names[row]} {what} (particle {row + 1}; {len(bad)} "
+                              f"bad image(s) in this batch; prepare.bad_particles is error)")
 
 
 def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,
                    max_res_A: float | None = None, box_px: int | None = None,
-                   diameter_A: float | None = None,
-                   invert_contrast: bool | None = None) -> PreparedStack:
-    """Write ``particles.star`` and (last) ``prepared.yaml`` beside the prepared shards.
+                   diameter_A: float | None = None, invert_contrast: bool | None = None,
+                   max_bad_fraction: float = MAX_BAD_FRACTION) -> PreparedStack:
+    """Write ``particles.star`` (the good particles, in their input order), ``ctf.npz``,
+    ``rejected.star`` and ``rejected.cs`` (the particles the shards left out, with their
+    reasons: ``class2d.faults``) and (last) ``prepared.yaml`` beside the prepared shards.
 
-    Every shard must be in ``out_dir`` with its rows and box (``InputError`` otherwise).
+    Every shard must be in ``out_dir`` with its rows and box, and its list of rejects
+    (``InputError`` otherwise); so must be no more than ``max_bad_fraction`` of the
+    particles bad.
     """
     source = os.fspath(particles)
     table = io.read_particles(particles)
-    geo = geometry(table, source, max_res_A, box_px, diameter_A)
-    rows = shard_rows(table.n, shards)
+    ranges = shard_rows(table.n, shards)
     out_dir = os.fspath(out_dir)
-    for s, (a, b) in enumerate(rows):
-        header = read_header(layout.stack_path(out_dir, s))
+    headers = [read_header(layout.stack_path(out_dir, s)) for s in range(shards)]
+    found = sum((faults.read_faults(layout.shard_rejects(out_dir, s)) for s in range(shards)),
+                faults.Faults.none())
+    faults.check_share(found, table.n, max_bad_fraction, source)
+    good = found.good(np.arange(table.n))
+    kept = table.subset(good)
+    geo = geometry(kept, source, max_res_A, box_px, diameter_A)
+    edges = np.searchsorted(good, [a for a, _ in ranges] + [table.n])
+    rows = tuple((int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]))
+    for s, (header, (a, b)) in enumerate(zip(headers, rows)):
         if (header.n, header.nx) != (b - a, geo.new_box):
             raise InputError(header.path, f"holds {header.n} images of {header.nx} px, shard {s} "
                              f"needs {b - a} of {geo.new_box} px: prepare it again")
-    signs = contrast_signs(table, invert_contrast)[0]
-    io.write_particles(table.with_columns(**{io.SIGN_COLUMN: signs}),
+    signs = contrast_signs(kept, invert_contrast)[0]
+    io.write_particles(kept.with_columns(**{io.SIGN_COLUMN: signs}),
                        layout.prepared_particles(out_dir))
-    write_npz(layout.prepared_ctf(out_dir), table.ctf_params()._asdict())
+    write_npz(layout.prepared_ctf(out_dir), kept.ctf_params()._asdict())
+    io.write_particle_set(faults.rejected_table(table, found), out_dir, layout.REJECTED,
+                          template=faults.rejected_table(table, faults.Faults.of([0], "")),
+                          warn_empty=False)
+    if len(found):
+        logger.warning("left out %d of %d particles (%s): listed in %s", len(found), table.n,
+                       found.summary(), layout.rejected_particles(out_dir, "star"))
     meta = {"box": geo.new_box, "apix": geo.new_apix, "original_box": geo.box,
             "original_apix": geo.apix, "shard_rows": [list(r) for r in rows],
-            "source": os.path.abspath(source), "n": table.n,
+            "source": os.path.abspath(source), "n": kept.n, "rejected": len(found),
             "normalisation_diameter_A": float(2 * geo.radius * geo.new_apix),
             "inverted_particles": int((signs < 0).sum())}
     with atomic_path(layout.prepared_meta(out_dir)) as tmp, open(tmp, "w") as fh:
         yaml.safe_dump(meta, fh, sort_keys=False)
-    logger.info("prepared %d particles in %d shard(s): box %d -> %d px", table.n, shards,
+    logger.info("prepared %d particles in %d shard(s): box %d -> %d px", kept.n, shards,
                 geo.box, geo.new_box)
     return PreparedStack.open(out_dir)
 
@@ -310,12 +370,14 @@ def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, sha
 def prepare_stack(particles: str | os.PathLike, out_dir: str | os.PathLike, *,
                   max_res_A: float | None = None, box_px: int | None = None,
                   diameter_A: float | None = None, invert_contrast: bool | None = None,
-                  shards: int = 1, memory_gb: float = DEFAULT_MEMORY_GB) -> PreparedStack:
+                  shards: int = 1, memory_gb: float = DEFAULT_MEMORY_GB,
+                  bad_particles: str = "skip",
+                  max_bad_fraction: float = MAX_BAD_FRACTION) -> PreparedStack:
     """Prepare ``particles`` (a .star or .cs) into ``out_dir`` in one process: every shard
     (:func:`prepare_shard`), then :func:`finish_prepare`.  Returns the prepared stack."""
     settings = dict(max_res_A=max_res_A, box_px=box_px, diameter_A=diameter_A,
-                    invert_contrast=invert_contrast)
+                    invert_contrast=invert_contrast, max_bad_fraction=max_bad_fraction)
     for s in range(shards):
         prepare_shard(particles, layout.stack_path(os.fspath(out_dir), s),
-                      s, shards, memory_gb=memory_gb, **settings)
+                      s, shards, memory_gb=memory_gb, bad_particles=bad_particles, **settings)
     return finish_prepare(particles, out_dir, shards, **settings)

@@ -19,7 +19,7 @@ import numpy as np
 
 from class2d.em.estep import BatchData, Entries
 from class2d.em.params import ClassifyParams
-from class2d.em.passes import PassContext, accumulate, load_spectra
+from class2d.em.passes import PassContext, PassSums, load_spectra
 from class2d.em.state import ClassState, Statistics
 from class2d.em.twins import one_object, twin_classes
 from class2d.fourier import rotate_images
@@ -63,6 +63,26 @@ def split_groups(images: np.ndarray, blur_px: float) -> np.ndarray:
     _, vectors = np.linalg.eigh(smooth.astype(np.float64) @ smooth.T.astype(np.float64))
     score = vectors[:, -1]
     return score > np.median(score)
+
+
+def insert_split(stack: PreparedStack, state: ClassState, ctx: PassContext, backend,
+                 grids: np.ndarray, rows: np.ndarray, group: np.ndarray, poses: tuple,
+                 batch: int) -> Statistics:
+    """Statistics of two classes (0, 1) made by inserting ``rows`` (m,) hard at their poses
+    (psi, tx, ty: (m,) each) into class ``group`` (m,) bool, ``batch`` particles at a time
+    (``ClassifyParams.estep_batch``: the largest class of 10⁶ particles holds more than a
+    job's memory), summed in one ``PassSums``: what one batch of them all would give, to
+    float rounding."""
+    psi, tx, ty = poses
+    sums = PassSums(backend, grids.shape[0], grids.shape[-1], ctx.n_shells)
+    for chunk in np.array_split(np.arange(rows.size), max(1, -(-rows.size // batch))):
+        part = rows[chunk]
+        data = BatchData.build(load_spectra(stack, part, ctx.window), ctx.ctf_params.take(part),
+                               state.alpha[part], ctx.recon, state.sigma2, stack.apix)
+        entries = Entries.build(np.arange(part.size), group[chunk].astype(np.int64), psi[chunk],
+                                tx[chunk], ty[chunk], np.ones(part.size), 2)
+        sums.add(data, entries, grids, state.pad, (part % 2).astype(np.int64))
+    return sums.collect()
 
 
 def splittable(out: dict, k_count: int) -> np.ndarray:
@@ -144,12 +164,8 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
                                                     tx[sample], ty[sample]), blur)
         if min(group.sum(), sample.size - group.sum()) < MIN_SPLIT:
             continue
-        data = BatchData.build(load_spectra(stack, rows, ctx.window), ctx.ctf_params.take(rows),
-                               state.alpha[rows], ctx.recon, state.sigma2, stack.apix)
-        entries = Entries.build(np.arange(rows.size), group.astype(np.int64), psi, tx, ty,
-                                np.ones(rows.size), 2)
-        part = accumulate(backend, data, entries, grids, state.pad, ctx.n_shells,
-                          (rows % 2).astype(np.int64))
+        part = insert_split(stack, state, ctx, backend, grids, rows, group, (psi, tx, ty),
+                            params.estep_batch(stack.box))
         if distinct_only and one_object(part, state, params, state.tau2[[j, j]]):
             logger.info("the largest class (%d) shows one object: class(es) %s not refilled",
                         j + 1, ", ".join(str(c + 1) for c in small[i:]))

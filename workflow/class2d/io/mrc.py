@@ -176,6 +176,31 @@ def stack_box_sizes(image_paths: np.ndarray, base_dir: str, source: str) -> np.n
     return sizes[inverse]
 
 
+def images_past_end(table: ParticleTable, rows: np.ndarray) -> np.ndarray:
+    """(m,) bool: which of the table's ``rows`` (m,) name an image past the end of its stack.
+
+    Only the headers of the stacks are read; ``InputError`` for a stack that is missing or
+    not a usable MRC file (a fault of the whole input, not of one particle).
+    """
+    paths, indices = table.subset(np.asarray(rows, np.int64)).image_locations()
+    if not len(paths):
+        return np.zeros(0, bool)
+    distinct, codes = np.unique(paths.astype(str), return_inverse=True)
+    lengths = np.empty(len(distinct), np.int64)
+    for k, path in enumerate(distinct):
+        try:
+            lengths[k] = read_header(path).n
+        except InputError as err:
+            raise _named_in(err, table) from err
+    return indices >= lengths[codes.ravel()]
+
+
+def _named_in(err: InputError, table: ParticleTable) -> InputError:
+    """``err`` about an image stack, saying which particle file named the stack."""
+    return InputError(err.path, f"{err.problem} (image stack named in "
+                                f"{table.source or 'particle table'})")
+
+
 def read_images(table: ParticleTable, rows: np.ndarray | None = None,
                 dtype=np.float32) -> np.ndarray:
     """Gather the images of a particle table: (m, D, D) of ``dtype``.
@@ -201,7 +226,7 @@ def read_images(table: ParticleTable, rows: np.ndarray | None = None,
         try:
             stack = read_stack(stack_path)
         except InputError as err:
-            raise InputError(err.path, f"{err.problem} (image stack named in {source})") from err
+            raise _named_in(err, table) from err
         n, box = stack.shape[0], stack.shape[-1]
         wanted = indices[sel]
         if wanted.max() >= n:

@@ -46,8 +46,9 @@ def write_particles(table: ParticleTable, path: str | os.PathLike, overwrite: bo
 
 
 def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: str,
-                       template: ParticleTable) -> dict[str, str]:
-    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows.
+                       template: ParticleTable, warn_empty: bool = True) -> dict[str, str]:
+    """Write ``{stem}.star`` and ``{stem}.cs``; an empty table gives files with no rows
+    (and a warning, unless ``warn_empty`` is False: a set expected to be empty).
 
     ``template`` (≥ 1 row, same columns) gives an empty ``.cs`` its fields:
     ``write_cs`` cannot write 0 rows that have pick locations.  Returns {file name: path}.
@@ -62,6 +63,7 @@ def write_particle_set(table: ParticleTable, out_dir: str | os.PathLike, stem: s
             write_particles(template.subset([0]), proxy)
             dtype = np.load(proxy).dtype
         write_cs_fields({name: np.zeros((0,) + dtype[name].shape, dtype[name].base)
-                      for name in dtype.names}, 0, cs, template=dtype)
-        logger.warning("no particles for %s", star)
+                         for name in dtype.names}, 0, cs, template=dtype)
+        if warn_empty:
+            logger.warning("no particles for %s", star)
     return {f"{stem}.star": star, f"{stem}.cs": cs}

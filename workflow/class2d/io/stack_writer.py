@@ -3,6 +3,7 @@
     >>> with stack_writer("stack_000.mrcs", n=100_000, box=96, apix=2.67) as stack:
     ...     for start in range(0, 100_000, 4096):
     ...         stack.write(start, images_of(start))      # (m, 96, 96), any order
+    ...     stack.end_at(99_990)                          # fewer images than planned
     # renamed into place only when every image was written and the block succeeded
 
 The file is preallocated (sparse) under a temporary name beside the target and filled
@@ -57,6 +58,16 @@ class StackPieces:
         for row, image in zip(rows, images):
             self._handle.seek(self._offset(row))
             self._handle.write(image.data)
+
+    def end_at(self, n: int) -> None:
+        """Shorten the stack to its first ``n`` rows (1 ≤ n ≤ its size), as when some of the
+        images it was made for turned out unusable; the rows after them are dropped."""
+        if not 1 <= n <= self.n:
+            raise ValueError(f"a stack of {self.n} images cannot end at {n}")
+        self.n = n
+        for name in ("_written", "_min", "_max", "_sum", "_sumsq"):
+            setattr(self, name, getattr(self, name)[:n])
+        self._handle.truncate(self._offset(n))
 
     def _checked(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.float32)

@@ -25,7 +25,9 @@ Columns are read as numbers where they are used, through :func:`as_numbers` (or
 numeric column that holds one token such as ``15x00`` as text (NumPy ``object`` by
 default, pandas' ``str`` backed by pyarrow under pandas 3 or ``future.infer_string``),
 and that token then ends as one ``InputError`` naming the file, the column, the row and
-the token.
+the token.  ``ParticleTable.unusable_numbers`` finds, by the same parse, every row of the
+per-particle number columns (:data:`PARTICLE_NUMBERS`) that holds no finite number, so
+that preparation can leave those particles out (``class2d.faults``) instead.
 
 ``cs_dtype`` is the structured dtype of the CryoSPARC ``.cs`` a table was read from (or
 ``None``): ``write_cs`` uses it to give the fields it writes back their original order,
@@ -56,6 +58,19 @@ OPTICS_COLUMNS = (
     "rlnImagePixelSize",
     "rlnImageSize",
 )
+#: per-particle columns read as numbers, each value a finite number where the column is there
+#: (``ParticleTable.unusable_numbers`` finds the rows that break this)
+PARTICLE_NUMBERS = (
+    "rlnDefocusU",
+    "rlnDefocusV",
+    "rlnDefocusAngle",
+    "rlnPhaseShift",
+    "rlnCtfBfactor",
+    "rlnCtfScalefactor",
+    SIGN_COLUMN,
+    "rlnCoordinateX",
+    "rlnCoordinateY",
+)
 
 
 @dataclasses.dataclass
@@ -82,6 +97,13 @@ class ParticleTable:
     def numbers(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """(n,) ``dtype``: the particle column ``name`` as numbers (:func:`as_numbers`)."""
         return as_numbers(self.particles[name], self.source, dtype)
+
+    def unusable_numbers(self) -> dict[str, np.ndarray]:
+        """{column: (n,) bool} for each of :data:`PARTICLE_NUMBERS` the table has: the rows
+        whose value is not a finite number (empty, NaN, ±Inf or text such as ``15x00``)."""
+        return {name: ~np.isfinite(_parse(self.particles[name])[0].to_numpy(np.float64,
+                                                                            na_value=np.nan))
+                for name in PARTICLE_NUMBERS if name in self.particles.columns}
 
     def optics_column(self, name: str, dtype: type = np.float64) -> np.ndarray:
         """Per-particle value of an optics-group column: (n,) ``dtype``.
@@ -199,9 +221,8 @@ def as_numbers(column: pd.Series, source: str | None, dtype: type = np.float64,
     ``<source>: rlnDefocusU of particle 2 is '15x00', not a number``.
     row, labels: what a row is and its name in that message (default: particle 1, 2, …).
     """
-    parsed = pd.to_numeric(column, errors="coerce")
+    parsed, text = _parse(column)
     empty = parsed.isna().to_numpy()
-    text = empty & column.notna().to_numpy()
     bad = empty if np.dtype(dtype).kind in "iu" else text
     if bad.any():
         k = int(np.argmax(bad))
@@ -211,6 +232,14 @@ def as_numbers(column: pd.Series, source: str | None, dtype: type = np.float64,
     if np.dtype(dtype).kind == "f":
         return parsed.to_numpy(dtype, na_value=np.nan)
     return parsed.to_numpy(dtype)
+
+
+def _parse(column: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """(the column as numbers, missing where empty or not a number; (n,) bool: the values
+    that are text but not a number): the one parse behind :func:`as_numbers` and
+    ``ParticleTable.unusable_numbers``."""
+    parsed = pd.to_numeric(column, errors="coerce")
+    return parsed, parsed.isna().to_numpy() & column.notna().to_numpy()
 
 
 def build_optics(per_particle: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
