@@ -25,14 +25,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from class2d.errors import ConfigError, InputError
 from class2d.io.mrc import images_past_end
 from class2d.io.npz import write_npz
-from class2d.io.table import ParticleTable
+
+if TYPE_CHECKING:      # (pandas, which io.table needs, stays out of classification jobs)
+    from class2d.io.table import ParticleTable
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +158,10 @@ def read_faults(path: str | os.PathLike) -> Faults:
 def rejected_table(table: ParticleTable, faults: Faults) -> ParticleTable:
     """The faulty rows of ``table`` with their reason (:data:`REASON_COLUMN` and
     :data:`REASON_FIELD`); a per-particle number that is not one becomes NaN."""
+    import pandas
+
     part = table.subset(faults.rows)
     for name, bad in part.unusable_numbers().items():
         if bad.any():
-            part.particles[name] = pd.to_numeric(part.particles[name], errors="coerce")
+            part.particles[name] = pandas.to_numeric(part.particles[name], errors="coerce")
     return part.with_columns(**{REASON_COLUMN: faults.reasons, REASON_FIELD: faults.reasons})
