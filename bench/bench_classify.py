@@ -6,12 +6,12 @@
 Prints the work done (particles, classes, poses searched, FLOPs), the seconds of
 prepare and classify, a time budget (the seconds, share of the run and calls of each part
 that the library times, ``class2d.timing``: prepare, each online iteration's E-step,
-M-step, twins and refill, the full pass, bias, outlier features, export), the achieved E-step GFLOP/s and its ratio to the float32 matmul
-peak measured on this machine in the same run (the better of one measurement before and
-one after the classification, so that a slow moment of a shared machine does not flatter
-the ratio); with --relion (and RELION installed) also runs relion_refine's 2D
-classification on the same data and prints the time ratio and both adjusted Rand indices
-against the ground truth.
+M-step, twins and refill, the full pass, bias, outlier features, export), the achieved
+E-step GFLOP/s and its ratio to the float32 matmul peak measured on this machine in the
+same run (the better of one measurement before and one after the classification, so that
+a slow moment of a shared machine does not flatter the ratio); with --relion (and RELION
+installed) also runs relion_refine's 2D classification on the same data and prints the
+time ratio and both adjusted Rand indices against the ground truth.
 
 With --workflow it times the same data and settings two ways, in alternating order, each
 in a fresh process: in-process (``prepare_stack`` then ``classify_all``) and through the
@@ -182,11 +182,13 @@ def print_budget(budget: timing.Budget, wall: float,
                  other: dict[str, float] | None = None) -> None:
     """One table: each timed part (a part's own seconds, those of the parts nested in it
     apart), then ``other`` (rows measured outside the library), then the run's time that no
-    row holds; seconds, share of ``wall`` and calls.  Below it, the names timed under
+    row holds (where there is any); seconds, share of ``wall`` and calls.  Below it, the names timed under
     several parts, summed wherever they ran."""
     rows = [(path, part.seconds, str(part.calls)) for path, part in sorted(budget.parts.items())]
     rows += [(name, seconds, "") for name, seconds in (other or {}).items()]
-    rows.append(("(not timed)", wall - sum(seconds for _, seconds, _ in rows), ""))
+    untimed = wall - sum(seconds for _, seconds, _ in rows)
+    if abs(untimed) >= 0.005:
+        rows.append(("(not timed)", untimed, ""))
     width = max(len(name) for name, _, _ in rows)
     print(f"time budget, {wall:.1f} s in all (a part's own seconds, without its nested parts):")
     print(f"  {'part':<{width}} {'seconds':>8} {'share':>6} {'calls':>6}")
