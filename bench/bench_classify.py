@@ -182,8 +182,8 @@ def print_budget(budget: timing.Budget, wall: float,
                  other: dict[str, float] | None = None) -> None:
     """One table: each timed part (a part's own seconds, those of the parts nested in it
     apart), then ``other`` (rows measured outside the library), then the run's time that no
-    row holds (where there is any); seconds, share of ``wall`` and calls.  Below it, the names timed under
-    several parts, summed wherever they ran."""
+    row holds (where there is any); seconds, share of ``wall`` and calls.  Below it, the
+    names timed under several parts, summed wherever they ran."""
     rows = [(path, part.seconds, str(part.calls)) for path, part in sorted(budget.parts.items())]
     rows += [(name, seconds, "") for name, seconds in (other or {}).items()]
     untimed = wall - sum(seconds for _, seconds, _ in rows)
