@@ -95,7 +95,7 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
                      backend) -> ClassState:
     """One online-EM iteration on a random mini-batch; returns the next state."""
     with timing.record() as spent, timer("online iteration"):
-        new, out = _online_iteration(stack, state, params, backend)
+        new = _online_iteration(stack, state, params, backend)
     logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
                 "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
                 "iteration %(seconds).2f s", _timed(new.history[-1], spent))
@@ -103,7 +103,7 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
 
 
 def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
-                      backend) -> tuple[ClassState, dict]:
+                      backend) -> ClassState:
     n = state.iteration + 1
     rng = np.random.default_rng([params.seed, n])
     size = min(stack.n, params.batch_per_class * params.n_classes)
@@ -136,7 +136,7 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
                       tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
-                      pad=state.pad, history=state.history + [row]), out
+                      pad=state.pad, history=state.history + [row])
 
 
 def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
