@@ -4,19 +4,23 @@
     python bench/bench_classify.py --workflow [--repeats 3] [--iterations-per-job 20]
 
 Prints the work done (particles, classes, poses searched, FLOPs), the seconds of
-prepare and classify, the achieved E-step GFLOP/s and its ratio to the float32 matmul
-peak measured on this machine in the same run (the better of one measurement before and
-one after the classification, so that a slow moment of a shared machine does not flatter
-the ratio); with --relion (and RELION installed) also runs relion_refine's 2D
-classification on the same data and prints the time ratio and both adjusted Rand indices
-against the ground truth.
+prepare and classify, a time budget (the seconds, share of the run and calls of each part
+that the library times, ``class2d.timing``: prepare, each online iteration's E-step,
+M-step, twins and refill, the full pass, bias, outlier features, export), the achieved
+E-step GFLOP/s and its ratio to the float32 matmul peak measured on this machine in the
+same run (the better of one measurement before and one after the classification, so that
+a slow moment of a shared machine does not flatter the ratio); with --relion (and RELION
+installed) also runs relion_refine's 2D classification on the same data and prints the
+time ratio and both adjusted Rand indices against the ground truth.
 
 With --workflow it times the same data and settings two ways, in alternating order, each
 in a fresh process: in-process (``prepare_stack`` then ``classify_all``) and through the
 Snakemake workflow (prepare and classify, the later stages off); it prints both wall
 times (interpreter start and imports included in both), their ratio, where the workflow's
 time went (its jobs' wall time per rule from Snakemake's job records, and the time
-outside jobs), the load average, and whether both gave the same class averages.
+outside jobs), the load average, whether both gave the same class averages, and the last
+workflow run's time budget: the parts its jobs logged, what their steps did not time, the
+jobs' own start and end, and Snakemake's time outside jobs.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import class2d  # noqa: F401  before NumPy: sets the thread-wait policy OpenBLAS
 import numpy as np
 import yaml
 
-from class2d import discs, io
+from class2d import discs, io, timing
 from class2d.classify import classify_all
 from class2d.em.state import ClassState
 from class2d.metrics import adjusted_rand
@@ -147,15 +151,55 @@ def job_times(outdir: str) -> dict[str, list[float]]:
     return by_rule
 
 
-def step_seconds(outdir: str) -> float:
-    """Seconds spent inside the library call of every job of the workflow run in ``outdir``
-    (each job log's closing line ``<step>: done in <s> s``, written by class2d.runner)."""
-    total = 0.0
+def job_logs(outdir: str) -> list[str]:
+    """The text of every job log of the workflow run in ``outdir``."""
+    texts = []
     for folder, _, files in os.walk(os.path.join(outdir, "logs")):
         for name in files:
             with open(os.path.join(folder, name)) as fh:
-                total += sum(float(m) for m in re.findall(r": done in ([0-9.]+) s", fh.read()))
-    return total
+                texts.append(fh.read())
+    return texts
+
+
+def step_seconds(outdir: str) -> float:
+    """Seconds spent inside the library call of every job of the workflow run in ``outdir``
+    (each job log's closing line ``<step>: done in <s> s``, written by class2d.runner)."""
+    return sum(float(m) for text in job_logs(outdir)
+               for m in re.findall(r": done in ([0-9.]+) s", text))
+
+
+def logged_budget(outdir: str) -> timing.Budget:
+    """The time budgets of every job of the workflow run in ``outdir``, summed (each job
+    log's line ``time budget: {...}``, written by class2d.runner)."""
+    budget = timing.Budget()
+    for text in job_logs(outdir):
+        for line in re.findall(re.escape(timing.LOG_PREFIX) + r"(\{.*\})", text):
+            budget.merge(timing.Budget.from_json(line))
+    return budget
+
+
+def print_budget(budget: timing.Budget, wall: float,
+                 other: dict[str, float] | None = None) -> None:
+    """One table: each timed part (a part's own seconds, those of the parts nested in it
+    apart), then ``other`` (rows measured outside the library), then the run's time that no
+    row holds (where there is any); seconds, share of ``wall`` and calls.  Below it, the
+    names timed under several parts, summed wherever they ran."""
+    rows = [(path, part.seconds, str(part.calls)) for path, part in sorted(budget.parts.items())]
+    rows += [(name, seconds, "") for name, seconds in (other or {}).items()]
+    untimed = wall - sum(seconds for _, seconds, _ in rows)
+    if abs(untimed) >= 0.005:
+        rows.append(("(not timed)", untimed, ""))
+    width = max(len(name) for name, _, _ in rows)
+    print(f"time budget, {wall:.1f} s in all (a part's own seconds, without its nested parts):")
+    print(f"  {'part':<{width}} {'seconds':>8} {'share':>6} {'calls':>6}")
+    for name, seconds, calls in rows:
+        print(f"  {name:<{width}} {seconds:8.2f} {seconds / wall:6.1%} {calls:>6}")
+    names = collections.Counter(path.rsplit(timing.SEPARATOR, 1)[-1] for path in budget.parts)
+    shared = [name for name, count in sorted(names.items()) if count > 1]
+    if shared:
+        print("  wherever nested: " + ", ".join(
+            f"{name} {budget.seconds(name):.2f} s ({budget.seconds(name) / wall:.1%})"
+            for name in shared))
 
 
 def compare_workflow(star: str, work: str, config: dict, repeats: int,
@@ -210,6 +254,12 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
           "(Snakemake's start, DAG, scheduling)")
     for rule, seconds in sorted(jobs.items(), key=lambda item: -sum(item[1])):
         print(f"  {rule}: {len(seconds)} job(s), {sum(seconds):.1f} s")
+    last = os.path.join(work, f"workflow_{repeats - 1}")
+    budget = logged_budget(last)
+    print_budget(budget, times["workflow"][-1], {
+        "steps, not timed": steps[-1] - budget.total,
+        "jobs outside their step (interpreter, imports, exit)": in_jobs - steps[-1],
+        "Snakemake outside jobs (start, DAG, scheduling)": times["workflow"][-1] - in_jobs})
     med = {kind: statistics.median(v) for kind, v in times.items()}
     for kind, values in times.items():
         print(f"{kind}: median {med[kind]:.1f} s, range {min(values):.1f}-{max(values):.1f} s "
@@ -256,15 +306,16 @@ def main() -> None:
             return
         peak_before = matmul_peak()
         tic = time.perf_counter()
-        prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"],
-                      diameter_A=CLASSIFY["particle_diameter_A"])
-        t_prepare = time.perf_counter() - tic
-        tic = time.perf_counter()
-        config = {**CLASSIFY, "class_prune_margin": 0.0} if args.exhaustive else CLASSIFY
-        with TimedSteps() as timed:
-            classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"), config,
-                         backend="cpu")
-        t_classify = time.perf_counter() - tic
+        with timing.record() as budget:
+            prepare_stack(star, os.path.join(work, "prepare"), max_res_A=CLASSIFY["max_res_A"],
+                          diameter_A=CLASSIFY["particle_diameter_A"])
+            t_prepare = time.perf_counter() - tic
+            tic = time.perf_counter()
+            config = {**CLASSIFY, "class_prune_margin": 0.0} if args.exhaustive else CLASSIFY
+            with TimedSteps() as timed:
+                classify_all(os.path.join(work, "prepare"), os.path.join(work, "classify"),
+                             config, backend="cpu")
+            t_classify = time.perf_counter() - tic
         last = sorted(d for d in os.listdir(os.path.join(work, "classify")) if d.startswith("iter_"))[-1]
         history = ClassState.load(os.path.join(work, "classify", last, "state.npz")).history
         flops = sum(row["gflops"] for row in history) * 1e9
@@ -291,6 +342,8 @@ def main() -> None:
         print(f"prepare {t_prepare:.1f} s + classify {t_classify:.1f} s = "
               f"{t_prepare + t_classify:.1f} s end to end")
         print(f"adjusted Rand index (good particles vs truth): {ari:.3f}")
+        print_budget(budget, t_prepare + t_classify)
+        print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
         if args.relion and shutil.which("relion_refine"):
             seconds, relion_labels = run_relion(star, work, CLASSIFY["n_classes"], cores)
             relion_ari = adjusted_rand(data.truth["true_class"].to_numpy()[good],

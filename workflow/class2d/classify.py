@@ -40,6 +40,7 @@ from class2d.io.atomic import atomic_path
 from class2d.io.npz import write_npz
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ class Classification:
 
     @functools.cached_property
     def kernels(self):
-        return get_backend(self.backend)
+        with timer("kernels"):
+            return get_backend(self.backend)
 
     def init(self, state_path: str, iterations: int = 0) -> None:
         """The initial classes (iteration 0) and then, in the same job, ``iterations``
@@ -127,12 +129,13 @@ class Classification:
 
     def export(self, state_path: str, assignments_path: str, out_dir: str) -> None:
         """Classes and particles of the last full pass into ``out_dir`` (``em.export``)."""
-        # em.export brings pandas and matplotlib: imported by the export job only
-        from class2d.em.export import write_outputs
+        with timer("export"):
+            # em.export brings pandas and matplotlib: imported by the export job only
+            from class2d.em.export import write_outputs
 
-        with np.load(assignments_path) as data:
-            out = {key: data[key] for key in data.files}
-        write_outputs(self.stack, ClassState.load(state_path), out, self.params, out_dir)
+            with np.load(assignments_path) as data:
+                out = {key: data[key] for key in data.files}
+            write_outputs(self.stack, ClassState.load(state_path), out, self.params, out_dir)
 
 
 def _load_each(paths: list[str]) -> Iterator[dict]:

@@ -43,6 +43,7 @@ from class2d.io.mrc import read_header, read_images
 from class2d.io.npz import write_npz
 from class2d.io.stack_writer import stack_writer
 from class2d.progress import Progress
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ def shard_count(particles: str | os.PathLike | int, shards: int = 0,
     return count
 
 
+@timer("prepare")
 def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, shard: int,
                   shards: int, *, max_res_A: float | None = None, box_px: int | None = None,
                   diameter_A: float | None = None, invert_contrast: bool | None = None,
@@ -316,6 +318,7 @@ def _image_error(source: str, names: np.ndarray, images: np.ndarray, rows: np.nd
                               f"bad image(s) in this batch; prepare.bad_particles is error)")
 
 
+@timer("prepare")
 def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,
                    max_res_A: float | None = None, box_px: int | None = None,
                    diameter_A: float | None = None, invert_contrast: bool | None = None,

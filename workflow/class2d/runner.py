@@ -3,7 +3,9 @@
     >>> run_step(prepare_stack, "particles.star", "out", log="logs/prepare.log")
 
 The last line of every step's log gives its time and peak memory, e.g.
-``prepare_stack: done in 81.2 s, peak memory 1.21 GB`` (or ``failed after …``).
+``prepare_stack: done in 81.2 s, peak memory 1.21 GB`` (or ``failed after …``); the line
+before it, where the step times its parts (``class2d.timing``), their seconds and calls:
+``time budget: {"online iteration/E-step": [2.31, 1], …}``.
 
 Used by the thin scripts in ``scripts/``; knows nothing of Snakemake.
 """
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from class2d import timing
 from class2d.errors import ConfigError, InputError
 from class2d.progress import peak_memory_gb
 
@@ -58,8 +61,10 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
     logger = logging.getLogger(func.__module__)
     started = time.perf_counter()
     outcome = "failed after"
+    budget = timing.Budget()
     try:
-        with limit_threads(threads) if threads else contextlib.nullcontext():
+        with limit_threads(threads) if threads else contextlib.nullcontext(), \
+                timing.record() as budget:
             result = func(*args, **kwargs)
         outcome = "done in"
         return result
@@ -71,6 +76,8 @@ def run_step(func: Callable[..., Any], *args: Any, log: str | None = None,
         print(f"error: {message}", file=sys.stderr)
         sys.exit(1)
     finally:
+        if budget.parts:
+            logger.info("%s%s", timing.LOG_PREFIX, budget.to_json())
         logger.info("%s: %s %.1f s, peak memory %.2f GB", func.__name__, outcome,
                     time.perf_counter() - started, peak_memory_gb())
         # The step is the whole job: spare the interpreter's garbage collection at exit,

@@ -37,6 +37,7 @@ from class2d.em.passes import PassSums, accumulate, class_log_prior, make_contex
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import shell_index
 from class2d.prepare import PreparedStack
+from class2d.timing import timer
 
 #: noise images scored against each class alone …
 BIAS_IMAGES = 200
@@ -49,6 +50,7 @@ MIN_TOGETHER = 20
 BIAS_STREAM = 104729
 
 
+@timer("bias")
 def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyParams,
                    backend) -> np.ndarray:
     """(K, S) power per shell that noise aligned like the particles of the last full pass

@@ -27,6 +27,7 @@ from class2d.fourier import pixel_grid, rotate_images
 from class2d.kernels import get_backend
 from class2d.prepare import PreparedStack
 from class2d.report import convergence_plot, convergence_table, gallery
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     """Write classes.{mrcs,star,cs}, particles.{star,cs}, gallery.png, convergence.{tsv,png}.
 
     The particles carry, besides their class and pose, the per-particle outlier statistics
-    of ``em.outliers`` (``rlnParticleSelectZScore``, ``.cs`` ``class2d/select_zscore``)."""
+    of ``em.outliers`` (``rlnParticleSelectZScore``, ``.cs`` ``class2d/select_zscore``).
+    Timed (``class2d.timing``) as ``writing files`` and ``pictures`` besides the parts of the
+    functions called (``bias``, ``outlier scores``)."""
     out_dir = os.fspath(out_dir)
     k_count = state.n_classes
     best = out["best_class"].astype(np.int64)
@@ -91,7 +94,6 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
     bias = alignment_bias(stack, state, params, get_backend("cpu"))
     resolution = class_resolution(state, params, bias)[order]
     stats = _class_stats(best, out, k_count)
-    io.write_stack(os.path.join(out_dir, "classes.mrcs"), images, state.apix)
     classes = pd.DataFrame({
         "rlnReferenceImage": [f"{k + 1}@classes.mrcs" for k in range(k_count)],
         "rlnClassNumber": np.arange(1, k_count + 1),
@@ -102,8 +104,11 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
         "c2dMeanPosterior": stats["posterior"][order],
         "c2dEffectiveClasses": stats["eca"][order],
     })
-    io.write_star_blocks({"classes": classes}, os.path.join(out_dir, "classes.star"))
-    _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1], state.apix)
+    with timer("writing files"):
+        io.write_stack(os.path.join(out_dir, "classes.mrcs"), images, state.apix)
+        io.write_star_blocks({"classes": classes}, os.path.join(out_dir, "classes.star"))
+        _write_classes_cs(os.path.join(out_dir, "classes.cs"), classes, images.shape[-1],
+                          state.apix)
     outliers = outlier_scores(out, best)
     psi, ox, oy = relion_pose(psi_internal, out["tx"], out["ty"], state.apix)
     table = stack.table().with_columns(
@@ -117,14 +122,16 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
            "alignments2D/alpha": state.alpha.astype(np.float32),
            "alignments2D/error": (-out["loglik"]).astype(np.float32),
            "alignments2D/psize_A": np.full(best.size, state.apix, np.float32)}, **outliers)
-    io.write_particles(table, os.path.join(out_dir, "particles.star"))
-    io.write_particles(table, os.path.join(out_dir, "particles.cs"))
+    with timer("writing files"):
+        io.write_particles(table, os.path.join(out_dir, "particles.star"))
+        io.write_particles(table, os.path.join(out_dir, "particles.cs"))
+        convergence_table(state.history, os.path.join(out_dir, "convergence.tsv"))
     labels = [f"{k + 1}: {c} ptcls\n{r:.1f} Å" if c else f"{k + 1}: empty"
               for k, (c, r) in enumerate(zip(counts[order], resolution))]
-    gallery(images, labels, os.path.join(out_dir, "gallery.png"),
-            title=f"{k_count} classes, {best.size} particles, sorted by size")
-    convergence_table(state.history, os.path.join(out_dir, "convergence.tsv"))
-    convergence_plot(state.history, os.path.join(out_dir, "convergence.png"))
+    with timer("pictures"):
+        gallery(images, labels, os.path.join(out_dir, "gallery.png"),
+                title=f"{k_count} classes, {best.size} particles, sorted by size")
+        convergence_plot(state.history, os.path.join(out_dir, "convergence.png"))
     logger.info("classes: %s particles per class", counts[order].tolist())
 
 

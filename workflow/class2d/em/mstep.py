@@ -25,6 +25,7 @@ from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import (centered_rfft2, centre_of_mass_shifts, circular_mask,
                              pixel_grid, pixel_radius, shell_index, shift_images)
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def postprocess(references: np.ndarray, *, mask_radius: float, mask_edge: float,
     return (refs * mask).astype(np.float32), shifts
 
 
+@timer("M-step")
 def finish(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
            params: ClassifyParams, box: int, apix: float, pad: int,
            recenter: bool) -> tuple[np.ndarray, Statistics, np.ndarray, np.ndarray]:

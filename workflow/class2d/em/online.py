@@ -13,11 +13,11 @@ is in ``passes.py``, the class refill in ``refill.py``, the M-step in ``mstep.py
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable, Mapping
 
 import numpy as np
 
+from class2d import timing
 from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries
 from class2d.em.grids import FrequencySet
@@ -28,6 +28,7 @@ from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes, splitta
 from class2d.em.state import ClassState, Statistics
 from class2d.em.twins import merge_twins
 from class2d.prepare import PreparedStack
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def initial_sigma2(stack: PreparedStack, rng: np.random.Generator, n_shells: int
     return np.maximum(sums / np.maximum(counts, 1), 1e-12)
 
 
+@timer("initial classes")
 def init_classes(stack: PreparedStack, params: ClassifyParams, backend) -> ClassState:
     """Iteration 0: each class the average of a random subset at random rotations."""
     rng = np.random.default_rng([params.seed, 0])
@@ -92,13 +94,22 @@ def _updated(state: ClassState, out: dict) -> tuple[np.ndarray, np.ndarray]:
 def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
                      backend) -> ClassState:
     """One online-EM iteration on a random mini-batch; returns the next state."""
+    with timing.record() as spent, timer("online iteration"):
+        new = _online_iteration(stack, state, params, backend)
+    logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
+                "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
+                "iteration %(seconds).2f s", _timed(new.history[-1], spent))
+    return new
+
+
+def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
+                      backend) -> ClassState:
     n = state.iteration + 1
     rng = np.random.default_rng([params.seed, n])
     size = min(stack.n, params.batch_per_class * params.n_classes)
     rows = np.sort(rng.choice(stack.n, size=size, replace=False))
     res = params.resolution_at(n)
     ctx = make_context(stack, params, res)
-    tic = time.perf_counter()
     batch, out = score_rows(stack, state, params, backend, ctx, rows,
                             1.0 / params.temperature_at(n), hard=False)
     stats = state.stats.blend(batch, params.step_size_at(n))
@@ -123,9 +134,6 @@ def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyPa
     classes, shifts = _updated(state, out)
     classes[np.isin(classes, merged)] = -1        # located anew by the full pass
     row = _history_row(n, "online", res, ctx, out, stats, changed)
-    logger.info("iteration %(iteration)d: res %(res_A).1f Å, %(poses)d poses, logL %(loglik).4g, "
-                "changed %(changed).3f, %(gflops).1f GFLOP, E-step %(estep_seconds).2f s, "
-                "iteration %(seconds).2f s", _timed(row, out, tic))
     return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
                       tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
                       pad=state.pad, history=state.history + [row])
@@ -143,11 +151,10 @@ def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
             "gflops": out["flops"] / 1e9}
 
 
-def _timed(row: dict, out: dict, tic: float) -> dict:
-    """``row`` with the E-step seconds of ``out`` and the seconds since ``tic``, for a log line
+def _timed(row: dict, spent: timing.Budget) -> dict:
+    """``row`` with the seconds of scoring and of all parts in ``spent``, for a log line
     (``bench/bench_classify.py`` reads them from the log record's arguments)."""
-    return {**row, "estep_seconds": float(out["estep_seconds"]),
-            "seconds": time.perf_counter() - tic}
+    return {**row, "estep_seconds": spent.seconds("scoring"), "seconds": spent.total}
 
 
 def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
@@ -155,24 +162,24 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     """E-step over every particle of one shard: statistics and per-particle results, and
     with ``last`` each particle's outlier features (``outliers.outlier_features``)."""
     a, b = stack.shard_rows[shard]
-    ctx = make_context(stack, params, params.align_res_A, full=True)
-    tic = time.perf_counter()
-    stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
-                            hard=last and params.hard_last_iteration)
-    out.update(stats.to_file())
-    if last:
-        # against the classes the shard aligned to: the work scatters with the shards
-        out.update(outlier_features(stack, np.arange(a, b), state.references,
-                                    out["best_class"], out["psi"], out["tx"], out["ty"],
-                                    params.mask_diameter_px(stack.box, stack.apix)))
+    with timing.record() as spent, timer("full pass"):
+        ctx = make_context(stack, params, params.align_res_A, full=True)
+        stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
+                                hard=last and params.hard_last_iteration)
+        out.update(stats.to_file())
+        if last:
+            # against the classes the shard aligned to: the work scatters with the shards
+            out.update(outlier_features(stack, np.arange(a, b), state.references,
+                                        out["best_class"], out["psi"], out["tx"], out["ty"],
+                                        params.mask_diameter_px(stack.box, stack.apix)))
     logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
                 "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
                 _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,
-                        "gflops": out["flops"] / 1e9}, out, tic))
-    del out["estep_seconds"]            # measured: the shard file holds only results
+                        "gflops": out["flops"] / 1e9}, spent))
     return out
 
 
+@timer("full pass gather")
 def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Mapping],
                      params: ClassifyParams, backend) -> tuple[ClassState, dict]:
     """Sum the shards' statistics into the next state; concatenate per-particle results.

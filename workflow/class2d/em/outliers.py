@@ -38,6 +38,7 @@ import scipy.fft
 from class2d.ctf import CTFParams, evaluate
 from class2d.fourier import FFT_WORKERS, pixel_radius, rfft_frequencies, rotation_coordinates
 from class2d.prepare import PreparedStack
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ ZSCORE = "rlnParticleSelectZScore"
 CS_ZSCORE = "class2d/select_zscore"
 
 
+@timer("outlier features")
 def outlier_features(stack: PreparedStack, rows: np.ndarray, references: np.ndarray,
                      classes: np.ndarray, psi: np.ndarray, tx: np.ndarray, ty: np.ndarray,
                      diameter_px: float) -> dict[str, np.ndarray]:
@@ -161,6 +163,7 @@ def _centre_spread(values: np.ndarray) -> tuple[float, float]:
     return centre, max(spread, 1e-12 * max(abs(centre), 1.0))
 
 
+@timer("outlier scores")
 def outlier_scores(features: dict[str, np.ndarray],
                    classes: np.ndarray) -> dict[str, np.ndarray]:
     """Columns for the particle table from every particle's features (``outlier_features``)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 
 import numpy as np
 
@@ -25,6 +24,7 @@ from class2d.em.state import ClassState, Statistics
 from class2d.fourier import centered_rfft2, circular_mask, shell_index
 from class2d.prepare import PreparedStack
 from class2d.progress import Progress
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -258,13 +258,14 @@ RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", 
                "loglik", "ratio")
 
 
+@timer("E-step")
 def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
                ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool):
     """E-step and statistics over ``rows``: (stats, per-row results sorted by row).
 
-    Besides the ``RESULT_KEYS`` arrays, the results hold ``flops`` (of the products done)
-    and ``estep_seconds`` (their measured wall time: for the log, never for a result file,
-    whose bytes must not depend on the machine's speed).
+    Besides the ``RESULT_KEYS`` arrays, the results hold ``flops`` (of the products done).
+    Timed (``class2d.timing``) as part ``E-step`` and within it ``scoring`` (the products)
+    and ``insertion`` (the class sums and noise residuals).
 
     Particles seen before search all rotations but only shifts near their last shift;
     the others search the whole shift range, at low resolution first where the alignment
@@ -278,7 +279,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     n_top = 1 if force_max else params.max_poses
     sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)
     results = {key: [] for key in RESULT_KEYS}
-    flops = e_seconds = 0.0
+    flops = 0.0
     seen = state.classes[rows] >= 0
     with Progress("E-step", rows.size, logger) as progress:
         for group, poses in ((rows[seen], ctx.local), (rows[~seen], ctx.poses)):
@@ -294,21 +295,22 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                 if prev is not None:        # a search around 0 is one around the last shift
                     recon = recon.shifted(prev)
                 data = recon.subset(ctx.align_index, ctx.align)
-                tic = time.perf_counter()
                 search = poses
-                if prev is None and ctx.low is not None:
-                    prev, located_flops = locate(backend, data, grids, poses, ctx.low,
-                                                 log_prior, inv_temp, force_max)
-                    flops += located_flops
-                    recon = recon.shifted(prev)
-                    data = recon.subset(ctx.align_index, ctx.align)
-                    search = ctx.local
-                scores = score_batch(backend, data, grids, search, log_prior, inv_temp, n_top,
-                                     force_max, ctx.prepass, params.class_prune_margin)
-                e_seconds += time.perf_counter() - tic
+                with timer("scoring"):
+                    if prev is None and ctx.low is not None:
+                        prev, located_flops = locate(backend, data, grids, poses, ctx.low,
+                                                     log_prior, inv_temp, force_max)
+                        flops += located_flops
+                        recon = recon.shifted(prev)
+                        data = recon.subset(ctx.align_index, ctx.align)
+                        search = ctx.local
+                    scores = score_batch(backend, data, grids, search, log_prior, inv_temp,
+                                         n_top, force_max, ctx.prepass,
+                                         params.class_prune_margin)
                 flops += scores.flops
                 entries = select_entries(scores, search, hard=hard)
-                sums.add(recon, entries, grids, state.pad, (chunk % 2).astype(np.int64))
+                with timer("insertion"):
+                    sums.add(recon, entries, grids, state.pad, (chunk % 2).astype(np.int64))
                 best = scores.best_class
                 n = np.arange(chunk.size)
                 psi, tx, ty = search.pose(scores.top_i[n, best, 0], scores.refine[n, best])
@@ -325,7 +327,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     order = np.argsort(out["rows"], kind="stable")
     out = {key: value[order] for key, value in out.items()}
     out["flops"] = flops
-    out["estep_seconds"] = e_seconds
-    return sums.collect(), out
+    with timer("insertion"):            # with CUDA, the sums come back from the card here
+        return sums.collect(), out
 
 

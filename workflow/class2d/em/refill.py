@@ -24,6 +24,7 @@ from class2d.em.state import ClassState, Statistics
 from class2d.em.twins import one_object, twin_classes
 from class2d.fourier import rotate_images
 from class2d.prepare import PreparedStack
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
     return small
 
 
+@timer("refill")
 def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
                    params: ClassifyParams, ctx: PassContext, backend, small: np.ndarray,
                    rng: np.random.Generator,

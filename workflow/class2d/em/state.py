@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from class2d.io.npz import write_npz
+from class2d.timing import timer
 
 
 @dataclasses.dataclass
@@ -111,6 +112,7 @@ class ClassState:
     def box(self) -> int:
         return self.references.shape[-1]
 
+    @timer("checkpoints")
     def save(self, path: str | os.PathLike) -> None:
         write_npz(path, dict(iteration=self.iteration, references=self.references,
                              sigma2=self.sigma2, tau2=self.tau2, alpha=self.alpha,
@@ -119,6 +121,7 @@ class ClassState:
                              **self.stats.to_file()))
 
     @classmethod
+    @timer("checkpoints")
     def load(cls, path: str | os.PathLike) -> "ClassState":
         with np.load(path) as data:
             stats = Statistics.from_file(data)

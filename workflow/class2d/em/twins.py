@@ -44,6 +44,7 @@ from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import (align, frc, pixel_radius, rotate_images, rotation_coordinates,
                              shell_index, shift_images, unit_vectors)
+from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,7 @@ class _Classes:
         return Twin(keep, drop, angle, (float(shift[0]), float(shift[1])), signal, error)
 
 
+@timer("twins")
 def twin_pairs(state: ClassState, mask: np.ndarray) -> list[Twin]:
     """(keep, drop) pairs that move every class of a group showing one object into the
     group's largest class.
