@@ -66,8 +66,11 @@ MIN_SHELLS = 3
 #: errors, and two distinct ones when below it by as many (between: not known)
 TWIN_SIGNAL = 0.9
 SURE = 2.0
-#: bootstrap draws for the standard error (``_Classes.signal``)
+#: bootstrap draws for the standard error (``_Classes.signal``), taken only for pairs whose
+#: estimate is within FAR of TWIN_SIGNAL (further below, the error would have to be FAR / SURE
+#: for the pair not to be known distinct: the largest measured on 20-particle classes is 0.06)
 BOOTSTRAP_DRAWS = 64
+FAR = 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +130,11 @@ def _near(angle0: float) -> np.ndarray:
     return np.concatenate([angle0 + near, angle0 + 180.0 + near])
 
 
+def _curve(cross: np.ndarray, power_a: np.ndarray, power_b: np.ndarray) -> np.ndarray:
+    """Fourier ring correlation from its sums per shell."""
+    return cross / np.sqrt(np.maximum(power_a * power_b, 1e-300))
+
+
 class _Classes:
     """What comparing two classes needs: references (K, d, d), unfiltered averages within
     the mask (K, d, d), each average's correlation with its noise-free signal per shell
@@ -177,20 +185,24 @@ class _Classes:
         products = np.stack([(coefficients[i] * coefficients[j].conj()).real
                              for i, j in ((0, 1), (0, 0), (1, 1), (2, 3), (2, 2), (3, 3),
                                           (4, 5), (4, 4), (5, 5))])
-        rng = np.random.default_rng(0)
-        draws = np.concatenate([np.ones((1, products.shape[1])),
-                                rng.exponential(1.0, (BOOTSTRAP_DRAWS, products.shape[1]))])
-        sums = np.add.reduceat(draws[:, None] * products * self.hermitian, self.starts, axis=2)
+        weight = weight[self.shells_present]
 
-        def curve(cross, aa, bb):
-            return cross / np.sqrt(np.maximum(aa * bb, 1e-300))
+        def estimate(draws: np.ndarray) -> np.ndarray:
+            sums = np.add.reduceat(draws[:, None] * products * self.hermitian, self.starts,
+                                   axis=2)
+            full = _curve(*sums[:, 0:3].transpose(1, 0, 2))
+            halves = [np.clip(_curve(*sums[:, i:i + 3].transpose(1, 0, 2)), 1e-6, 1.0)
+                      for i in (3, 6)]
+            both = np.prod([np.sqrt(2 * f / (1 + f)) for f in halves], axis=0)
+            return (full / both * weight).sum(axis=1)
 
-        full = curve(*sums[:, 0:3].transpose(1, 0, 2))
-        halves = [np.clip(curve(*sums[:, i:i + 3].transpose(1, 0, 2)), 1e-6, 1.0) for i in (3, 6)]
-        both = np.prod([np.sqrt(2 * f / (1 + f)) for f in halves], axis=0)
-        estimates = (full / both * weight[self.shells_present]).sum(axis=1)
-        spread = 1.4826 * np.median(np.abs(estimates[1:] - np.median(estimates[1:])))
-        return float(estimates[0]), float(spread / np.sqrt((self.mask ** 2).mean()))
+        signal = float(estimate(np.ones((1, products.shape[1])))[0])
+        if signal < TWIN_SIGNAL - FAR:
+            return signal, 0.0
+        draws = estimate(np.random.default_rng(0).exponential(
+            1.0, (BOOTSTRAP_DRAWS, products.shape[1])))
+        spread = 1.4826 * np.median(np.abs(draws - np.median(draws)))
+        return signal, float(spread / np.sqrt((self.mask ** 2).mean()))
 
     def measured(self, a: int, b: int) -> np.ndarray:
         """(S,) bool: the shells (not 0) where C_a·C_b ≥ MEASURED."""
