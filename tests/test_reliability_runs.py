@@ -49,7 +49,8 @@ def test_cryosparc_tools_loads_every_cs_with_cryosparc_dtypes(small_run, data_fi
     paths = sorted(small_run.rglob("*.cs"))
     assert {str(p.relative_to(small_run)) for p in paths} == {
         f"{stage}/{name}.cs" for stage, names in (
-            ("classify", ("classes", "particles")), ("dedup", ("particles", "rejected")),
+            ("prepare", ("rejected",)), ("classify", ("classes", "particles")),
+            ("dedup", ("particles", "rejected")),
             ("select", ("particles", "rejected")), ("rebalance", ("particles", "excluded")),
             ("templates", ("templates",))) for name in names}
     for path in paths:
