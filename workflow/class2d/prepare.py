@@ -268,8 +268,8 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     signs[clean], contrast = contrast_signs(table.subset(clean), invert_contrast)
     logger.info("%s", contrast)
     logger.info("shard %d%s: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
-                "batches of %d", shard, f" of {shards}" if shards else "", a, b - 1, geo.box, geo.new_box, geo.apix,
-                geo.new_apix, batch)
+                "batches of %d", shard, f" of {shards}" if shards else "", a, b - 1, geo.box,
+                geo.new_box, geo.apix, geo.new_apix, batch)
     candidates = found.good(np.arange(a, b))
     if candidates.size == 0:
         raise _empty_shard(source, shard, a, b, found)
