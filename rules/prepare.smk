@@ -3,14 +3,6 @@
 # the particles each shard left out (prepare.bad_particles: skip) into rejected.star / .cs.
 
 
-def particles_input():
-    """The input; a user's file as ancient: a grown file re-prepares only the shards whose
-    rows changed (params.digest), not every shard."""
-    if HASHES is None:
-        return input_particles()
-    return ancient(input_particles())
-
-
 rule prepare_shard:
     input:
         particles=particles_input(),
