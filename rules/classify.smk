@@ -111,11 +111,45 @@ rule gather_full_pass:
         "../scripts/gather_full_pass.py"
 
 
+# A live round (class2d.live): on an input that grew since the last export, from the state
+# that export kept (not produced by any rule, so nothing before it runs again).
+rule classify_live_round:
+    input:
+        previous=ancient(layout.live_file(CLASSIFY_DIR, layout.STATE)),
+        assignments=ancient(layout.live_file(CLASSIFY_DIR, layout.ASSIGNMENTS)),
+        record=ancient(layout.live_record(CLASSIFY_DIR)),
+        meta=layout.prepared_meta(PREPARE_DIR),
+        ctf=layout.prepared_ctf(PREPARE_DIR),
+        shards=shard_paths(),
+    output:
+        state=layout.round_file(CLASSIFY_DIR, "{r}", layout.STATE),
+        assignments=layout.round_file(CLASSIFY_DIR, "{r}", layout.ASSIGNMENTS),
+        info=layout.round_file(CLASSIFY_DIR, "{r}", layout.ROUND_INFO),
+    wildcard_constraints:
+        r=numbers([LIVE.round] if LIVE.round else []),
+    params:
+        em=em_config(),
+        seed=config["seed"],
+        backend=config["backend"],
+    conda:
+        CONDA_ENV
+    log:
+        out("logs/classify/live_{r}.log"),
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        runtime=RUNTIME["full_shard"],
+        gpu=0 if config["backend"] == "cpu" else 1,
+    script:
+        "../scripts/classify_live_round.py"
+
+
 rule export_classes:
     input:
-        state=state_path(N_LAST),
+        unpack(lambda wc: {"info": classified(layout.ROUND_INFO)} if LIVE.round else {}),
+        state=classified(layout.STATE),
         meta=layout.prepared_meta(PREPARE_DIR),
-        assignments=layout.assignments_path(CLASSIFY_DIR, N_LAST),
+        assignments=classified(layout.ASSIGNMENTS),
     output:
         classes=out("classify/classes.mrcs"),
         classes_star=out("classify/classes.star"),
@@ -132,6 +166,7 @@ rule export_classes:
         out_dir=lambda wildcards, output: os.path.dirname(output.classes),
         em=em_config(),
         seed=config["seed"],
+        record=LIVE_RECORD,
     conda:
         CONDA_ENV
     log:

@@ -1,12 +1,16 @@
 # Paths and small helpers shared by every stage: only wiring, no science. File names come
 # from class2d.layout and derived settings from class2d's ClassifyParams, as the package uses them.
+import json
 import os
 import sys
 
-from class2d import layout
+from snakemake.logging import logger
+
+from class2d import io, layout, live
 from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
 from class2d.errors import ConfigError, InputError
-from class2d.prepare import shard_count
+from class2d.io.count import count_particles
+from class2d.prepare import shard_count, shard_rows
 
 OUT = config["outdir"]
 try:
@@ -36,19 +40,44 @@ def input_particles():
     return config["particles"]
 
 
-def count_shards():
-    """Shards of the prepared stack, known when the DAG is built: prepare.shards, or from
-    the particle count (read cheaply from the input file; the demo's from the config)."""
-    prep = config["prepare"]
-    demo = config["particles"] == "demo"
-    particles = config["demo"]["n_particles"] if demo else config["particles"]
+def particles_input():
+    """The input; a user's file as ancient: a grown file re-prepares only the shards whose
+    rows changed (params.digest), not every shard."""
+    if HASHES is None:
+        return input_particles()
+    return ancient(input_particles())
+
+
+def input_hashes():
+    """Hashes of the input's rows (class2d.live.row_hashes), or None where they cannot be
+    known when the DAG is built (the demo, made by a rule; an input the jobs will reject)."""
+    if config["particles"] == "demo":
+        return None
     try:
-        return shard_count(particles, prep["shards"], prep["particles_per_shard"])
+        return live.row_hashes(io.read_particles(config["particles"]))
+    except (InputError, OSError, KeyError, ValueError):
+        return None
+
+
+def plan_shards():
+    """Shards of the prepared stack, known when the DAG is built (class2d.live.plan_shards):
+    from prepare.shards or the particle count; on an input that grew, the shards already
+    prepared keep their rows.  Without row hashes, from the count alone."""
+    prep = config["prepare"]
+    try:
+        if HASHES is None:
+            demo = config["particles"] == "demo"
+            n = config["demo"]["n_particles"] if demo else count_particles(config["particles"])
+            rows = shard_rows(n, shard_count(n, prep["shards"], prep["particles_per_shard"]))
+            return live.ShardPlan(rows, (None,) * len(rows), "fresh", "")
+        return live.plan_shards(HASHES, PREPARE_DIR, prep["shards"], prep["particles_per_shard"])
     except (ConfigError, InputError) as err:
         sys.exit(f"error: {err}")
 
 
-N_SHARDS = count_shards()
+HASHES = input_hashes()
+PLAN = plan_shards()
+N_SHARDS = len(PLAN.rows)
 
 
 def shard_paths():
@@ -93,6 +122,39 @@ def em_config():
 def alignment_res_A():
     """Å, the alignment resolution that sets the prepared box: the package's derivation."""
     return ClassifyParams.from_config(em_config(), config["seed"]).align_res_A
+
+
+# ---- live: on an input that grew, a live round from the last exported state (class2d.live)
+def live_settings():
+    """What a classification depends on besides its rows: a change means a fresh run."""
+    settings = {"classify": em_config(), "prepare": config["prepare"], "seed": config["seed"],
+                "backend": config["backend"]}
+    return json.loads(json.dumps(settings))        # as the record stores them
+
+
+def live_decision():
+    if HASHES is None:
+        return live.Decision(0, "fresh", "")
+    decision = live.decide(HASHES, CLASSIFY_DIR, live_settings())
+    logger.info(f"class2d: prepare: {PLAN.why}; classify: {decision.why}")
+    return decision
+
+
+LIVE = live_decision()
+#: what the exported classes are made from, for the next live round (live.remember)
+LIVE_RECORD = ({} if HASHES is None else
+               {"rows": int(HASHES.size), "digest": live.digest(HASHES),
+                "settings": live_settings()})
+
+
+def classified(name):
+    """The state or assignments the classes are exported from: the last full pass's, or
+    the live round's."""
+    if LIVE.round:
+        return layout.round_file(CLASSIFY_DIR, LIVE.round, name)
+    if name == layout.STATE:
+        return state_path(N_LAST)
+    return layout.assignments_path(CLASSIFY_DIR, N_LAST)
 
 
 def state_path(n):

@@ -5,14 +5,16 @@
 
 rule prepare_shard:
     input:
-        particles=input_particles(),
+        particles=particles_input(),
     output:
         stack=layout.stack_path(PREPARE_DIR, "{s}"),
         rejects=layout.shard_rejects(PREPARE_DIR, "{s}"),
     wildcard_constraints:
         s=numbers(range(N_SHARDS)),
     params:
-        shards=N_SHARDS,
+        shards=N_SHARDS if HASHES is None else 0,
+        rows=lambda wc: PLAN.rows[int(wc.s)],
+        digest=lambda wc: PLAN.digests[int(wc.s)],
         box_px=config["prepare"]["box_px"],
         diameter_A=config["particle_diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],
@@ -34,7 +36,7 @@ rule prepare_shard:
 
 rule prepare_stack:
     input:
-        particles=input_particles(),
+        particles=particles_input(),
         shards=shard_paths(),
         rejects=shard_rejects(),
     output:
@@ -45,7 +47,9 @@ rule prepare_stack:
         ctf=layout.prepared_ctf(PREPARE_DIR),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.meta),
-        shards=N_SHARDS,
+        rows=PLAN.rows,
+        shards=config["prepare"]["shards"],
+        particles_per_shard=config["prepare"]["particles_per_shard"],
         box_px=config["prepare"]["box_px"],
         diameter_A=config["particle_diameter_A"],
         invert_contrast=config["prepare"]["invert_contrast"],

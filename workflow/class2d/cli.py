@@ -4,8 +4,10 @@
     $ class2d snakefile                       # path of the bundled Snakefile (for `module`)
     $ class2d run --cores all --config particles=run_data.star outdir=myrun
     $ class2d run --profile profiles/slurm -n # any snakemake arguments
+    $ class2d live --every 60 --cores all --config particles=run_data.star   # while collecting
 
-``run`` starts Snakemake on the bundled Snakefile in the current directory (outputs go
+``live`` reruns it whenever the particle file grows (``class2d.watch``).  ``run`` starts
+Snakemake on the bundled Snakefile in the current directory (outputs go
 under the config's ``outdir``, relative to it) and returns Snakemake's exit status.  The
 workflow files (Snakefile, rules/, scripts/, config/) live beside the package in the source
 checkout, so the package must be installed from it (``pip install -e .``).
@@ -33,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("snakefile", help="print the path of the bundled Snakefile")
     commands.add_parser("run", help="run the workflow: class2d run [snakemake arguments]",
                         add_help=False)
+    commands.add_parser("live", help="rerun the workflow as the input grows: class2d live "
+                                     "--every SECONDS [--idle SECONDS] [snakemake arguments]",
+                        add_help=False)
     args, rest = parser.parse_known_args(argv)
-    if args.command != "run" and rest:
+    if args.command not in ("run", "live") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if not SNAKEFILE.is_file():
         print(f"error: {SNAKEFILE}: the workflow is not there (install class2d from its source "
@@ -43,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "snakefile":
         print(SNAKEFILE)
         return 0
+    if args.command == "live":
+        from class2d import watch
+
+        return watch.main(rest)
     return subprocess.call([sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
                             *rest])
 

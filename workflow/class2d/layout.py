@@ -32,6 +32,12 @@ STATE = "state.npz"
 ASSIGNMENTS = "assignments.npz"
 #: the classify settings the run's states were made with (``classify.Classification``)
 SETTINGS = "settings.json"
+#: which input rows the prepared shards hold, and a digest of them (``live.plan_shards``)
+PREPARED_ROWS = "rows.json"
+#: the classify folder's copy of the exported state and what it covers (``live.remember``)
+LIVE = "live"
+#: a live round's record (round number, particles at the last full iteration)
+ROUND_INFO = "round.json"
 
 
 def number(n: int | str) -> str:
@@ -69,6 +75,34 @@ def prepared_particles(prepare_dir: str) -> str:
 
 def prepared_ctf(prepare_dir: str) -> str:
     return os.path.join(prepare_dir, PREPARED_CTF)
+
+
+def prepared_rows(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, PREPARED_ROWS)
+
+
+def live_dir(classify_dir: str) -> str:
+    """The last exported state, its assignments and ``record.json``: ``live/``."""
+    return os.path.join(classify_dir, LIVE)
+
+
+def live_file(classify_dir: str, name: str) -> str:
+    """A file of :func:`live_dir`: ``STATE``, ``ASSIGNMENTS`` or ``record.json``."""
+    return os.path.join(live_dir(classify_dir), name)
+
+
+def live_record(classify_dir: str) -> str:
+    return live_file(classify_dir, "record.json")
+
+
+def round_dir(classify_dir: str, r: int | str) -> str:
+    """Folder of live round r's files (``live.live_round``): ``live_RRR``."""
+    return os.path.join(classify_dir, f"{LIVE}_{number(r)}")
+
+
+def round_file(classify_dir: str, r: int | str, name: str) -> str:
+    """A file of live round r: ``STATE``, ``ASSIGNMENTS`` or ``ROUND_INFO``."""
+    return os.path.join(round_dir(classify_dir, r), name)
 
 
 def iteration_dir(classify_dir: str, n: int | str) -> str:

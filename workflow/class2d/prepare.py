@@ -237,9 +237,11 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
                   shards: int, *, max_res_A: float | None = None, box_px: int | None = None,
                   diameter_A: float | None = None, invert_contrast: bool | None = None,
                   memory_gb: float = DEFAULT_MEMORY_GB, bad_particles: str = "skip",
-                  max_bad_fraction: float = MAX_BAD_FRACTION) -> None:
+                  max_bad_fraction: float = MAX_BAD_FRACTION,
+                  rows: tuple[int, int] | None = None) -> None:
     """Prepare shard ``shard`` of ``shards`` of ``particles`` into ``shard_path``, and list
-    the particles it leaves out in ``layout.shard_rejects`` beside it.
+    the particles it leaves out in ``layout.shard_rejects`` beside it.  rows: the shard's
+    input rows (start, stop), when not those of :func:`shard_rows` (``live.plan_shards``).
 
     Images are read, cropped and normalised in batches sized from ``memory_gb`` and
     written through a temporary file renamed at the end: a failure (a stack missing
@@ -250,7 +252,7 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     """
     source = os.fspath(particles)
     table = io.read_particles(particles)
-    a, b = shard_rows(table.n, shards)[shard]
+    a, b = rows or shard_rows(table.n, shards)[shard]
     skip = faults.check_mode(bad_particles) == "skip"
     numbers = faults.number_faults(table) if skip else faults.Faults.none()
     clean = numbers.good(np.arange(table.n))
@@ -265,9 +267,9 @@ def prepare_shard(particles: str | os.PathLike, shard_path: str | os.PathLike, s
     signs = np.ones(table.n, np.float32)
     signs[clean], contrast = contrast_signs(table.subset(clean), invert_contrast)
     logger.info("%s", contrast)
-    logger.info("shard %d of %d: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
-                "batches of %d", shard, shards, a, b - 1, geo.box, geo.new_box, geo.apix,
-                geo.new_apix, batch)
+    logger.info("shard %d%s: particles %d-%d, box %d -> %d px, %.3f -> %.3f Å/px, "
+                "batches of %d", shard, f" of {shards}" if shards else "", a, b - 1, geo.box,
+                geo.new_box, geo.apix, geo.new_apix, batch)
     candidates = found.good(np.arange(a, b))
     if candidates.size == 0:
         raise _empty_shard(source, shard, a, b, found)
@@ -322,18 +324,22 @@ def _image_error(source: str, names: np.ndarray, images: np.ndarray, rows: np.nd
 def finish_prepare(particles: str | os.PathLike, out_dir: str | os.PathLike, shards: int, *,
                    max_res_A: float | None = None, box_px: int | None = None,
                    diameter_A: float | None = None, invert_contrast: bool | None = None,
-                   max_bad_fraction: float = MAX_BAD_FRACTION) -> PreparedStack:
+                   max_bad_fraction: float = MAX_BAD_FRACTION,
+                   rows: list[tuple[int, int]] | None = None) -> PreparedStack:
     """Write ``particles.star`` (the good particles, in their input order), ``ctf.npz``,
     ``rejected.star`` and ``rejected.cs`` (the particles the shards left out, with their
     reasons: ``class2d.faults``) and (last) ``prepared.yaml`` beside the prepared shards.
 
     Every shard must be in ``out_dir`` with its rows and box, and its list of rejects
     (``InputError`` otherwise); so must be no more than ``max_bad_fraction`` of the
-    particles bad.
+    particles bad.  rows: every shard's input rows (start, stop), when not those of
+    :func:`shard_rows`; rows past the last shard (appended since) are left for later.
     """
     source = os.fspath(particles)
     table = io.read_particles(particles)
-    ranges = shard_rows(table.n, shards)
+    if rows and rows[-1][1] < table.n:
+        table = table.subset(np.arange(rows[-1][1]))
+    ranges = tuple(tuple(r) for r in rows) if rows else shard_rows(table.n, shards)
     out_dir = os.fspath(out_dir)
     headers = [read_header(layout.stack_path(out_dir, s)) for s in range(shards)]
     found = sum((faults.read_faults(layout.shard_rejects(out_dir, s)) for s in range(shards)),

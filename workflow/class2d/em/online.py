@@ -158,23 +158,25 @@ def _timed(row: dict, spent: timing.Budget) -> dict:
 
 
 def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
-                    shard: int, last: bool) -> dict:
-    """E-step over every particle of one shard: statistics and per-particle results, and
-    with ``last`` each particle's outlier features (``outliers.outlier_features``)."""
-    a, b = stack.shard_rows[shard]
+                    shard: int, last: bool, rows: np.ndarray | None = None) -> dict:
+    """E-step over every particle of one shard (or over ``rows``, given): statistics and
+    per-particle results, and with ``last`` each particle's outlier features
+    (``outliers.outlier_features``)."""
+    if rows is None:
+        rows = np.arange(*stack.shard_rows[shard])
     with timing.record() as spent, timer("full pass"):
         ctx = make_context(stack, params, params.align_res_A, full=True)
-        stats, out = score_rows(stack, state, params, backend, ctx, np.arange(a, b), 1.0,
+        stats, out = score_rows(stack, state, params, backend, ctx, rows, 1.0,
                                 hard=last and params.hard_last_iteration)
         out.update(stats.to_file())
         if last:
             # against the classes the shard aligned to: the work scatters with the shards
-            out.update(outlier_features(stack, np.arange(a, b), state.references,
+            out.update(outlier_features(stack, rows, state.references,
                                         out["best_class"], out["psi"], out["tx"], out["ty"],
                                         params.mask_diameter_px(stack.box, stack.apix)))
     logger.info("full pass %(iteration)d, shard %(shard)d: %(particles)d particles, "
                 "%(gflops).1f GFLOP, E-step %(estep_seconds).2f s, shard %(seconds).2f s",
-                _timed({"iteration": state.iteration + 1, "shard": shard, "particles": b - a,
+                _timed({"iteration": state.iteration + 1, "shard": shard, "particles": rows.size,
                         "gflops": out["flops"] / 1e9}, spent))
     return out
 

@@ -1,0 +1,123 @@
+"""Live classification (class2d.live): a particle file that grows between two runs of the
+same snakemake command, against a batch run on the whole file."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from class2d import io, live, prepare
+from class2d.metrics import adjusted_rand
+from class2d.simulate import read_truth, simulate_demo
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: 300 particles of 32 px, 4 objects; shards of 100; a live round is a full iteration once
+#: 2 × 10 × 4 = 80 particles arrived since the last one
+CONFIG = {
+    "prepare": {"shards": 0, "particles_per_shard": 100},
+    "classify": {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 4,
+                 "batch_per_class": 10, "final_full_iterations": 1, "iterations_per_job": 4},
+    **{stage: {"activate": False} for stage in ("dedup", "select", "rebalance", "templates")},
+}
+DEMO = {"n_particles": 300, "box": 32, "apix": 6.0, "snr": 0.5, "n_objects": 4,
+        "junk_fraction": 0.0, "duplicate_fraction": 0.0}
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("live_set")
+    return Path(simulate_demo(folder, seed=0, **DEMO))
+
+
+def write_rows(source: Path, target: Path, rows: np.ndarray) -> None:
+    table = io.read_particles(source)
+    io.write_particles(table.subset(rows), target)
+
+
+def run(particles: Path, outdir: Path) -> str:
+    """The workflow on ``particles`` into ``outdir``; returns its log (stderr)."""
+    config = outdir.parent / f"{outdir.name}.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "particles": str(particles),
+                                      "outdir": str(outdir)}))
+    done = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
+                           str(config), "--directory", str(REPO)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
+
+
+def stacks(outdir: Path) -> dict[str, tuple[int, int]]:
+    """Every prepared stack file: (inode, mtime in ns)."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted((outdir / "prepare").glob("stack_*.mrcs"))}
+
+
+def ari(outdir: Path, truth_star: Path) -> float:
+    truth = read_truth(truth_star)["true_class"].to_numpy()
+    found = io.read_particles(outdir / "classify" / "particles.star").particles
+    return adjusted_rand(truth[: len(found)], found["rlnClassNumber"].to_numpy())
+
+
+def test_plan_keeps_the_shards_of_appended_rows(tmp_path):
+    hashes = np.arange(150, dtype=np.uint64)
+    first = live.plan_shards(hashes, str(tmp_path), 0, 100)
+    assert first.rows == ((0, 75), (75, 150)) and first.case == "fresh"
+    (tmp_path / "rows.json").write_text(
+        '{"rows": 150, "digest": "%s", "settings": {"shards": 0, "particles_per_shard": 100},'
+        ' "shard_rows": [[0, 75], [75, 150]]}' % live.digest(hashes))
+    grown = live.plan_shards(np.arange(260, dtype=np.uint64), str(tmp_path), 0, 100)
+    assert grown.case == "grown"
+    assert grown.rows == ((0, 75), (75, 175), (175, 260))
+    assert grown.digests[0] == first.digests[0]
+    rewritten = live.plan_shards(np.arange(1, 261, dtype=np.uint64), str(tmp_path), 0, 100)
+    assert rewritten.case == "rewritten" and rewritten.rows == prepare.shard_rows(260, 3)
+    assert live.plan_shards(hashes, str(tmp_path), 0, 50).case == "fresh"    # other setting
+
+
+@pytest.mark.slow
+def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labelled,
+                                                                            tmp_path):
+    outdir = tmp_path / "live"
+    # the STAR beside the images, so that its image paths stay the same
+    growing = labelled.parent / f"growing_{tmp_path.name}.star"
+    write_rows(labelled, growing, np.arange(150))
+    assert "fresh run on 150" in run(growing, outdir)
+    before = stacks(outdir)
+    assert list(before) == ["stack_000.mrcs", "stack_001.mrcs"]
+
+    write_rows(labelled, growing, np.arange(210))        # 60 new: assigned only
+    log = run(growing, outdir)
+    assert "grew from 150 to 210 particles" in log
+    assert "assigning the 60 new ones" in (outdir / "logs/classify/live_001.log").read_text()
+    after = stacks(outdir)
+    assert after["stack_000.mrcs"] == before["stack_000.mrcs"]        # untouched
+    assert after["stack_001.mrcs"] != before["stack_001.mrcs"]        # the last one grew
+    assert list(after) == ["stack_000.mrcs", "stack_001.mrcs", "stack_002.mrcs"]
+    assert "Nothing to be done" in run(growing, outdir)               # unchanged: no job
+
+    write_rows(labelled, growing, np.arange(300))        # 150 since the last full: one
+    log = run(growing, outdir)
+    assert "one full iteration over all 300" in (
+        outdir / "logs/classify/live_002.log").read_text()
+    last = stacks(outdir)
+    assert last["stack_000.mrcs"] == before["stack_000.mrcs"]
+    assert last["stack_001.mrcs"] == after["stack_001.mrcs"]          # full since round 1
+    assert len(last) == 4
+
+    run(labelled, tmp_path / "batch")
+    truth = labelled.parent / "truth.star"
+    batch, grown = ari(tmp_path / "batch", truth), ari(outdir, truth)
+    assert grown >= batch - 0.03, (grown, batch)
+
+    # a row in the middle rewritten (left out): a fresh run, and the log says why
+    write_rows(labelled, growing, np.delete(np.arange(300), 120))
+    log = run(growing, outdir)
+    assert "the input was rewritten, not appended to" in log
+    assert not (outdir / "classify" / "live_003").exists()
+    assert stacks(outdir)["stack_000.mrcs"] != before["stack_000.mrcs"]   # new boundaries
+    assert io.read_particles(outdir / "classify/particles.star").n == 299
