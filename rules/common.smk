@@ -6,7 +6,7 @@ import sys
 
 from snakemake.logging import logger
 
-from class2d import io, layout, live
+from class2d import layout, live
 from class2d.em.params import WORKFLOW_KEYS, ClassifyParams
 from class2d.errors import ConfigError, InputError
 from class2d.io.count import count_particles
@@ -54,7 +54,7 @@ def input_hashes():
     if config["particles"] == "demo":
         return None
     try:
-        return live.row_hashes(io.read_particles(config["particles"]))
+        return live.input_hashes(config["particles"], PREPARE_DIR)
     except (InputError, OSError, KeyError, ValueError):
         return None
 

@@ -121,3 +121,25 @@ def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labe
     assert not (outdir / "classify" / "live_003").exists()
     assert stacks(outdir)["stack_000.mrcs"] != before["stack_000.mrcs"]   # new boundaries
     assert io.read_particles(outdir / "classify/particles.star").n == 299
+
+
+def test_row_hashes_are_read_again_only_when_the_file_changes(labelled, tmp_path,
+                                                               monkeypatch):
+    """The graph asks for the input's row hashes on every run and in every cluster job: the
+    copy kept in the prepare folder answers while the file's size and time are the same;
+    an appended file is read again."""
+    star = tmp_path / "particles.star"
+    write_rows(labelled, star, np.arange(150))
+    prepared = tmp_path / "prepare"
+    prepared.mkdir()
+    first = live.input_hashes(str(star), str(prepared))
+    np.testing.assert_array_equal(first, live.row_hashes(io.read_particles(star)))
+    reads = []
+    monkeypatch.setattr(live.io, "read_particles",
+                        lambda path, real=io.read_particles: reads.append(path) or real(path))
+    np.testing.assert_array_equal(live.input_hashes(str(star), str(prepared)), first)
+    assert reads == []
+    write_rows(labelled, star, np.arange(210))
+    grown = live.input_hashes(str(star), str(prepared))
+    assert [str(path) for path in reads].count(str(star)) == 1 and grown.size == 210
+    np.testing.assert_array_equal(grown[:150], first)

@@ -34,6 +34,8 @@ ASSIGNMENTS = "assignments.npz"
 SETTINGS = "settings.json"
 #: which input rows the prepared shards hold, and a digest of them (``live.plan_shards``)
 PREPARED_ROWS = "rows.json"
+#: the input's row hashes, kept with its size and time so a run need not read it again
+ROW_HASHES = "row_hashes.npz"
 #: the classify folder's copy of the exported state and what it covers (``live.remember``)
 LIVE = "live"
 #: a live round's record (round number, particles at the last full iteration)
@@ -79,6 +81,10 @@ def prepared_ctf(prepare_dir: str) -> str:
 
 def prepared_rows(prepare_dir: str) -> str:
     return os.path.join(prepare_dir, PREPARED_ROWS)
+
+
+def row_hashes(prepare_dir: str) -> str:
+    return os.path.join(prepare_dir, ROW_HASHES)
 
 
 def live_dir(classify_dir: str) -> str:
