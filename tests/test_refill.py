@@ -1,9 +1,9 @@
-"""The class refill: the largest class's particles inserted in batches from the memory budget."""
+"""The class refill: the largest class's particles split and inserted within the memory budget."""
 
 import numpy as np
 import pytest
 
-from class2d.budget import BASE_GB, ESTEP_BYTES_PER_PX
+from class2d.budget import BASE_GB, ESTEP_BYTES_PER_PX, SPLIT_BYTES_PER_PX
 from class2d.em import refill
 from class2d.em.online import init_classes
 from class2d.em.params import CLASS_COPIES, ClassifyParams
@@ -30,39 +30,54 @@ def full_pass(tmp_path_factory):
     return stack, state, stats, out, ctx, np.array([int(np.argmin(sizes))])
 
 
-def run_refill(full_pass, memory_gb, monkeypatch):
-    """refill_classes with ``memory_gb``: (stats, out, particles per spectra load)."""
+def run_refill(full_pass, memory_gb, monkeypatch, split=None):
+    """refill_classes with ``memory_gb``: (stats, out, particles per spectra load of the
+    insertion, particles per split); ``split``: MAX_SPLIT for this run."""
     stack, state, stats, out, ctx, small = full_pass
-    loads = []
-    load = refill.load_spectra
+    loads, splits = [], []
+    load, align = refill.load_spectra, refill.aligned_images
 
     def counted(stack, rows, window):
         loads.append(len(rows))
         return load(stack, rows, window)
 
+    def counted_split(stack, rows, *poses):
+        splits.append(len(rows))
+        return align(stack, rows, *poses)
+
     monkeypatch.setattr(refill, "load_spectra", counted)
+    monkeypatch.setattr(refill, "aligned_images", counted_split)
+    monkeypatch.setattr(refill, "MAX_SPLIT", split or refill.MAX_SPLIT)
     params = ClassifyParams.from_config({"n_classes": 4, "max_res_A": 12.0,
                                          "memory_gb": memory_gb}, seed=1)
     new_stats, new_out = refill.refill_classes(stack, stats, out, state, params, ctx, cpu,
                                                small, np.random.default_rng(3))
-    return new_stats, new_out, loads
+    return new_stats, new_out, loads, splits
 
 
 def test_refill_inserts_in_batches_from_memory_gb_with_the_unbatched_result(full_pass,
                                                                             monkeypatch):
+    """At 4 GB the largest class is split and inserted whole; in a budget of about 12
+    E-step particles of 32 px, it is inserted 12 at a time and split on the particles that
+    budget holds (SPLIT_BYTES_PER_PX each), with the result of inserting the same split at
+    once."""
     stack, state, stats, out, _, small = full_pass
-    whole_stats, whole_out, whole_loads = run_refill(full_pass, 4.0, monkeypatch)
+    _, _, whole_loads, whole_splits = run_refill(full_pass, 4.0, monkeypatch)
     assert len(whole_loads) == 1                       # 4 GB: the class in one batch
+    moved = whole_loads[0]
+    assert whole_splits == [moved]                     # and all of it split
     # a budget for about 12 particles of 32 px beside the class statistics
     fixed = 4 * CLASS_COPIES * 2 * (2 * stack.box) ** 2 * 24       # as ClassifyParams counts
     small_gb = BASE_GB + (fixed + 12.5 * ESTEP_BYTES_PER_PX * stack.box ** 2) / 1e9
     params = ClassifyParams.from_config({"n_classes": 4, "memory_gb": small_gb})
-    batch = params.estep_batch(stack.box)
-    assert batch == 12
-    split_stats, split_out, loads = run_refill(full_pass, small_gb, monkeypatch)
-    moved = whole_loads[0]
+    batch, most = params.estep_batch(stack.box), params.split_sample(stack.box)
+    assert batch == 12 and most == int(12.5 * ESTEP_BYTES_PER_PX // SPLIT_BYTES_PER_PX)
+    split_stats, split_out, loads, splits = run_refill(full_pass, small_gb, monkeypatch)
     assert moved >= 60 and len(loads) == -(-moved // batch) and max(loads) <= batch
-    assert sum(loads) == moved
+    assert sum(loads) == moved and splits == [most] and most < moved
+    # the same split of `most` particles, inserted at once
+    whole_stats, whole_out, whole_loads, _ = run_refill(full_pass, 4.0, monkeypatch, most)
+    assert whole_loads == [moved]
     np.testing.assert_array_equal(split_out["best_class"], whole_out["best_class"])
     assert not np.array_equal(whole_out["best_class"], out["best_class"])    # it did refill
     np.testing.assert_allclose(split_stats.counts, whole_stats.counts, rtol=1e-12)

@@ -2,6 +2,7 @@
 
     >>> prepare_batch(4.0, box=256, new_box=96)          # images read and cropped at a time
     >>> estep_batch(4.0, box=96)                         # particles per E-step chunk
+    >>> split_sample(4.0, box=96)                        # particles of one class split
     >>> simulate_chunk(4.0, box=256, pad=2)              # images simulated at a time
 
 Each size is (budget − what the job holds whatever the batch) / (bytes one particle of the
@@ -38,6 +39,10 @@ PREPARE_BYTES_PER_OUT_PX = 16
 #: CTF, weights, the half-plane data of the alignment and of the insertion, per-class
 #: scores and poses
 ESTEP_BYTES_PER_PX = 80
+
+#: bytes per particle and prepared pixel of a class split (``em.refill``): its spectrum, the
+#: image turned into the class frame, the smoothed float64 copy and its centred copy
+SPLIT_BYTES_PER_PX = 48
 
 #: bytes per particle and pixel of a simulated chunk: the float64 rendering, the float32
 #: clean image, the noise, the noisy image
@@ -76,6 +81,13 @@ def estep_batch(memory_gb: float, box: int, fixed_bytes: float = 0.0, cap: int =
     chunk that keeps the BLAS products efficient (2048, the measured default)."""
     return batch_size(memory_gb, ESTEP_BYTES_PER_PX * box * box, fixed_bytes,
                       f"E-step ({box} px)", cap)
+
+
+def split_sample(memory_gb: float, box: int, fixed_bytes: float = 0.0) -> int:
+    """Particles of a class whose aligned images are split at once (``em.refill``): all of
+    them are held together (their Gram matrix)."""
+    return batch_size(memory_gb, SPLIT_BYTES_PER_PX * box * box, fixed_bytes,
+                      f"class split ({box} px)")
 
 
 def simulate_chunk(memory_gb: float, box: int, pad: int, cap: int = 1024) -> int:

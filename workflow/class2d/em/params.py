@@ -49,7 +49,7 @@ _CHECKS.update({key: (lambda v: v >= 0, "must be 0 (automatic) or more") for key
 #: fields that are top-level config keys, handed to the classify steps
 TOP_LEVEL_KEYS = frozenset({"memory_gb", "particle_diameter_A"})
 
-from class2d.budget import DEFAULT_MEMORY_GB, estep_batch
+from class2d.budget import DEFAULT_MEMORY_GB, estep_batch, split_sample
 
 
 #: copies of the class statistics (2 half sets of (zeropad · box)² complex128 + float64) an
@@ -140,8 +140,16 @@ class ClassifyParams:
         0 what ``memory_gb`` holds besides the class statistics (at most 2048)."""
         if self.batch_size:
             return self.batch_size
-        per_class = CLASS_COPIES * 2 * (self.zeropad * box) ** 2 * 24
-        return estep_batch(self.memory_gb, box, fixed_bytes=self.n_classes * per_class)
+        return estep_batch(self.memory_gb, box, fixed_bytes=self._class_bytes(box))
+
+    def _class_bytes(self, box: int) -> float:
+        """Bytes of the class statistics a job holds beside its batches."""
+        return self.n_classes * CLASS_COPIES * 2 * (self.zeropad * box) ** 2 * 24
+
+    def split_sample(self, box: int) -> int:
+        """Particles of a class whose images ``memory_gb`` holds at once beside the class
+        statistics, for a split (``em.refill``)."""
+        return split_sample(self.memory_gb, box, fixed_bytes=self._class_bytes(box))
 
     @property
     def align_res_A(self) -> float:

@@ -127,7 +127,9 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     principal component of their aligned images (a class that merged several views splits
     into them).
 
-    At most MAX_SPLIT of those particles, drawn with ``rng``, are split (the rest stay);
+    At most MAX_SPLIT of those particles (and no more than ``memory_gb`` holds,
+    ``ClassifyParams.split_sample``: their images are split together), drawn with ``rng``,
+    are split (the rest stay);
     all of them are inserted anew, hard, at their best poses, and the two classes'
     statistics are replaced by theirs.  Returns the statistics and ``out`` with the moved
     particles' ``best_class`` set to their new class.
@@ -150,6 +152,7 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     # before this function reported moves: the simulated mixture of test_classify_quality
     # fell from ARI 0.94 to 0.88 with the updated one
     enough = np.flatnonzero(splittable(out, counts.size))
+    most = params.split_sample(stack.box)
     for i, k in enumerate(small):
         # the largest class with particles enough in this pass (a twin may have lost its
         # particles to the other and still hold a large blended count)
@@ -159,7 +162,7 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
             break
         j = int(enough[np.argmax(counts[enough])])
         sel = np.flatnonzero(out["best_class"] == j)
-        sample = np.sort(rng.choice(sel.size, min(sel.size, MAX_SPLIT), replace=False))
+        sample = np.sort(rng.choice(sel.size, min(sel.size, MAX_SPLIT, most), replace=False))
         rows, psi, tx, ty = (out[key][sel] for key in ("rows", "psi", "tx", "ty"))
         group = np.zeros(sel.size, bool)
         group[sample] = split_groups(aligned_images(stack, rows[sample], psi[sample],
