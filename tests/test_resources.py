@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: the rules whose jobs run the E-step (they take a backend, so a GPU unless backend: cpu)
 GPU_RULES = {"init_classes", "classify_iteration", "classify_full_shard"}
+#: a grown input's live round (class2d.live) classifies too; a batch run never plans it
+LIVE_GPU_RULES = {"classify_live_round"}
 
 
 def rule_blocks() -> dict[str, str]:
@@ -32,7 +34,7 @@ def test_every_rule_declares_threads_memory_and_runtime():
     for name, text in blocks.items():
         assert re.search(r"^    threads: ", text, re.MULTILINE), name
         assert "mem_mb=MEM_MB" in text and "runtime=RUNTIME[" in text, name
-        assert ("gpu=" in text) == (name in GPU_RULES), name
+        assert ("gpu=" in text) == (name in GPU_RULES | LIVE_GPU_RULES), name
         assert "slurm_partition" not in text and "slurm_account" not in text, name
     snakefile = (REPO / "Snakefile").read_text()
     assert re.search(r"^resource_scopes:\n    gpu=\"local\",$", snakefile, re.MULTILINE)
