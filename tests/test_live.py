@@ -104,6 +104,10 @@ def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labe
     log = run(growing, outdir)
     assert "one full iteration over all 300" in (
         outdir / "logs/classify/live_002.log").read_text()
+    # one point of the convergence table (and plot) per round, after the batch's iterations
+    kinds = [line.split("\t")[1] for line in
+             (outdir / "classify/convergence.tsv").read_text().splitlines()[1:]]
+    assert kinds[-3:] == ["full", "live assigned", "live full"], kinds
     last = stacks(outdir)
     assert last["stack_000.mrcs"] == before["stack_000.mrcs"]
     assert last["stack_001.mrcs"] == after["stack_001.mrcs"]          # full since round 1
@@ -143,3 +147,12 @@ def test_row_hashes_are_read_again_only_when_the_file_changes(labelled, tmp_path
     grown = live.input_hashes(str(star), str(prepared))
     assert [str(path) for path in reads].count(str(star)) == 1 and grown.size == 210
     np.testing.assert_array_equal(grown[:150], first)
+
+
+def test_the_gallery_says_which_live_round_it_shows():
+    from class2d.em.export import live_round
+
+    batch = [{"kind": "online"}] * 3 + [{"kind": "full"}]
+    assert live_round(batch) == ""
+    assert live_round(batch + [{"kind": "live assigned"}, {"kind": "live full"}]) == \
+        ", live round 2"

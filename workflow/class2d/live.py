@@ -208,7 +208,8 @@ def live_round(meta: str, previous: str, assignments: str, record: str, state_pa
                     "full iteration over all %d", last["round"] + 1, arrived, threshold, stack.n)
         parts = (online.full_pass_shard(stack, state, params, run.kernels, s, True)
                  for s in range(len(stack.shard_rows)))
-        state, out = online.gather_full_pass(stack, state, parts, params, run.kernels)
+        state, out = online.gather_full_pass(stack, state, parts, params, run.kernels,
+                                             kind="live full")
         n_at_full = stack.n
     else:
         logger.info("live round %d: %d particles since the last full iteration (< %d): "
@@ -218,8 +219,7 @@ def live_round(meta: str, previous: str, assignments: str, record: str, state_pa
                                       rows=np.arange(seen, stack.n))
         out = {key: np.concatenate([old[key], part[key]]) for key in old if key != "flops"}
         out["flops"] = part["flops"]
-        classes, shifts = online._updated(state, part)
-        state = dataclasses.replace(state, classes=classes, shifts=shifts)
+        state = online.assigned(stack, state, params, part)
         n_at_full = last["n_at_full"]
     write_npz(assignments_path, out)
     state.save(state_path)

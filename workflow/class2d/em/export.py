@@ -130,9 +130,17 @@ def write_outputs(stack: PreparedStack, state: ClassState, out: dict, params: Cl
               for k, (c, r) in enumerate(zip(counts[order], resolution))]
     with timer("pictures"):
         gallery(images, labels, os.path.join(out_dir, "gallery.png"),
-                title=f"{k_count} classes, {best.size} particles, sorted by size")
+                title=f"{k_count} classes, {best.size} particles{live_round(state.history)}, "
+                      f"sorted by size")
         convergence_plot(state.history, os.path.join(out_dir, "convergence.png"))
     logger.info("classes: %s particles per class", counts[order].tolist())
+
+
+def live_round(history: list[dict]) -> str:
+    """``", live round r"`` for classes from ``class2d.live``'s r-th round (its history rows
+    are of kind ``"live …"``), else ``""``."""
+    rounds = sum(row["kind"].startswith("live") for row in history)
+    return f", live round {rounds}" if rounds else ""
 
 
 def _class_stats(best: np.ndarray, out: dict, k_count: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,7 @@ is in ``passes.py``, the class refill in ``refill.py``, the M-step in ``mstep.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 
@@ -89,6 +90,20 @@ def _updated(state: ClassState, out: dict) -> tuple[np.ndarray, np.ndarray]:
     classes[rows] = out["best_class"]
     shifts[rows] = np.stack([out["tx"], out["ty"]], axis=1)
     return classes, shifts
+
+
+def assigned(stack: PreparedStack, state: ClassState, params: ClassifyParams,
+             part: Mapping) -> ClassState:
+    """``state`` with the particles of a pass over some rows (``full_pass_shard``'s result
+    ``part``) assigned: their class and shift remembered, the classes unchanged, and a
+    history row of kind ``"live assigned"`` (``class2d.live``'s round that only assigns
+    new particles: one point of the convergence plot)."""
+    classes, shifts = _updated(state, part)
+    ctx = make_context(stack, params, params.align_res_A, full=True)
+    row = _history_row(state.iteration + 1, "live assigned", params.align_res_A, ctx, part,
+                       state.stats, 0.0)
+    return dataclasses.replace(state, iteration=state.iteration + 1, classes=classes,
+                               shifts=shifts, history=state.history + [row])
 
 
 def online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyParams,
@@ -183,8 +198,10 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
 
 @timer("full pass gather")
 def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Mapping],
-                     params: ClassifyParams, backend) -> tuple[ClassState, dict]:
-    """Sum the shards' statistics into the next state; concatenate per-particle results.
+                     params: ClassifyParams, backend,
+                     kind: str = "full") -> tuple[ClassState, dict]:
+    """Sum the shards' statistics into the next state; concatenate per-particle results;
+    ``kind``: what its history row says (``class2d.live``: ``"live full"``).
     A class left with fewer than ``refill.MIN_SPLIT`` particles is refilled from the
     largest (``refill.refill_classes``; its moved particles keep the posterior values of
     their old class), so that no class is written empty while others hold hundreds.
@@ -216,7 +233,7 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     classes, shifts = _updated(state, out)
-    row = _history_row(n, "full", params.align_res_A, ctx, out, stats, changed)
+    row = _history_row(n, kind, params.align_res_A, ctx, out, stats, changed)
     logger.info("full pass %(iteration)d: logL %(loglik).4g, changed %(changed).3f, "
                 "%(gflops).1f GFLOP", row)
     new = ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
