@@ -186,6 +186,13 @@ def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:
     return shift_images(images, centre_of_mass_shifts(images, threshold))
 
 
+def hermitian_weights(box: int) -> np.ndarray:
+    """(box, box//2+1): how many coefficients of the full transform each ``rfft2``
+    coefficient stands for: 2 (itself and the Hermitian half not stored), 1 in column 0."""
+    return np.broadcast_to(np.where(np.arange(box // 2 + 1) == 0, 1.0, 2.0),
+                           (box, box // 2 + 1))
+
+
 def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Fourier ring correlation of (…, D, D) images, pair by pair: (…, D//2 + 1) per shell
     0…Nyquist (0 where either image has no power)."""
@@ -197,8 +204,7 @@ def frc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # stored (every column but the first), none beyond Nyquist
     weights = np.zeros(shells.shape + (nshell,))
     inside = shells < nshell
-    weights[inside, shells[inside]] = np.where(np.arange(box // 2 + 1) == 0, 1.0, 2.0)[
-        np.nonzero(inside)[1]]
+    weights[inside, shells[inside]] = hermitian_weights(box)[inside]
     weights = weights.reshape(-1, nshell)
     flat = fa.shape[:-2] + (-1,)
 

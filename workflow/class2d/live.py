@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from class2d import io, layout, prepare
 from class2d.classify import Classification, export_step
 from class2d.em import online
 from class2d.em.state import ClassState
-from class2d.io.atomic import atomic_path
+from class2d.io.atomic import atomic_path, read_json, write_json
 from class2d.io.npz import write_npz
 
 logger = logging.getLogger(__name__)
@@ -71,19 +70,6 @@ def digest(hashes: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(hashes, np.uint64).tobytes()).hexdigest()[:16]
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _write_json(path: str, record: dict) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as fh:
-        json.dump(record, fh, indent=1, sort_keys=True)
-
-
 class ShardPlan(NamedTuple):
     """The shards of a preparation and how the input compares with the last one."""
 
@@ -107,7 +93,7 @@ def plan_shards(hashes: np.ndarray, prepare_dir: str, shards: int = 0,
     size, if larger); further rows go into new shards of ``particles_per_shard``.
     """
     n = hashes.size
-    record = _read_json(layout.prepared_rows(prepare_dir))
+    record = read_json(layout.prepared_rows(prepare_dir))
     settings = {"shards": int(shards), "particles_per_shard": int(particles_per_shard)}
     case, why = _compare(record, hashes, settings, "prepared")
     if case in ("fresh", "rewritten"):
@@ -152,7 +138,7 @@ def write_prepared_rows(particles: str | os.PathLike, prepare_dir: str,
                         particles_per_shard: int) -> None:
     """Record in ``prepare_dir`` which input rows its shards were prepared from."""
     hashes = row_hashes(io.read_particles(particles))[:rows[-1][1]]
-    _write_json(layout.prepared_rows(prepare_dir), {
+    write_json(layout.prepared_rows(prepare_dir), {
         "rows": int(hashes.size), "digest": digest(hashes),
         "settings": {"shards": int(shards), "particles_per_shard": int(particles_per_shard)},
         "shard_rows": [list(r) for r in rows]})
@@ -169,7 +155,7 @@ class Decision(NamedTuple):
 
 def decide(hashes: np.ndarray, classify_dir: str, settings: dict) -> Decision:
     """Batch chain or live round, from the classify record (``remember``) and the input."""
-    record = _read_json(layout.live_record(classify_dir))
+    record = read_json(layout.live_record(classify_dir))
     case, why = _compare(record, hashes, settings, "classified")
     if case == "grown":
         return Decision(record["round"] + 1, case, why + ": classifying from the last state")
@@ -195,7 +181,7 @@ def live_round(meta: str, previous: str, assignments: str, record: str, state_pa
     n_classes`` particles arrived since the last full iteration (CryoSPARC Live's rule),
     otherwise only the new particles assigned against the current classes."""
     run = Classification(meta, config, seed, backend)
-    last = _read_json(record)
+    last = read_json(record)
     stack, params = run.stack, run.params
     state = _grown_state(ClassState.load(previous), stack.n)
     with np.load(assignments) as data:
@@ -223,7 +209,7 @@ def live_round(meta: str, previous: str, assignments: str, record: str, state_pa
         n_at_full = last["n_at_full"]
     write_npz(assignments_path, out)
     state.save(state_path)
-    _write_json(info_path, {"round": last["round"] + 1, "n_at_full": n_at_full})
+    write_json(info_path, {"round": last["round"] + 1, "n_at_full": n_at_full})
 
 
 def remember(meta: str, state: str, assignments: str, out_dir: str, config: dict,
@@ -234,13 +220,13 @@ def remember(meta: str, state: str, assignments: str, out_dir: str, config: dict
     record: ``rows``, ``digest`` and ``settings`` of the input they were made from; info:
     the live round's ``info_path`` (None after the batch chain)."""
     export_step(meta, state, assignments, out_dir, config, seed)
-    round_info = _read_json(info) if info else {"round": 0, "n_at_full": None}
+    round_info = read_json(info) if info else {"round": 0, "n_at_full": None}
     with np.load(assignments) as data:
         n = int(data["rows"].size)
     for source, target in ((state, layout.STATE), (assignments, layout.ASSIGNMENTS)):
         with atomic_path(layout.live_file(out_dir, target)) as tmp:
             shutil.copyfile(source, tmp)
-    _write_json(layout.live_record(out_dir), {
+    write_json(layout.live_record(out_dir), {
         **record, "round": round_info["round"], "particles": n,
         "n_at_full": n if round_info["n_at_full"] is None else round_info["n_at_full"]})
 

@@ -60,6 +60,7 @@ import numpy as np
 import pandas as pd
 
 from class2d import discs
+from class2d.class_frame import class_frame_average
 from class2d.errors import ConfigError, InputError
 from class2d.fourier import pixel_grid, pixel_radius
 from class2d.io import (ClassSet, ParticleTable, particle_classes, read_classes, read_particles,
@@ -206,8 +207,6 @@ def refit_classes(summary: pd.DataFrame, table: ParticleTable, outliers: np.ndar
     (``class_frame.class_frame_average``).  Such a class shows one particle whose average
     took up the junk it absorbed (edges, neighbours); its outliers are left out anyway.
     Sets those classes' ``reasons`` in ``summary``."""
-    from class2d.class_frame import class_frame_average
-
     out = np.zeros(len(summary), bool)
     class_of = table.particles["rlnClassNumber"].to_numpy()
     apix = float(table.pixel_size()[0]) if table.n else 1.0

@@ -15,7 +15,6 @@ stops its jobs, and every file being written is a temporary name that is removed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from collections.abc import Callable, Sequence
 import yaml
 
 from class2d import layout
+from class2d.io.atomic import read_json
 
 
 def config_value(args: Sequence[str], key: str, default: str) -> str:
@@ -66,10 +66,8 @@ def status_line(outdir: str, seconds: float, returncode: int) -> str:
     if returncode:
         return f"{stamp}  the workflow failed (exit status {returncode}); see its log"
     classify_dir = os.path.join(outdir, "classify")
-    try:
-        with open(layout.live_record(classify_dir)) as fh:
-            record = json.load(fh)
-    except (FileNotFoundError, ValueError):
+    record = read_json(layout.live_record(classify_dir))
+    if record is None:
         return f"{stamp}  done in {seconds:.1f} s"
     kind = "" if record["n_at_full"] == record["particles"] else " (new particles assigned)"
     classes = record.get("settings", {}).get("classify", {}).get("n_classes", "?")

@@ -42,8 +42,8 @@ from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (align, frc, pixel_radius, rotate_images, rotation_coordinates,
-                             shell_index, shift_images, unit_vectors)
+from class2d.fourier import (align, frc, hermitian_weights, pixel_radius, rotate_images,
+                             rotation_coordinates, shell_index, shift_images, unit_vectors)
 from class2d.timing import timer
 
 logger = logging.getLogger(__name__)
@@ -152,8 +152,7 @@ class _Classes:
         shells = shell_index(box).ravel()
         self.order = np.flatnonzero(shells <= box // 2)
         self.order = self.order[np.argsort(shells[self.order], kind="stable")]
-        self.hermitian = np.where(np.arange(box // 2 + 1) == 0, 1.0, 2.0)[
-            None].repeat(box, 0).ravel()[self.order]
+        self.hermitian = hermitian_weights(box).ravel()[self.order]
         self.shells_present, self.starts = np.unique(shells[self.order], return_index=True)
         self.references = state.references
         self.counts = stats.counts

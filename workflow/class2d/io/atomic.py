@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 
@@ -45,3 +46,18 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = True) -> Iterator[str
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, record: dict) -> None:
+    """``record`` as a JSON file, written under a temporary name and renamed."""
+    with atomic_path(path) as tmp, open(tmp, "w") as fh:
+        json.dump(record, fh, indent=1, sort_keys=True)
+
+
+def read_json(path: str | os.PathLike) -> dict | None:
+    """What :func:`write_json` wrote; None where the file is missing or not whole JSON."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, ValueError):
+        return None
