@@ -383,11 +383,13 @@ def file_limit(limit: int):
 
 def snakemake(config: dict, target: str, workdir: Path,
               fsize_limit: int | None = None) -> subprocess.CompletedProcess:
+    """Run in ``workdir``: Snakemake's lock folder (``.snakemake/locks``) is its working
+    directory's, and a run that ends removes it under any other run sharing that directory."""
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "1",
                            "--configfile", str(path), "--snakefile", str(REPO / "Snakefile"),
-                           "--directory", str(REPO)], capture_output=True,
+                           "--directory", str(workdir)], capture_output=True,
                           text=True, preexec_fn=file_limit(fsize_limit) if fsize_limit
                           else None)
 
