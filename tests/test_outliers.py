@@ -42,26 +42,59 @@ def test_class_models_are_the_simulated_particles():
         assert low <= np.median(corr) <= high and (sign < 0 or min(corr) > 0.999), sign
 
 
+def clipped_reference(values, clip=3.0):
+    """Median and 1.4826 · MAD of the values at most ``clip`` of them above, iterated (the
+    float64 reference for ``clipped_centre_spread``)."""
+    kept = values
+    while True:
+        centre = np.median(kept)
+        spread = 1.4826 * np.median(np.abs(kept - centre))
+        inside = values[(values - centre) / spread <= clip]
+        if inside.size == kept.size:
+            return centre, spread
+        kept = inside
+
+
 def test_robust_zscores_by_class():
     rng = np.random.default_rng(0)
     classes = np.repeat([0, 1, 2], [200, 200, 5])
     values = {name: rng.normal(0.0, 1.0, classes.size) for name in FEATURES}
     values["c2dResidualPower"][:200] = 10.0 + 2.0 * values["c2dResidualPower"][:200]
+    values["c2dResidualPower"][:3] = 40.0                        # beyond 3 spreads: left out
+    values["c2dFitScale"][200:203] = 40.0         # two sided, never clipped: plain median, MAD
     features = pd.DataFrame(values)
     z = robust_zscores(features, classes)
     column = features["c2dResidualPower"].to_numpy()
-    first = column[:200]
-    mad = 1.4826 * np.median(np.abs(first - np.median(first)))
-    np.testing.assert_allclose(z["c2dResidualPower"][:200], (first - np.median(first)) / mad)
+    centre, spread = clipped_reference(column[:200])
+    clean = column[3:200]
+    assert spread == pytest.approx(1.4826 * np.median(np.abs(clean - np.median(clean))), rel=0.05)
+    np.testing.assert_allclose(z["c2dResidualPower"][:200], (column[:200] - centre) / spread)
     # the 5-particle class takes the pooled median and spread
-    mad = 1.4826 * np.median(np.abs(column - np.median(column)))
-    np.testing.assert_allclose(z["c2dResidualPower"][400:], (column[400:] - np.median(column)) / mad)
+    centre, spread = clipped_reference(column)
+    np.testing.assert_allclose(z["c2dResidualPower"][400:], (column[400:] - centre) / spread)
     scale = features["c2dFitScale"].to_numpy()[200:400]
     assert (z["c2dFitScale"][200:400] >= 0).all()           # two sided: |z|
     np.testing.assert_allclose(z["c2dFitScale"][200:400],
                                np.abs(scale - np.median(scale)) / (1.4826 * np.median(
                                    np.abs(scale - np.median(scale)))))
     np.testing.assert_allclose(z["rlnParticleSelectZScore"], z[list(FEATURES)].max(axis=1))
+
+
+def test_junk_absorbed_by_the_thousand_does_not_widen_its_class_spread():
+    # a class of 700 particles that fit and 300 aggregates far above them (the 16-object
+    # set of 10^5: one class of 7,026 held 2,047 aggregates): median and MAD of all of them
+    # put the aggregates at z ~ 3, under select's threshold; clipped, at z ~ 8 as in a clean
+    # class, and the particles that fit keep their z (spread within 10 % of 1)
+    rng = np.random.default_rng(4)
+    outside = np.concatenate([rng.normal(0.0, 1.0, 700), rng.normal(8.0, 1.0, 300)])
+    features = pd.DataFrame({name: rng.normal(0.0, 1.0, 1000) for name in FEATURES})
+    features["c2dOutsideMaskPower"] = outside
+    z = robust_zscores(features, np.zeros(1000, int))["c2dOutsideMaskPower"].to_numpy()
+    assert np.median(z[700:]) > 7.0, np.median(z[700:])
+    assert np.std(z[:700]) == pytest.approx(1.0, abs=0.1)
+    unclipped = (outside - np.median(outside)) / (1.4826 * np.median(np.abs(
+        outside - np.median(outside))))
+    assert np.median(unclipped[700:]) < 4.0                  # what the plain median and MAD gave
 
 
 def test_auto_threshold_between_two_populations():

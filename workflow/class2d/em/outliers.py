@@ -21,7 +21,12 @@ features per particle, in the prepared box (px of the alignment box):
 
 Each feature becomes a robust z-score within the particle's class, (value − median) /
 (1.4826 · MAD) (over all particles for classes of fewer than ``MIN_CLASS`` particles), one
-sided (too high) for the first three and two sided for the scale;
+sided (too high) for the first three and two sided for the scale.  For the one-sided
+features the median and MAD are those of the values at most ``CLIP`` spreads above them,
+found by iterating: a class that absorbed junk by the thousand (a third of it aggregates)
+would otherwise measure its particles against a spread the junk itself widened.  The scale
+is left unclipped: in a class that holds two objects, the fewer fit it less, and which
+class they belong to is the classifier's decision, not junk;
 ``rlnParticleSelectZScore`` (RELION's name for the z-score of a particle against its
 reference, from ``relion_particle_sort``; ``.cs`` field ``class2d/select_zscore``) is the
 largest of the four.  About 1 % of good particles score above 3 under Gaussian
@@ -44,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 #: a class with fewer particles takes the medians and spreads of all particles
 MIN_CLASS = 20
+#: a feature's centre and spread are those of the values within this many spreads of them
+CLIP = 3.0
+CLIP_ROUNDS = 20
 #: the residual is low-passed by a Gaussian of this s.d. (fraction of the box) before the
 #: outside-the-disc power is measured
 BLUR_FRACTION = 0.04
@@ -143,24 +151,35 @@ def robust_zscores(features, classes: np.ndarray):
 
     classes = np.asarray(classes)
     z = pd.DataFrame(index=features.index)
-    pooled = {name: _centre_spread(features[name].to_numpy()) for name in FEATURES}
     for name, high_only in FEATURES.items():
         values = features[name].to_numpy(np.float64)
+        clip = CLIP if high_only else np.inf
+        pooled = clipped_centre_spread(values, clip)
         centre, spread = np.empty_like(values), np.empty_like(values)
         for k in np.unique(classes):
             members = classes == k
-            centre[members], spread[members] = (_centre_spread(values[members])
-                                                if members.sum() >= MIN_CLASS else pooled[name])
+            centre[members], spread[members] = (clipped_centre_spread(values[members], clip)
+                                                if members.sum() >= MIN_CLASS else pooled)
         score = (values - centre) / spread
         z[name] = score if high_only else np.abs(score)
     z[ZSCORE] = z[list(FEATURES)].max(axis=1)
     return z
 
 
-def _centre_spread(values: np.ndarray) -> tuple[float, float]:
-    centre = float(np.median(values))
-    spread = 1.4826 * float(np.median(np.abs(values - centre)))
-    return centre, max(spread, 1e-12 * max(abs(centre), 1.0))
+def clipped_centre_spread(values: np.ndarray, clip: float) -> tuple[float, float]:
+    """Median and 1.4826 · MAD of the ``values`` at most ``clip`` of those spreads above
+    them, iterated until the values kept stop changing (at most ``CLIP_ROUNDS`` times)."""
+    kept = np.ones(values.size, bool)
+    for _ in range(CLIP_ROUNDS):
+        centre = float(np.median(values[kept]))
+        spread = 1.4826 * float(np.median(np.abs(values[kept] - centre)))
+        spread = max(spread, 1e-12 * max(abs(centre), 1.0))
+        score = (values - centre) / spread
+        inside = score <= clip
+        if (inside == kept).all() or inside.sum() < MIN_CLASS:
+            return centre, spread
+        kept = inside
+    return centre, spread
 
 
 @timer("outlier scores")
