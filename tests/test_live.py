@@ -156,3 +156,29 @@ def test_the_gallery_says_which_live_round_it_shows():
     assert live_round(batch) == ""
     assert live_round(batch + [{"kind": "live assigned"}, {"kind": "live full"}]) == \
         ", live round 2"
+
+
+@pytest.mark.slow
+def test_the_watcher_runs_a_round_each_time_the_file_grows(labelled, tmp_path):
+    """``class2d live`` on a real workflow: a round for the first rows, one for the rows
+    appended after it said so, then it stops by itself when the file stays the same."""
+    growing = labelled.parent / f"watched_{tmp_path.name}.star"
+    write_rows(labelled, growing, np.arange(150))
+    outdir = tmp_path / "live"
+    config = tmp_path / "live.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "particles": str(growing),
+                                      "outdir": str(outdir)}))
+    watcher = subprocess.Popen([sys.executable, "-m", "class2d.cli", "live", "--every", "0.5",
+                                "--idle", "3", "--cores", "2", "--configfile", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=tmp_path)
+    lines = []
+    for line in watcher.stdout:
+        lines.append(line.rstrip())
+        if "round 0: 150 particles, 4 classes" in line:
+            write_rows(labelled, growing, np.arange(210))
+    assert watcher.wait(timeout=60) == 0, lines
+    assert "round 1: 210 particles, 4 classes" in lines[1], lines
+    assert lines[1].endswith("(new particles assigned)"), lines
+    assert lines[2] == "no new particles for 3 s: stopping" and len(lines) == 3, lines
+    assert io.read_particles(outdir / "classify" / "particles.star").n == 210
