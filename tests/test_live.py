@@ -79,6 +79,12 @@ def test_plan_keeps_the_shards_of_appended_rows(tmp_path):
     assert live.plan_shards(hashes, str(tmp_path), 0, 50).case == "fresh"    # other setting
 
 
+#: the four appends after the first 150 rows, and what each live round does: 20, 40 and 70
+#: particles since the last full iteration are assigned, 150 (>= 80) make one
+APPENDS = ((170, "assigning the 20 new ones"), (190, "assigning the 20 new ones"),
+           (220, "assigning the 30 new ones"), (300, "one full iteration over all 300"))
+
+
 @pytest.mark.slow
 def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labelled,
                                                                             tmp_path):
@@ -87,31 +93,29 @@ def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labe
     growing = labelled.parent / f"growing_{tmp_path.name}.star"
     write_rows(labelled, growing, np.arange(150))
     assert "fresh run on 150" in run(growing, outdir)
-    before = stacks(outdir)
+    first = before = stacks(outdir)
     assert list(before) == ["stack_000.mrcs", "stack_001.mrcs"]
-
-    write_rows(labelled, growing, np.arange(210))        # 60 new: assigned only
-    log = run(growing, outdir)
-    assert "grew from 150 to 210 particles" in log
-    assert "assigning the 60 new ones" in (outdir / "logs/classify/live_001.log").read_text()
-    after = stacks(outdir)
-    assert after["stack_000.mrcs"] == before["stack_000.mrcs"]        # untouched
-    assert after["stack_001.mrcs"] != before["stack_001.mrcs"]        # the last one grew
-    assert list(after) == ["stack_000.mrcs", "stack_001.mrcs", "stack_002.mrcs"]
-    assert "Nothing to be done" in run(growing, outdir)               # unchanged: no job
-
-    write_rows(labelled, growing, np.arange(300))        # 150 since the last full: one
-    log = run(growing, outdir)
-    assert "one full iteration over all 300" in (
-        outdir / "logs/classify/live_002.log").read_text()
+    n = 150
+    for round_, (rows, case) in enumerate(APPENDS, start=1):
+        write_rows(labelled, growing, np.arange(rows))
+        assert f"grew from {n} to {rows} particles" in run(growing, outdir)
+        assert case in (outdir / f"logs/classify/live_{round_:03d}.log").read_text()
+        after = stacks(outdir)
+        # only the last shard grows (to 100 rows) and new ones are added: the others' files
+        # are not written again
+        last = sorted(before)[-1]
+        assert {name: after[name] for name in before if name != last} == {
+            name: stamp for name, stamp in before.items() if name != last}
+        assert set(before) <= set(after) and len(after) == -(-(rows - 75) // 100) + 1
+        assert io.read_particles(outdir / "classify/particles.star").n == rows
+        before, n = after, rows
+        if round_ == 1:
+            assert "Nothing to be done" in run(growing, outdir)       # unchanged: no job
+    assert stacks(outdir)["stack_000.mrcs"] == first["stack_000.mrcs"]
     # one point of the convergence table (and plot) per round, after the batch's iterations
     kinds = [line.split("\t")[1] for line in
              (outdir / "classify/convergence.tsv").read_text().splitlines()[1:]]
-    assert kinds[-3:] == ["full", "live assigned", "live full"], kinds
-    last = stacks(outdir)
-    assert last["stack_000.mrcs"] == before["stack_000.mrcs"]
-    assert last["stack_001.mrcs"] == after["stack_001.mrcs"]          # full since round 1
-    assert len(last) == 4
+    assert kinds[-5:] == ["full"] + ["live assigned"] * 3 + ["live full"], kinds
 
     run(labelled, tmp_path / "batch")
     truth = labelled.parent / "truth.star"
@@ -122,8 +126,8 @@ def test_appended_particles_prepare_only_new_shards_and_classify_as_a_batch(labe
     write_rows(labelled, growing, np.delete(np.arange(300), 120))
     log = run(growing, outdir)
     assert "the input was rewritten, not appended to" in log
-    assert not (outdir / "classify" / "live_003").exists()
-    assert stacks(outdir)["stack_000.mrcs"] != before["stack_000.mrcs"]   # new boundaries
+    assert not (outdir / "classify" / "live_005").exists()
+    assert stacks(outdir)["stack_000.mrcs"] != first["stack_000.mrcs"]   # new boundaries
     assert io.read_particles(outdir / "classify/particles.star").n == 299
 
 
