@@ -24,6 +24,8 @@ import pytest
 import starfile
 import yaml
 
+from class2d import io
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 
@@ -121,20 +123,30 @@ def slurm_job(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w+)=(\S*)", shown))
 
 
+def slurm_profile(folder: Path) -> list[str]:
+    """Snakemake's arguments for the shipped profile on the test cluster (logs in ``folder``)."""
+    return ["--profile", str(REPO / "profiles" / "slurm"),
+            # no accounting on the test cluster: sacct would fail and Snakemake hang
+            "--slurm-status-command", "squeue", "--slurm-no-account",
+            "--slurm-init-seconds-before-status-checks", "1",
+            "--slurm-logdir", str(folder / "slurm_logs")]
+
+
+def slurm_submissions(log: str) -> list[tuple[str, str, str]]:
+    """(Slurm job id, rule or group, wildcards) of every job Snakemake's ``log`` submitted:
+    "Job 9 has been submitted with SLURM jobid 7 (log: …/rule_classify_full_shard/003_001/7.log)",
+    "Job 5f… has been submitted with SLURM jobid 8 (log: …/group_setup_init_classes_…/8.log)"."""
+    return re.findall(r"submitted with SLURM jobid (\d+) \(log: "
+                      r"\S*/(?:rule|group)_(\w+)/(?:(\S+)/)?\d+\.log", log)
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_run_with_the_shipped_profile_matches_the_local_run(local_run, tmp_path):
     slurm_cluster()
     config = write_config(tmp_path, SMALL)
-    run = snakemake(tmp_path, "--profile", str(REPO / "profiles" / "slurm"),
-                    # no accounting on the test cluster: sacct would fail and Snakemake hang
-                    "--slurm-status-command", "squeue", "--slurm-no-account",
-                    "--slurm-init-seconds-before-status-checks", "1",
-                    "--slurm-logdir", str(tmp_path / "slurm_logs"), "--configfile", str(config))
-    # "Job 9 has been submitted with SLURM jobid 7 (log: …/rule_classify_full_shard/003_001/7.log)",
-    # "Job 5f… has been submitted with SLURM jobid 8 (log: …/group_setup_init_classes_…/8.log)"
-    submitted = re.findall(r"submitted with SLURM jobid (\d+) \(log: "
-                           r"\S*/(?:rule|group)_(\w+)/(?:(\S+)/)?\d+\.log", run.stdout + run.stderr)
+    run = snakemake(tmp_path, *slurm_profile(tmp_path), "--configfile", str(config))
+    submitted = slurm_submissions(run.stdout + run.stderr)
     rules = {rule for _, rule, _ in submitted}
     # the profile's groups: prepare_stack + init_classes, then gather_full_pass onwards
     assert rules == {"simulate_demo", "prepare_shard", "setup_init_classes_prepare_stack",
@@ -152,6 +164,39 @@ def test_slurm_run_with_the_shipped_profile_matches_the_local_run(local_run, tmp
     # in parallel: each started before the other ended (ISO times sort as text)
     assert max(r["StartTime"] for r in records) < min(r["EndTime"] for r in records), records
     assert_same_outputs(tmp_path / "results", local_run / "results")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_live_round_through_slurm(local_run, tmp_path):
+    """``class2d live`` with the shipped Slurm profile: the rows appended to a classified
+    STAR are prepared and assigned by Slurm jobs, and the watcher stops when idle."""
+    slurm_cluster()
+    demo = local_run / "results" / "demo" / "particles.star"
+    # the STAR beside the images, so that its image paths stay the same
+    growing = demo.parent / f"growing_{tmp_path.name}.star"
+    table = io.read_particles(demo)
+    io.write_particles(table.subset(np.arange(80)), growing)
+    config = write_config(tmp_path, {**SMALL, "particles": str(growing)})
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config))      # the batch, here
+    log = tmp_path / "watcher.log"
+    with open(log, "w") as err:
+        watcher = subprocess.Popen(
+            ["timeout", "-s", "KILL", str(HARD_LIMIT_S), sys.executable, "-m", "class2d.cli",
+             "live", "--every", "1", "--idle", "3", *slurm_profile(tmp_path),
+             "--configfile", str(config)],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=err, text=True)
+        lines = []
+        for line in watcher.stdout:
+            lines.append(line.rstrip())
+            if "round 0: 80 particles" in line:                  # nothing new: no job
+                io.write_particles(table.subset(np.arange(120)), growing)
+        assert watcher.wait() == 0, (lines, log.read_text()[-3000:])
+    assert "round 1: 120 particles, 3 classes" in lines[1], lines
+    assert lines[1].endswith("(new particles assigned)") and "stopping" in lines[2], lines
+    rules = {rule for _, rule, _ in slurm_submissions(log.read_text())}
+    assert "classify_live_round" in rules and "prepare_shard" in rules, rules
+    assert io.read_particles(tmp_path / "results" / "classify" / "particles.star").n == 120
 
 
 # ---------------------------------------------------------------- module
