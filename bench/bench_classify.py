@@ -231,7 +231,8 @@ def compare_workflow(star: str, work: str, config: dict, repeats: int,
                 with open(out + ".yaml", "w") as fh:
                     yaml.safe_dump(settings, fh)
                 cmd = [sys.executable, "-m", "snakemake", "--cores", str(cores),
-                       "--configfile", out + ".yaml", "--directory", REPO]
+                       "--configfile", out + ".yaml", "--snakefile",
+                       os.path.join(REPO, "Snakefile"), "--directory", REPO]
             tic = time.perf_counter()
             run = subprocess.run(cmd, capture_output=True, text=True, check=False)
             seconds = time.perf_counter() - tic

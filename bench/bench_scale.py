@@ -82,7 +82,8 @@ def run_workflow(star: str, outdir: str, args: argparse.Namespace,
     with open(os.path.join(outdir, "snakemake.log"), "w") as log:     # the jobs' lines too
         run = subprocess.Popen([sys.executable, "-m", "snakemake",
                                 os.path.join(outdir, "classify", "classes.star"), "--cores",
-                                str(args.cores), "--configfile", path, "--directory", REPO],
+                                str(args.cores), "--configfile", path, "--snakefile",
+                                os.path.join(REPO, "Snakefile"), "--directory", REPO],
                                stdout=log, stderr=subprocess.STDOUT)
         while True:
             try:
