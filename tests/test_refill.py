@@ -50,8 +50,8 @@ def run_refill(full_pass, memory_gb, monkeypatch, split=None):
     monkeypatch.setattr(refill, "MAX_SPLIT", split or refill.MAX_SPLIT)
     params = ClassifyParams.from_config({"n_classes": 4, "max_res_A": 12.0,
                                          "memory_gb": memory_gb}, seed=1)
-    new_stats, new_out = refill.refill_classes(stack, stats, out, state, params, ctx, cpu,
-                                               small, np.random.default_rng(3))
+    new_stats, new_out, _ = refill.refill_classes(stack, stats, out, state, params, ctx, cpu,
+                                                  small, np.random.default_rng(3))
     return new_stats, new_out, loads, splits
 
 
@@ -85,3 +85,31 @@ def test_refill_inserts_in_batches_from_memory_gb_with_the_unbatched_result(full
         got, want = getattr(split_stats, name), getattr(whole_stats, name)
         np.testing.assert_allclose(got, want, atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(split_stats.noise_sum, whole_stats.noise_sum, rtol=1e-5)
+
+
+def test_a_refilled_class_takes_the_prior_of_the_class_it_was_split_from(full_pass):
+    """A class whose average had faded to nothing (its Wiener prior τ² at 10⁻¹² in every
+    shell, as a class of noise picks reaches) and is refilled with half of the largest
+    class is reconstructed with the largest class's prior: an average as strong as the
+    other half's, where its own prior left it blank (its 135 particles of one object were
+    written out as a blank class, and select threw them away)."""
+    import dataclasses
+
+    from class2d.em import mstep
+
+    stack, state, stats, out, ctx, small = full_pass
+    faded = state.tau2.copy()
+    faded[small] = 1e-12
+    state = dataclasses.replace(state, tau2=faded)
+    params = ClassifyParams.from_config({"n_classes": 4, "max_res_A": 12.0}, seed=1)
+    new_stats, new_out, prior = refill.refill_classes(stack, stats, out, state, params, ctx,
+                                                      cpu, small, np.random.default_rng(3))
+    source = int(np.argmax(stats.counts))
+    np.testing.assert_array_equal(prior[small[0]], faded[source])
+    np.testing.assert_array_equal(np.delete(prior, small, 0), np.delete(faded, small, 0))
+    power = {}
+    for label, tau2 in (("own", faded), ("refilled", prior)):
+        refs = mstep.finish(new_stats, tau2, state.sigma2, params, stack.box, stack.apix,
+                            state.pad, recenter=False)[0]
+        power[label] = float(np.square(refs[small[0]]).sum() / np.square(refs[source]).sum())
+    assert power["own"] < 1e-6 < 0.2 < power["refilled"] < 5.0, power

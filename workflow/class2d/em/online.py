@@ -130,18 +130,19 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     stats = state.stats.blend(batch, params.step_size_at(n))
     changed = changed_share(state, out)
     merged = np.zeros(0, np.int64)
+    tau2 = state.tau2
     if n < params.online_iterations:
-        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
-                                    online_refills(stats, state, params), rng)
+        stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
+                                          online_refills(stats, state, params), rng)
     elif params.merge_twin_classes and splittable(out, state.n_classes).any():
         # twins merged; a class they empty takes half of the largest only where that holds
         # more than one object, else it stays empty and is not scored again. No merge where
         # no class can be split: after a short run two classes mixing the same objects read
         # as twins, and only a split of their merged class would part them again
         stats, merged = merge_twins(stats, state, params)
-        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend, merged,
-                                    rng, distinct_only=True)
-    refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
+        stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
+                                          merged, rng, distinct_only=True)
+    refs, stats, sigma2, tau2 = mstep.finish(stats, tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=True)
     alpha = state.alpha.copy()
     if params.per_particle_scale and n > 1:
@@ -226,11 +227,13 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     rng = np.random.default_rng([params.seed, n])
     # one class at a time, each split taking the particles as the last left them (the
     # labels are what is written)
+    tau2 = state.tau2
     for k in np.flatnonzero((np.bincount(out["best_class"], minlength=state.n_classes)
                              < MIN_SPLIT) & (state.stats.counts > 0)):
-        stats, out = refill_classes(stack, stats, out, state, params, ctx, backend,
-                                    np.array([k]), rng)
-    refs, stats, sigma2, tau2 = mstep.finish(stats, state.tau2, state.sigma2, params,
+        stats, out, prior = refill_classes(stack, stats, out, state, params, ctx, backend,
+                                           np.array([k]), rng)
+        tau2 = np.where(np.arange(state.n_classes)[:, None] == k, prior, tau2)
+    refs, stats, sigma2, tau2 = mstep.finish(stats, tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     classes, shifts = _updated(state, out)
     row = _history_row(n, kind, params.align_res_A, ctx, out, stats, changed)

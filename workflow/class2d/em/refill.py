@@ -1,7 +1,8 @@
 """Refilling classes that emptied out or show another class's object, during online EM.
 
     >>> small = online_refills(stats, state, params)          # or the full pass's empty ones
-    >>> stats, out = refill_classes(stack, stats, out, state, params, ctx, backend, small, rng)
+    >>> stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend, small,
+    ...                                   rng)
 
 A class to refill takes half of the currently largest class: that class's aligned
 particles of the pass split in two along their first principal component (a class that
@@ -120,7 +121,7 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
 def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: ClassState,
                    params: ClassifyParams, ctx: PassContext, backend, small: np.ndarray,
                    rng: np.random.Generator,
-                   distinct_only: bool = False) -> tuple[Statistics, dict]:
+                   distinct_only: bool = False) -> tuple[Statistics, dict, np.ndarray]:
     """Replace the classes ``small`` by halves of the largest class (by ``stats.counts``,
     updated as classes are replaced) of those with 2·MIN_SPLIT particles or more in this
     pass: its particles in this pass, split along the first
@@ -137,9 +138,16 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     With ``distinct_only`` a split is kept only where its halves do not show one object
     (``twins.one_object``): otherwise the largest class holds one object, and the classes
     left in ``small`` stay as they are (one emptied by a merge stays empty).
+
+    Also returns the Wiener prior (K, S) the M-step is to use (``mstep.finish``):
+    ``state.tau2`` with a refilled class taking the prior of the class it was split from.
+    Its own was that of what it held before: a class of noise picks whose average faded
+    to nothing (τ² 10⁻¹¹ after 16 iterations) stayed blank when refilled, and the 135
+    particles of the object it was given were written out as a blank class.
     """
+    tau2 = state.tau2.copy()
     if small.size == 0:
-        return stats, out
+        return stats, out, tau2
     num, den, counts = stats.num.copy(), stats.den.copy(), stats.counts.copy()
     best = out["best_class"].copy()
     # the two classes of a split, as classes 0 (j) and 1 (k) of their own statistics: a
@@ -177,9 +185,10 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
             break
         for c, own in ((j, 0), (k, 1)):
             num[c], den[c], counts[c] = part.num[own], part.den[own], part.counts[own]
+        tau2[k] = tau2[j]
         best[sel] = np.where(group, k, j)
         done += 1
     if done:
         logger.info("split the largest class to refill %d emptied class(es)", done)
     return (dataclasses.replace(stats, num=num, den=den, counts=counts),
-            {**out, "best_class": best})
+            {**out, "best_class": best}, tau2)
