@@ -87,7 +87,7 @@ def test_refill_inserts_in_batches_from_memory_gb_with_the_unbatched_result(full
     np.testing.assert_allclose(split_stats.noise_sum, whole_stats.noise_sum, rtol=1e-5)
 
 
-def test_a_refilled_class_takes_the_prior_of_the_class_it_was_split_from(full_pass):
+def test_a_refilled_class_whose_prior_faded_takes_its_sources(full_pass):
     """A class whose average had faded to nothing (its Wiener prior τ² at 10⁻¹² in every
     shell, as a class of noise picks reaches) and is refilled with half of the largest
     class is reconstructed with the largest class's prior: an average as strong as the
@@ -113,3 +113,7 @@ def test_a_refilled_class_takes_the_prior_of_the_class_it_was_split_from(full_pa
                             state.pad, recenter=False)[0]
         power[label] = float(np.square(refs[small[0]]).sum() / np.square(refs[source]).sum())
     assert power["own"] < 1e-6 < 0.2 < power["refilled"] < 5.0, power
+    # a prior that has not faded is the class's own, as before
+    healthy = refill.refill_classes(stack, stats, out, dataclasses.replace(
+        state, tau2=full_pass[1].tau2), params, ctx, cpu, small, np.random.default_rng(3))[2]
+    np.testing.assert_array_equal(healthy, full_pass[1].tau2)

@@ -38,6 +38,9 @@ TWIN_SHARE = 0.1
 MIN_SPLIT = 10
 #: at most this many of the largest class's particles are split (the rest stay in it)
 MAX_SPLIT = 2000
+#: a refilled class whose prior's power is below this share of its source's takes the
+#: source's prior (see refill_classes)
+FADED = 1e-3
 
 
 def aligned_images(stack: PreparedStack, rows: np.ndarray, psi: np.ndarray, tx: np.ndarray,
@@ -140,10 +143,13 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     left in ``small`` stay as they are (one emptied by a merge stays empty).
 
     Also returns the Wiener prior (K, S) the M-step is to use (``mstep.finish``):
-    ``state.tau2`` with a refilled class taking the prior of the class it was split from.
-    Its own was that of what it held before: a class of noise picks whose average faded
-    to nothing (τ² 10⁻¹¹ after 16 iterations) stayed blank when refilled, and the 135
-    particles of the object it was given were written out as a blank class.
+    ``state.tau2``, but a refilled class whose own prior has faded (below FADED of the
+    class it was split from) takes that class's.  A class of noise picks whose average
+    faded to nothing (τ² 10⁻¹¹ after 16 iterations: each Wiener filter shrinks the power
+    the next one takes as its prior) stayed blank when refilled, and the 135 particles of
+    the object it was given were written out as a blank class.  Every refilled class
+    taking the source's prior moved the 16-object ARI by −0.05 to +0.05 (mean +0.001) and
+    spread the continuous views' classes (29.7° → 39.2°, 26.1° → 30.6°).
     """
     tau2 = state.tau2.copy()
     if small.size == 0:
@@ -185,7 +191,8 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
             break
         for c, own in ((j, 0), (k, 1)):
             num[c], den[c], counts[c] = part.num[own], part.den[own], part.counts[own]
-        tau2[k] = tau2[j]
+        if tau2[k].sum() < FADED * tau2[j].sum():
+            tau2[k] = tau2[j]
         best[sel] = np.where(group, k, j)
         done += 1
     if done:
