@@ -227,12 +227,12 @@ def gather_full_pass(stack: PreparedStack, state: ClassState, parts: Iterable[Ma
     rng = np.random.default_rng([params.seed, n])
     # one class at a time, each split taking the particles as the last left them (the
     # labels are what is written)
-    tau2 = state.tau2
+    tau2 = state.tau2.copy()
     for k in np.flatnonzero((np.bincount(out["best_class"], minlength=state.n_classes)
                              < MIN_SPLIT) & (state.stats.counts > 0)):
         stats, out, prior = refill_classes(stack, stats, out, state, params, ctx, backend,
                                            np.array([k]), rng)
-        tau2 = np.where(np.arange(state.n_classes)[:, None] == k, prior, tau2)
+        tau2[k] = prior[k]
     refs, stats, sigma2, tau2 = mstep.finish(stats, tau2, state.sigma2, params,
                                              stack.box, stack.apix, state.pad, recenter=False)
     classes, shifts = _updated(state, out)
