@@ -213,3 +213,29 @@ def test_locating_new_particles_finds_the_exhaustive_search_pose(references):
     assert located.mean() < exhaustive.mean() + 0.05
     assert located.max() < exhaustive.max() + 0.1
     assert locate_flops + near.flops < 0.15 * every.flops
+
+
+@pytest.mark.parametrize("box", [48, 49])
+def test_spectra_shifted_back_match_a_float64_phase_table(box):
+    # a spectrum moved back by t equals the spectrum of the image moved by −t: the kernel's
+    # per-row and per-column tables against exp(2πi f·t/d) in float64, and against the
+    # spectra of the images themselves shifted in real space
+    from class2d.fourier import shift_images
+
+    freqs = FrequencySet.within(box, box / 2)
+    rng = np.random.default_rng(6)
+    images = rng.normal(size=(30, box, box))
+    shifts = rng.uniform(-6, 6, (30, 2)).astype(np.float32).astype(np.float64)
+    x = freqs.take(np.fft.rfft2(images))
+    exact = x.astype(np.complex128) * np.exp(
+        2j * np.pi * (np.outer(shifts[:, 0], freqs.fx.astype(np.float64))
+                      + np.outer(shifts[:, 1], freqs.fy.astype(np.float64))) / box)
+    moved = freqs.shifted_back(x, shifts)
+    assert moved.dtype == np.complex64
+    np.testing.assert_allclose(moved, exact, rtol=0, atol=1e-6 * np.abs(x).max())
+    # (a real image keeps only the real part of its self-conjugate Nyquist coefficients:
+    # those are left out)
+    inside = freqs.radius < box // 2
+    back = freqs.take(np.fft.rfft2(shift_images(images, -shifts)))
+    np.testing.assert_allclose(moved[:, inside], back[:, inside], rtol=0,
+                               atol=1e-5 * np.abs(x).max())

@@ -155,3 +155,33 @@ def test_align_finds_a_quarter_turn_about_the_centre_pixel():
     assert angle == 90.0
     np.testing.assert_allclose(shift, 0.0, atol=1e-6)
     assert correlation == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (2, 9, 12)])
+def test_bilinear_reads_as_map_coordinates_does(shape):
+    # the kernel against SciPy's order-1 spline, 0 outside: random points in and around
+    # the grid, on its edges and corners exactly, and far outside
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=shape)
+    height, width = shape[1:]
+    rows = np.concatenate([rng.uniform(-2, height + 1, 500), [0, height - 1, height - 1, -1e-9,
+                                                              height - 1 + 1e-9, 50, 3]])
+    cols = np.concatenate([rng.uniform(-2, width + 1, 500), [0, width - 1, 0, 2, 2, 1, -50]])
+    where = np.stack([rows, cols]).reshape(2, 13, 39)
+    got = fourier.bilinear(images, where)
+    assert got.shape == (shape[0], 13, 39)
+    for image, values in zip(images, got):
+        np.testing.assert_allclose(values, ndimage.map_coordinates(image, where, order=1),
+                                   rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("box", [32, 33])
+def test_shifted_spectra_are_those_of_the_shifted_images(box):
+    rng = np.random.default_rng(4)
+    images = rng.normal(size=(4, box, box))
+    shifts = rng.normal(scale=4.0, size=(4, 2))
+    expected = np.fft.rfft2(fourier.shift_images(images, shifts))
+    np.testing.assert_allclose(fourier.shifted_spectra(images, shifts), expected, rtol=0,
+                               atol=1e-10 * np.abs(expected).max())

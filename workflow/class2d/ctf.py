@@ -87,6 +87,10 @@ def evaluate(params: CTFParams, fx: np.ndarray, fy: np.ndarray,
     chi = (np.pi * lam * defocus * s2 - 0.5 * np.pi * cs_a * lam ** 3 * s2 * s2
            + np.deg2rad(per_particle(params.phase_shift))
            + np.arctan2(q0, np.sqrt(1.0 - q0 * q0)))   # amplitude contrast 1 (no CTF): π/2
+    if np.dtype(dtype) == np.float32:
+        # χ brought within ±π in float64, its sine in float32: within 2·10⁻⁷ of the float64
+        # sine, at a thirtieth of its cost (NumPy's float32 sine is vectorised)
+        chi = (chi - 2.0 * np.pi * np.rint(chi / (2.0 * np.pi))).astype(np.float32)
     ctf = np.sin(chi) * per_particle(params.scale)
     bfac = per_particle(params.bfactor)
     if np.any(bfac != 0):

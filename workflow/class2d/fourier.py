@@ -14,7 +14,9 @@ checkerboard.
 from __future__ import annotations
 
 import logging
+import math
 
+import numba
 import numpy as np
 import scipy.fft
 
@@ -106,39 +108,97 @@ def centre_of_mass_shifts(images: np.ndarray, threshold: float = 0.0) -> np.ndar
     return shifts
 
 
+def shift_phases(box: int, shifts: np.ndarray) -> np.ndarray:
+    """The ``rfft2`` phase factors (K, box, box//2+1) that shift a (box, box) image by each of
+    (K, 2) px (x, y), circularly."""
+    fy, fx = rfft_frequencies(box)
+    return np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
+                                 + fy[None] * shifts[:, 1, None, None]))
+
+
+def shifted_spectra(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """``rfft2`` of the (K, D, D) images shifted by (K, 2) px (x, y): the coefficients of
+    ``shift_images``'s output up to rounding, without its way back to real space.  Column 0
+    and the Nyquist column of a real image's ``rfft2`` are Hermitian along the rows; phases
+    turn them away from it, and the way back keeps only their Hermitian part: so here."""
+    box = images.shape[-1]
+    out = np.fft.rfft2(images) * shift_phases(box, shifts)
+    negative = -np.arange(box) % box
+    for column in {0, box // 2} if box % 2 == 0 else {0}:
+        values = out[:, :, column]
+        out[:, :, column] = 0.5 * (values + values[:, negative].conj())
+    return out
+
+
 def shift_images(images: np.ndarray, shifts: np.ndarray) -> np.ndarray:
     """Shift (K, D, D) images by (K, 2) px (x, y) with Fourier phases (circularly);
     same dtype out."""
     box = images.shape[-1]
-    fy, fx = rfft_frequencies(box)
-    phase = np.exp(-2j * np.pi * (fx[None] * shifts[:, 0, None, None]
-                                  + fy[None] * shifts[:, 1, None, None]))
-    return np.fft.irfft2(np.fft.rfft2(images) * phase, s=(box, box)).astype(images.dtype)
+    return np.fft.irfft2(np.fft.rfft2(images) * shift_phases(box, shifts),
+                         s=(box, box)).astype(images.dtype)
 
 
 def rotation_coordinates(box: int, angles_deg) -> np.ndarray:
     """Where each pixel of a (box, box) image turned by each angle reads from: (2, R, box,
-    box) float64 (row, column), for ``scipy.ndimage.map_coordinates``.  The turn is about
-    the centre pixel c = (box//2, box//2), counter-clockwise as shown with row 0 at the
-    bottom: out(p) = in(R(−θ)(p − c) + c)."""
+    box) float64 (row, column), for ``scipy.ndimage.map_coordinates`` or ``bilinear``.  The
+    turn is about the centre pixel c = (box//2, box//2), counter-clockwise as shown with row 0
+    at the bottom: out(p) = in(R(−θ)(p − c) + c)."""
     theta = np.radians(np.atleast_1d(np.asarray(angles_deg, np.float64)))[:, None, None]
-    y, x = pixel_grid(box)
+    y = (np.arange(box) - box // 2)[:, None]
+    x = (np.arange(box) - box // 2)[None, :]
     cos, sin = np.cos(theta), np.sin(theta)
-    return np.stack([cos * y - sin * x, sin * y + cos * x]) + box // 2
+    out = np.empty((2, theta.size, box, box))     # filled in place: 10x faster than a stack
+    np.subtract(cos * y, sin * x, out=out[0])
+    np.add(sin * y, cos * x, out=out[1])
+    out += box // 2
+    return out
+
+
+@numba.njit(cache=True)
+def _bilinear_kernel(images, rows, cols, out):
+    """out[i, p] = images[i] read at (rows[p], cols[p]), bilinear; 0 outside the grid."""
+    n, height, width = images.shape
+    for p in range(rows.size):
+        r, c = rows[p], cols[p]
+        if not (0.0 <= r <= height - 1 and 0.0 <= c <= width - 1):
+            out[:, p] = 0.0
+            continue
+        r0 = min(int(math.floor(r)), height - 2)
+        c0 = min(int(math.floor(c)), width - 2)
+        fr, fc = r - r0, c - c0
+        for i in range(n):
+            image = images[i]
+            out[i, p] = ((1.0 - fr) * ((1.0 - fc) * image[r0, c0] + fc * image[r0, c0 + 1])
+                         + fr * ((1.0 - fc) * image[r0 + 1, c0] + fc * image[r0 + 1, c0 + 1]))
+
+
+def bilinear(images: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """(n, H, W) real images read at the points ``where`` (2, …) (row, column), bilinear, 0
+    outside the grid: (n, …) float64; the same as ``scipy.ndimage.map_coordinates(image,
+    where, order=1)`` for each image, at a fraction of its cost for stacks."""
+    images = np.ascontiguousarray(images, np.float64)
+    rows, cols = (np.ascontiguousarray(w, np.float64).ravel() for w in where)
+    out = np.empty((len(images), rows.size))
+    _bilinear_kernel(images, rows, cols, out)
+    return out.reshape((len(images),) + where.shape[1:])
 
 
 def rotate_images(images: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
     """(…, D, D) images (real or complex; a centred Fourier grid alike) turned by
-    ``angle_deg`` (``rotation_coordinates``), outside read as 0, spline ``order``.  The
-    Fourier grid of a turned image is its grid turned alike (about the centre frequency)."""
+    ``angle_deg`` (``rotation_coordinates``), outside read as 0, spline ``order`` (1:
+    ``bilinear``).  The Fourier grid of a turned image is its grid turned alike (about the
+    centre frequency)."""
     from scipy import ndimage
 
     box = images.shape[-1]
     where = rotation_coordinates(box, angle_deg)[:, 0]
     flat = images.reshape((-1, box, box))
     parts = (flat.real, flat.imag) if np.iscomplexobj(flat) else (flat,)
-    turned = [np.stack([ndimage.map_coordinates(image, where, order=order) for image in part])
-              for part in parts]
+    if order == 1:
+        turned = [bilinear(part, where) for part in parts]
+    else:
+        turned = [np.stack([ndimage.map_coordinates(image, where, order=order)
+                            for image in part]) for part in parts]
     out = turned[0] + 1j * turned[1] if len(turned) == 2 else turned[0]
     return out.reshape(images.shape).astype(images.dtype, copy=False)
 
@@ -158,12 +218,9 @@ def align(target: np.ndarray, image: np.ndarray,
     every circular shift by FFT cross-correlation, the peak refined to a sub-pixel by
     parabolas; correlation: the normalised correlation (means removed) at the whole-pixel
     peak.  Move it so with ``shift_images(rotate_images(image, angle)[None], shift[None])``."""
-    from scipy import ndimage
-
     box = target.shape[-1]
     angles_deg = np.atleast_1d(np.asarray(angles_deg, np.float64))
-    where = rotation_coordinates(box, angles_deg).reshape(2, -1)
-    turned = ndimage.map_coordinates(image, where, order=1).reshape(-1, box, box)
+    turned = bilinear(image[None], rotation_coordinates(box, angles_deg))[0]
     turned = unit_vectors(turned).reshape(-1, box, box)
     goal = np.fft.rfft2(unit_vectors(target[None]).reshape(box, box))
     cc = np.fft.irfft2(goal[None] * np.conj(np.fft.rfft2(turned)), s=(box, box))

@@ -60,8 +60,7 @@ class BatchData:
         """The same particles moved back by ``shifts`` (N, 2) px (x, y): a search around 0
         is then a search around those shifts (a seen particle's last one, a new one's
         located one)."""
-        x = self.x * np.conj(self.freqs.phases(shifts))
-        return dataclasses.replace(self, x=np.ascontiguousarray(x, np.complex64))
+        return dataclasses.replace(self, x=self.freqs.shifted_back(self.x, shifts))
 
     def products(self) -> tuple[np.ndarray, np.ndarray]:
         """(p_stack (N, 2F) = [Re P | Im P], ctf2 (N, F) = w·CTF²/σ²), float32."""
