@@ -154,22 +154,23 @@ def rotation_coordinates(box: int, angles_deg) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def _bilinear_kernel(images, rows, cols, out):
     """out[i, p] = images[i] read at (rows[p], cols[p]), bilinear; 0 outside the grid."""
     n, height, width = images.shape
-    for p in range(rows.size):
-        r, c = rows[p], cols[p]
-        if not (0.0 <= r <= height - 1 and 0.0 <= c <= width - 1):
-            out[:, p] = 0.0
-            continue
-        r0 = min(int(math.floor(r)), height - 2)
-        c0 = min(int(math.floor(c)), width - 2)
-        fr, fc = r - r0, c - c0
-        for i in range(n):
-            image = images[i]
-            out[i, p] = ((1.0 - fr) * ((1.0 - fc) * image[r0, c0] + fc * image[r0, c0 + 1])
-                         + fr * ((1.0 - fc) * image[r0 + 1, c0] + fc * image[r0 + 1, c0 + 1]))
+    for i in numba.prange(n):
+        for p in range(rows.size):
+            r, c = rows[p], cols[p]
+            if not (0.0 <= r <= height - 1 and 0.0 <= c <= width - 1):
+                out[i, p] = 0.0
+                continue
+            r0 = min(int(math.floor(r)), height - 2)
+            c0 = min(int(math.floor(c)), width - 2)
+            fr, fc = r - r0, c - c0
+            out[i, p] = ((1.0 - fr) * ((1.0 - fc) * images[i, r0, c0]
+                                       + fc * images[i, r0, c0 + 1])
+                         + fr * ((1.0 - fc) * images[i, r0 + 1, c0]
+                                 + fc * images[i, r0 + 1, c0 + 1]))
 
 
 def bilinear(images: np.ndarray, where: np.ndarray) -> np.ndarray:
