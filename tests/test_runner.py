@@ -66,3 +66,24 @@ def test_run_step_gives_a_file_it_cannot_write_as_one_line(tmp_path, capsys):
     assert exit_info.value.code == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert errors == ["error: out/classes.mrcs: Permission denied"]
+
+
+def test_a_job_that_compiles_no_kernel_does_not_load_numba_for_its_threads(tmp_path):
+    # its thread count waits in NUMBA_NUM_THREADS for whatever loads Numba later
+    import subprocess
+    import sys
+
+    code = f"""
+import os, sys
+os.environ.pop("NUMBA_NUM_THREADS", None)
+from class2d.runner import run_step
+def step():
+    loaded = "numba" in sys.modules
+    import numba
+    return loaded, numba.get_num_threads()
+print(run_step(step, log={str(tmp_path / "a.log")!r}, threads=1))
+"""
+    job = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False)
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert job.stdout.strip() == "(False, 1)"

@@ -14,9 +14,7 @@ checkerboard.
 from __future__ import annotations
 
 import logging
-import math
 
-import numba
 import numpy as np
 import scipy.fft
 
@@ -154,42 +152,14 @@ def rotation_coordinates(box: int, angles_deg) -> np.ndarray:
     return out
 
 
-@numba.njit(parallel=True, cache=True)
-def _bilinear_kernel(images, rows, cols, out):
-    """out[i, p] = images[i] read at (rows[p], cols[p]), bilinear; 0 outside the grid."""
-    n, height, width = images.shape
-    for i in numba.prange(n):
-        for p in range(rows.size):
-            r, c = rows[p], cols[p]
-            if not (0.0 <= r <= height - 1 and 0.0 <= c <= width - 1):
-                out[i, p] = 0.0
-                continue
-            r0 = min(int(math.floor(r)), height - 2)
-            c0 = min(int(math.floor(c)), width - 2)
-            fr, fc = r - r0, c - c0
-            out[i, p] = ((1.0 - fr) * ((1.0 - fc) * images[i, r0, c0]
-                                       + fc * images[i, r0, c0 + 1])
-                         + fr * ((1.0 - fc) * images[i, r0 + 1, c0]
-                                 + fc * images[i, r0 + 1, c0 + 1]))
-
-
-def bilinear(images: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """(n, H, W) real images read at the points ``where`` (2, …) (row, column), bilinear, 0
-    outside the grid: (n, …) float64; the same as ``scipy.ndimage.map_coordinates(image,
-    where, order=1)`` for each image, at a fraction of its cost for stacks."""
-    images = np.ascontiguousarray(images, np.float64)
-    rows, cols = (np.ascontiguousarray(w, np.float64).ravel() for w in where)
-    out = np.empty((len(images), rows.size))
-    _bilinear_kernel(images, rows, cols, out)
-    return out.reshape((len(images),) + where.shape[1:])
-
-
 def rotate_images(images: np.ndarray, angle_deg: float, order: int = 1) -> np.ndarray:
     """(…, D, D) images (real or complex; a centred Fourier grid alike) turned by
     ``angle_deg`` (``rotation_coordinates``), outside read as 0, spline ``order`` (1:
     ``bilinear``).  The Fourier grid of a turned image is its grid turned alike (about the
     centre frequency)."""
     from scipy import ndimage
+
+    from class2d.bilinear import bilinear
 
     box = images.shape[-1]
     where = rotation_coordinates(box, angle_deg)[:, 0]
@@ -219,6 +189,8 @@ def align(target: np.ndarray, image: np.ndarray,
     every circular shift by FFT cross-correlation, the peak refined to a sub-pixel by
     parabolas; correlation: the normalised correlation (means removed) at the whole-pixel
     peak.  Move it so with ``shift_images(rotate_images(image, angle)[None], shift[None])``."""
+    from class2d.bilinear import bilinear
+
     box = target.shape[-1]
     angles_deg = np.atleast_1d(np.asarray(angles_deg, np.float64))
     turned = bilinear(image[None], rotation_coordinates(box, angles_deg))[0]

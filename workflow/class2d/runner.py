@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,13 +36,21 @@ def setup_logging(log: str | None = None) -> None:
 
 
 def limit_threads(threads: int) -> contextlib.AbstractContextManager:
-    """Hold Numba, SciPy's FFTs and (inside the returned context) BLAS to ``threads``."""
-    import numba
+    """Hold Numba, SciPy's FFTs and (inside the returned context) BLAS to ``threads``.
+
+    Numba is held by its environment variable where it is not loaded yet: a job that never
+    compiles a kernel (prepare, select, templates, …) does not load it for this (0.3 s)."""
     import threadpoolctl
 
     from class2d import fourier
 
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if "numba" in sys.modules:
+        import numba
+
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    else:
+        ceiling = int(os.environ.get("NUMBA_NUM_THREADS") or os.cpu_count() or 1)
+        os.environ["NUMBA_NUM_THREADS"] = str(max(1, min(threads, ceiling)))
     fourier.FFT_WORKERS = threads
     return threadpoolctl.threadpool_limits(limits=threads)
 

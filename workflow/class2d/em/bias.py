@@ -66,16 +66,15 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
     n_top = 1 if params.force_max else params.max_poses
     hard = params.hard_last_iteration
 
+    # alone: every image scored against every class, and inserted into each at its poses
+    # there, as if that class were the only one (one product for all classes)
     recon = _noise(stack, state, ctx, rng, BIAS_IMAGES)
-    data = recon.subset(ctx.align_index, ctx.align)
-    halves = np.arange(BIAS_IMAGES) % 2
-    for k in live:
-        one = grids[k:k + 1]
-        scores = score_batch(backend, data, one, ctx.local, np.zeros(1), 1.0, n_top,
-                             params.force_max)
-        stats = accumulate(backend, recon, select_entries(scores, ctx.local, hard), one, pad,
-                           ctx.n_shells, halves)
-        bias[k] = _aligned_power(stats, np.array([0]), state, params, stack)[0]
+    classes = grids[live]
+    scores = score_batch(backend, recon.subset(ctx.align_index, ctx.align), classes,
+                         ctx.local, np.zeros(live.size), 1.0, n_top, params.force_max)
+    stats = accumulate(backend, recon, select_entries(scores, ctx.local, hard, every_class=True),
+                       classes, pad, ctx.n_shells, np.arange(BIAS_IMAGES) % 2)
+    bias[live] = _aligned_power(stats, np.arange(live.size), state, params, stack)
 
     log_prior = class_log_prior(state.stats.counts)
     sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)

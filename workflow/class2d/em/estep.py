@@ -184,17 +184,23 @@ class Entries:
         return order[first]
 
 
-def select_entries(scores: BatchScores, poses: PoseGrid, hard: bool) -> Entries:
+def select_entries(scores: BatchScores, poses: PoseGrid, hard: bool,
+                   every_class: bool = False) -> Entries:
     """Entries for the M-step: classes with posterior ≥ MIN_WEIGHT of the best (only the
-    best class when ``hard``), each at its kept poses weighted by their posterior."""
+    best class when ``hard``), each at its kept poses weighted by their posterior.  With
+    ``every_class``, each particle goes whole into every class, at that class's poses, as
+    if it had been scored against it alone (``bias``: noise aligned to each class)."""
     n, k_count, n_top = scores.top_s.shape
     gamma = scores.gamma
-    if hard:
+    if every_class:
+        gamma = np.ones_like(gamma)
+    elif hard:
         gamma = np.zeros_like(gamma)
         gamma[np.arange(n), scores.best_class] = 1.0
     keep_class = gamma >= MIN_WEIGHT * gamma.max(axis=1, keepdims=True)
     gamma = np.where(keep_class, gamma, 0.0)
-    gamma /= gamma.sum(axis=1, keepdims=True)
+    if not every_class:
+        gamma /= gamma.sum(axis=1, keepdims=True)
     scored = scores.top_i >= 0
     with np.errstate(invalid="ignore"):      # −inf − −inf where a class was not scored
         pose_w = np.exp(scores.top_s - scores.top_s[:, :, :1])

@@ -37,11 +37,12 @@ import logging
 
 import numpy as np
 
+from class2d.bilinear import bilinear
 from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (align, bilinear, frc, hermitian_weights, pixel_radius, rotate_images,
+from class2d.fourier import (align, frc, hermitian_weights, pixel_radius, rotate_images,
                              rotation_coordinates, shell_index, shifted_spectra, unit_vectors)
 from class2d.timing import timer
 
