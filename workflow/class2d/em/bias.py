@@ -41,8 +41,8 @@ from class2d.timing import timer
 
 #: noise images scored against each class alone …
 BIAS_IMAGES = 200
-#: … and per class in use, scored against all classes together (those out of reach pruned at
-#: low resolution, as the particles' are)
+#: … and per class in use (at most as many as the data has particles), scored against all
+#: classes together (those out of reach pruned at low resolution, as the particles' are)
 IMAGES_PER_CLASS = 50
 #: … of which a class must take this many (posterior weight) for their average to count
 MIN_TOGETHER = 20
@@ -78,7 +78,9 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
 
     log_prior = class_log_prior(state.stats.counts)
     sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)
-    m = IMAGES_PER_CLASS * live.size
+    # no more images than the data has particles: scoring them all against all classes then
+    # costs at most one full pass (not K² as the classes grow past the particles' count)
+    m = min(IMAGES_PER_CLASS * live.size, stack.n)
     for chunk in np.array_split(np.arange(m), -(-m // params.estep_batch(stack.box))):
         recon = _noise(stack, state, ctx, rng, chunk.size)
         scores = score_batch(backend, recon.subset(ctx.align_index, ctx.align), grids,
@@ -89,8 +91,9 @@ def alignment_bias(stack: PreparedStack, state: ClassState, params: ClassifyPara
     # a class that took a few noise images (or a share of one) among all the others has
     # no measure of their average; noise is not drawn to it, and alone counts there
     measured = live[together.counts[live] >= MIN_TOGETHER]
-    bias[measured] = np.maximum(bias[measured], _aligned_power(together, measured, state,
-                                                               params, stack))
+    if measured.size:
+        bias[measured] = np.maximum(bias[measured], _aligned_power(together, measured, state,
+                                                                   params, stack))
     return bias
 
 
