@@ -69,13 +69,16 @@ def test_run_step_gives_a_file_it_cannot_write_as_one_line(tmp_path, capsys):
 
 
 def test_a_job_that_compiles_no_kernel_does_not_load_numba_for_its_threads(tmp_path):
-    # its thread count waits in NUMBA_NUM_THREADS for whatever loads Numba later
+    # nor with any of the steps' modules: its thread count waits in NUMBA_NUM_THREADS for
+    # whatever loads Numba later (the E-step's kernels, the bilinear and shift kernels)
     import subprocess
     import sys
 
     code = f"""
 import os, sys
 os.environ.pop("NUMBA_NUM_THREADS", None)
+import class2d.classify, class2d.dedup, class2d.prepare, class2d.rebalance, class2d.select
+import class2d.templates
 from class2d.runner import run_step
 def step():
     loaded = "numba" in sys.modules

@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
-import numba
 import numpy as np
 
 from class2d.fourier import rfft_frequencies
@@ -72,24 +70,13 @@ class FrequencySet:
         moved back by their shifts, (N, F) complex64.  The phase is the product of one per
         frequency row and one per column (the frequencies are whole Fourier px), each taken
         from a table of the row's shift in float64: no (N, F) table of exponentials."""
+        from class2d.em.phase_shift import shift_back
+
         out = np.empty(x.shape, np.complex64)
-        _shift_back(np.ascontiguousarray(x, np.complex64), np.asarray(shifts, np.float64),
-                    np.rint(self.fx).astype(np.int64), np.rint(self.fy).astype(np.int64),
-                    self.box, out)
+        shift_back(np.ascontiguousarray(x, np.complex64), np.asarray(shifts, np.float64),
+                   np.rint(self.fx).astype(np.int64), np.rint(self.fy).astype(np.int64),
+                   self.box, out)
         return out
-
-
-@numba.njit(parallel=True, cache=True)
-def _shift_back(x, shifts, kx, ky, box, out):
-    """out[n, f] = x[n, f]·exp(2πi (t_x·kx[f] + t_y·ky[f]) / box), t = shifts[n]."""
-    low_x, low_y = kx.min(), ky.min()
-    for n in numba.prange(x.shape[0]):
-        turn_x = 2.0 * math.pi * shifts[n, 0] / box
-        turn_y = 2.0 * math.pi * shifts[n, 1] / box
-        along_x = np.exp(1j * turn_x * np.arange(low_x, kx.max() + 1))
-        along_y = np.exp(1j * turn_y * np.arange(low_y, ky.max() + 1))
-        for f in range(x.shape[1]):
-            out[n, f] = x[n, f] * (along_x[kx[f] - low_x] * along_y[ky[f] - low_y])
 
 
 @dataclasses.dataclass(frozen=True)

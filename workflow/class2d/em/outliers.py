@@ -40,7 +40,6 @@ import logging
 import numpy as np
 import scipy.fft
 
-from class2d.bilinear import bilinear
 from class2d.ctf import CTFParams, evaluate
 from class2d.fourier import FFT_WORKERS, pixel_radius, rfft_frequencies, rotation_coordinates
 from class2d.prepare import PreparedStack
@@ -129,6 +128,8 @@ def rotated(references: np.ndarray, classes: np.ndarray, psi: np.ndarray) -> np.
     """Each particle's class average rotated by its ψ (radians, counter-clockwise x → y)
     about the centre pixel (d//2, d//2), bilinear, as the E-step rotates it in Fourier space:
     (m, d, d) float64 from references (K, d, d), classes (m,) int, psi (m,)."""
+    from class2d.bilinear import bilinear
+
     # the rotated image at r is the average at R(−ψ)·r (``fourier.rotation_coordinates``);
     # class by class, each a 2-D (bilinear) lookup in its own average (half the work of one
     # trilinear lookup in all)

@@ -37,7 +37,6 @@ import logging
 
 import numpy as np
 
-from class2d.bilinear import bilinear
 from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
@@ -103,6 +102,8 @@ def _candidates(references: np.ndarray, live: np.ndarray) -> list[tuple[int, int
     PARTNERS best matches: amplitude spectra up to a third of the Fourier radius (a shift
     does not change them), b's rotated by COARSE_STEP_DEG steps over half a turn (they are
     centrosymmetric: the angle found may be off by 180°)."""
+    from class2d.bilinear import bilinear
+
     k_count, box, _ = references.shape
     angles = np.arange(0.0, 180.0, COARSE_STEP_DEG)
     half = box // 3 + 1                 # the square around the centre that holds the annulus
