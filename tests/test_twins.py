@@ -203,7 +203,7 @@ def test_over_20_noise_seeds_twins_merge_and_a_view_at_0_9_does_not(objects, cor
                                counts=[100, 100, 100, 60])
         pairs = twin_pairs(state, mask)
         merged += any((pair.keep, pair.drop) == (0, 3) for pair in pairs)
-        known = twins._Classes(state, mask).compare(0, 3, np.arange(0.0, 360.0, 1.0))
+        known = twins._Classes(state, mask).compare([(0, 3, np.arange(0.0, 360.0, 1.0))])[0]
         signals.append(known.signal)
         errors.append(known.error)
     if correlation == 1.0:
@@ -212,3 +212,35 @@ def test_over_20_noise_seeds_twins_merge_and_a_view_at_0_9_does_not(objects, cor
         assert merged <= 1
     assert np.mean(signals) == pytest.approx(correlation, abs=0.02)
     assert 0.7 <= np.mean(errors) / np.std(signals, ddof=1) <= 1.4
+
+
+def test_the_screen_stays_near_the_full_estimate_and_screens_out_only_distinct_pairs(objects):
+    """Every pair of five classes (three objects, a turned and shifted copy of object 0 and
+    a view near it, at two noise levels): the screen (the drop class's C's from its own
+    halves, ``_Classes.screen``) is within 0.05 of the full estimate, and a pair below
+    SCREEN_LINE is one the full estimate finds distinct (measured: within 0.01)."""
+    rng = np.random.default_rng(3)
+    twin = turned_and_shifted(objects[0], 63.0, (2.5, -1.5))
+    near = objects[0] + 0.5 * blob_object(rng)
+    screened = 0
+    for noise in (0.5, 1.5):
+        state, mask = state_of([objects[0], objects[1], objects[2], twin, near], noise=noise,
+                               rng=rng, counts=[100, 100, 100, 60, 90])
+        classes = twins._Classes(state, mask)
+        requests = [(a, b, np.arange(0.0, 360.0, 1.0)) for a in range(5) for b in range(a + 1, 5)
+                    if classes.measured(a, b).sum() >= twins.MIN_SHELLS]
+        pairs = classes.compare(requests)
+        for pair in pairs:
+            both = classes.reliable[pair.keep] * classes.reliable[pair.drop]
+            weight = np.arange(both.size) * both ** 2 * classes.measured(pair.keep, pair.drop)
+            weight /= weight.sum()
+            full, _ = classes.signal(pair.keep, pair.drop, pair.angle, np.array(pair.shift),
+                                     weight)
+            screen = classes.screen(np.array([pair.keep]), np.array([pair.drop]),
+                                    np.array([pair.angle]), np.array([pair.shift]),
+                                    weight[None])[0]
+            assert screen == pytest.approx(full, abs=0.05)
+            if screen < twins.SCREEN_LINE:
+                screened += 1
+                assert pair.distinct and full < twins.TWIN_SIGNAL - twins.FAR
+    assert screened >= 6

@@ -33,6 +33,7 @@ class may match (``twin_pairs``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 
 import numpy as np
@@ -41,7 +42,7 @@ from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (align, frc, hermitian_weights, pixel_radius, rotate_images,
+from class2d.fourier import (align_pairs, frc, hermitian_weights, pixel_radius, rotate_images,
                              rotation_coordinates, shell_index, shifted_spectra, unit_vectors)
 from class2d.timing import timer
 
@@ -65,6 +66,9 @@ MIN_SHELLS = 3
 #: errors, and two distinct ones when below it by as many (between: not known)
 TWIN_SIGNAL = 0.9
 SURE = 2.0
+#: a pair whose screen (``_Classes.screen``, within 0.05 of the full estimate) is below this
+#: is distinct without the full estimate
+SCREEN_LINE = 0.5
 #: bootstrap draws for the standard error (``_Classes.signal``), taken only for pairs whose
 #: estimate is within FAR of TWIN_SIGNAL (further below, the error would have to be FAR / SURE
 #: for the pair not to be known distinct: the largest measured on 20-particle classes is 0.06)
@@ -166,6 +170,11 @@ class _Classes:
                                           self.sigma2, self.pad, self.mask.shape[0]) * self.mask
         return self._full
 
+    @functools.cached_property
+    def full_spectra(self) -> np.ndarray:
+        """(K, n) the full averages' rfft2 coefficients in ``order``."""
+        return np.fft.rfft2(self.full).reshape(len(self.full), -1)[:, self.order]
+
     def signal(self, keep: int, drop: int, angle: float, shift: np.ndarray,
                weight: np.ndarray) -> tuple[float, float]:
         """The signal correlation of ``keep`` and ``drop`` (drop's averages turned by
@@ -212,17 +221,51 @@ class _Classes:
         out[0] = False
         return out
 
-    def compare(self, a: int, b: int, angles: np.ndarray) -> Twin:
-        """The smaller class aligned onto the larger over ``angles`` (degrees, turning b
-        onto a), their signal correlation and its standard error (see the module doc)."""
-        keep, drop = (a, b) if self.counts[a] >= self.counts[b] else (b, a)
-        if drop == a:                       # angles turn b onto a: the inverse
-            angles = -angles
-        angle, shift, _ = align(self.references[keep], self.references[drop], angles)
-        both = self.reliable[a] * self.reliable[b]
-        weight = np.arange(both.size) * both ** 2 * self.measured(a, b)  # ring size ∝ radius
-        signal, error = self.signal(keep, drop, angle, shift, weight / weight.sum())
-        return Twin(keep, drop, angle, (float(shift[0]), float(shift[1])), signal, error)
+    def compare(self, requests: list[tuple[int, int, np.ndarray]]) -> list[Twin]:
+        """Each pair (a, b, angles: degrees turning b onto a): the smaller class aligned
+        onto the larger over those angles (all pairs at once, ``fourier.align_pairs``),
+        their signal correlation and its standard error (see the module doc).  A pair
+        whose screen (``screen``) is below SCREEN_LINE is distinct without the full
+        estimate, its error 0 (as for any pair far below TWIN_SIGNAL)."""
+        if not requests:
+            return []
+        pairs = [(a, b, angles) if self.counts[a] >= self.counts[b] else (b, a, -angles)
+                 for a, b, angles in requests]       # keep, drop, angles turning drop onto keep
+        keep, drop = (np.array([pair[i] for pair in pairs]) for i in (0, 1))
+        turns, shifts, _ = align_pairs(self.references[keep], self.references[drop],
+                                       np.stack([pair[2] for pair in pairs]))
+        both = self.reliable[keep] * self.reliable[drop]
+        weights = np.arange(both.shape[1]) * both ** 2 * (both >= MEASURED)  # ring ∝ radius
+        weights[:, 0] = 0.0
+        weights /= weights.sum(axis=1, keepdims=True)
+        screens = self.screen(keep, drop, turns, shifts, weights)
+        out = []
+        for i, (k, d) in enumerate(zip(keep, drop)):
+            signal, error = ((float(screens[i]), 0.0) if screens[i] < SCREEN_LINE else
+                             self.signal(k, d, turns[i], shifts[i], weights[i]))
+            out.append(Twin(int(k), int(d), float(turns[i]), (float(shifts[i, 0]),
+                                                               float(shifts[i, 1])),
+                            signal, error))
+        return out
+
+    def screen(self, keep: np.ndarray, drop: np.ndarray, turns: np.ndarray,
+               shifts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """(P,) the signal correlation of each pair as ``signal`` estimates it, but with the
+        C's of the drop classes' own halves (``reliable``) instead of their turned and
+        shifted halves: one turned average a pair instead of three and no bootstrap.
+        Over the 851 pairs compared in a run of 3,000 particles into 20 classes it was
+        within 0.046 of the full estimate (95 % within 0.005)."""
+        turned = np.stack([rotate_images(self.full[d], angle, 3) for d, angle in zip(drop, turns)])
+        moved = shifted_spectra(turned, shifts).reshape(len(drop), -1)[:, self.order]
+        kept = self.full_spectra[keep]
+        sums = [np.add.reduceat(values * self.hermitian, self.starts, axis=1)
+                for values in ((kept * moved.conj()).real, np.abs(kept) ** 2,
+                               np.abs(moved) ** 2)]
+        both = (self.reliable[keep] * self.reliable[drop])[:, self.shells_present]
+        weights = weights[:, self.shells_present]
+        used = weights > 0
+        return (np.where(used, _curve(*sums) / np.where(used, both, 1.0), 0.0)
+                * weights).sum(axis=1)
 
 
 @timer("twins")
@@ -240,10 +283,10 @@ def twin_pairs(state: ClassState, mask: np.ndarray) -> list[Twin]:
     """
     classes = _Classes(state, mask)
     measurable = (classes.reliable[:, 1:] >= MEASURED).sum(axis=1) >= MIN_SHELLS
-    compared = {}
-    for a, b, angle0 in _candidates(state.references, (state.stats.counts > 0) & measurable):
-        if classes.measured(a, b).sum() >= MIN_SHELLS:
-            compared[a, b] = classes.compare(a, b, _near(angle0))
+    requests = [(a, b, _near(angle0)) for a, b, angle0 in _candidates(
+        state.references, (state.stats.counts > 0) & measurable)
+        if classes.measured(a, b).sum() >= MIN_SHELLS]
+    compared = {(a, b): pair for (a, b, _), pair in zip(requests, classes.compare(requests))}
     group = np.arange(state.n_classes)              # union-find over the twin pairs
 
     def root(k: int) -> int:
@@ -269,7 +312,8 @@ def twin_pairs(state: ClassState, mask: np.ndarray) -> list[Twin]:
         for drop in members[members != keep]:
             known = compared.get((min(keep, drop), max(keep, drop)))
             out.append(known if known is not None and known.keep == keep else
-                       classes.compare(keep, int(drop), np.arange(0.0, 360.0, FINE_STEP_DEG)))
+                       classes.compare([(keep, int(drop),
+                                         np.arange(0.0, 360.0, FINE_STEP_DEG))])[0])
     return sorted(out, key=lambda pair: -pair.signal)
 
 
