@@ -34,9 +34,6 @@ SPLIT_SHARE = 0.25
 #: at most this share of the classes is refilled as twins in one iteration (the pairs
 #: whose signals agree best first)
 TWIN_SHARE = 0.1
-#: twins are looked for in every TWIN_EVERY-th online iteration (the comparisons cost as
-#: much as a fifth of a run of 3,000 particles into 20 classes, for 3 refills in 20)
-TWIN_EVERY = 1
 #: a class is split only into groups of at least this many particles of the pass
 MIN_SPLIT = 10
 #: at most this many of the largest class's particles are split (the rest stay in it)
@@ -113,7 +110,7 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
     against 45–48, 13 of its 16 true views found on one seed against 15)."""
     counts = stats.counts
     small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
-    if params.merge_twin_classes and (state.iteration + 1) % TWIN_EVERY == 0:
+    if params.merge_twin_classes:
         twins, pairs = twin_classes(state, params.class_mask(state.box, state.apix),
                                     max(1, int(TWIN_SHARE * counts.size)))
         if pairs:
