@@ -189,49 +189,25 @@ def align(target: np.ndarray, image: np.ndarray,
     every circular shift by FFT cross-correlation, the peak refined to a sub-pixel by
     parabolas; correlation: the normalised correlation (means removed) at the whole-pixel
     peak.  Move it so with ``shift_images(rotate_images(image, angle)[None], shift[None])``."""
-    angles, shifts, correlations = align_pairs(target[None], image[None],
-                                               np.atleast_1d(angles_deg)[None])
-    return float(angles[0]), shifts[0], float(correlations[0])
-
-
-#: bytes of cross-correlation maps ``align_pairs`` holds at once
-ALIGN_BYTES = 64 * 2**20
-
-
-def align_pairs(targets: np.ndarray, images: np.ndarray,
-                angles_deg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``align`` for P pairs at once: targets, images (P, D, D), angles_deg (P, A) each
-    image's angles; returns angles (P,), shifts (P, 2) and correlations (P,).  The
-    transforms of many pairs run as one (ALIGN_BYTES of maps at a time)."""
     from class2d.bilinear import bilinear
 
-    count, box = len(targets), targets.shape[-1]
-    angles_deg = np.asarray(angles_deg, np.float64).reshape(count, -1)
-    n_angles = angles_deg.shape[1]
-    out = np.zeros(count), np.zeros((count, 2)), np.zeros(count)
-    step = max(1, ALIGN_BYTES // (n_angles * box * box * 8))
-    for start in range(0, count, step):
-        part = np.arange(start, min(start + step, count))
-        turned = np.stack([bilinear(images[p][None], rotation_coordinates(box, angles_deg[p]))[0]
-                           for p in part])
-        turned = unit_vectors(turned.reshape(-1, box, box)).reshape(-1, n_angles, box, box)
-        goal = np.fft.rfft2(unit_vectors(targets[part]).reshape(-1, box, box))
-        cc = np.fft.irfft2(goal[:, None] * np.conj(np.fft.rfft2(turned)), s=(box, box))
-        for i, p in enumerate(part):
-            r, y, x = np.unravel_index(np.argmax(cc[i]), cc[i].shape)
-            peak = cc[i, r]
-            dy = y + _parabola(peak[y - 1, x], peak[y, x], peak[(y + 1) % box, x])
-            dx = x + _parabola(peak[y, x - 1], peak[y, x], peak[y, (x + 1) % box])
-            out[0][p] = angles_deg[p, r]
-            out[1][p] = [dx - box if dx > box / 2 else dx, dy - box if dy > box / 2 else dy]
-            out[2][p] = peak[y, x]
-    return out
+    box = target.shape[-1]
+    angles_deg = np.atleast_1d(np.asarray(angles_deg, np.float64))
+    turned = bilinear(image[None], rotation_coordinates(box, angles_deg))[0]
+    turned = unit_vectors(turned).reshape(-1, box, box)
+    goal = np.fft.rfft2(unit_vectors(target[None]).reshape(box, box))
+    cc = np.fft.irfft2(goal[None] * np.conj(np.fft.rfft2(turned)), s=(box, box))
+    r, y, x = np.unravel_index(np.argmax(cc), cc.shape)
+    peak = cc[r]
 
+    def refine(minus: float, centre: float, plus: float) -> float:
+        curve = minus - 2 * centre + plus
+        return 0.0 if curve >= 0 else 0.5 * (minus - plus) / curve
 
-def _parabola(minus: float, centre: float, plus: float) -> float:
-    """Offset of a parabola's peak through three neighbouring values (0 where not a peak)."""
-    curve = minus - 2 * centre + plus
-    return 0.0 if curve >= 0 else 0.5 * (minus - plus) / curve
+    dy = y + refine(peak[y - 1, x], peak[y, x], peak[(y + 1) % box, x])
+    dx = x + refine(peak[y, x - 1], peak[y, x], peak[y, (x + 1) % box])
+    wrap = lambda d: d - box if d > box / 2 else d      # noqa: E731 (circular shift)
+    return float(angles_deg[r]), np.array([wrap(dx), wrap(dy)]), float(peak[y, x])
 
 
 def centre_images(images: np.ndarray, threshold: float = 0.0) -> np.ndarray:

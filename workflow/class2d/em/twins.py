@@ -42,7 +42,7 @@ from class2d.em import mstep
 from class2d.em.mstep import shift_grids
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
-from class2d.fourier import (align_pairs, frc, hermitian_weights, pixel_radius, rotate_images,
+from class2d.fourier import (align, frc, hermitian_weights, pixel_radius, rotate_images,
                              rotation_coordinates, shell_index, shifted_spectra, unit_vectors)
 from class2d.timing import timer
 
@@ -223,17 +223,18 @@ class _Classes:
 
     def compare(self, requests: list[tuple[int, int, np.ndarray]]) -> list[Twin]:
         """Each pair (a, b, angles: degrees turning b onto a): the smaller class aligned
-        onto the larger over those angles (all pairs at once, ``fourier.align_pairs``),
-        their signal correlation and its standard error (see the module doc).  A pair
-        whose screen (``screen``) is below SCREEN_LINE is distinct without the full
-        estimate, its error 0 (as for any pair far below TWIN_SIGNAL)."""
+        onto the larger over those angles, their signal correlation and its standard error
+        (see the module doc).  A pair whose screen (``screen``, all pairs at once) is below
+        SCREEN_LINE is distinct without the full estimate, its error 0 (as for any pair far
+        below TWIN_SIGNAL)."""
         if not requests:
             return []
         pairs = [(a, b, angles) if self.counts[a] >= self.counts[b] else (b, a, -angles)
                  for a, b, angles in requests]       # keep, drop, angles turning drop onto keep
         keep, drop = (np.array([pair[i] for pair in pairs]) for i in (0, 1))
-        turns, shifts, _ = align_pairs(self.references[keep], self.references[drop],
-                                       np.stack([pair[2] for pair in pairs]))
+        found = [align(self.references[k], self.references[d], angles) for k, d, angles in pairs]
+        turns = np.array([angle for angle, _, _ in found])
+        shifts = np.array([shift for _, shift, _ in found])
         both = self.reliable[keep] * self.reliable[drop]
         weights = np.arange(both.shape[1]) * both ** 2 * (both >= MEASURED)  # ring ∝ radius
         weights[:, 0] = 0.0
