@@ -19,7 +19,9 @@ two views, however alike, once the classes resolve where they differ.
 Whether that is one object is a test with a measured error rate, not a threshold on the
 estimate: the estimate's standard error comes from a bootstrap over Fourier coefficients
 (``_Classes.signal``), and a pair is a twin when the estimate is above TWIN_SIGNAL by SURE
-standard errors, distinct when below it by as many, and not known otherwise.  On the twins
+standard errors, distinct when below it by as many, and not known otherwise.  A screen
+settles the pairs far below first (``_Classes.screen``: the drop class's C's from its own
+halves, one turned average instead of three, within 0.05 of the full estimate).  On the twins
 construction of ``tests/test_twins.py`` (20 noise draws each), true twins merge 20 times of
 20 and a distinct view whose signal correlates 0.9 with the object never (with the former
 fixed threshold of 0.9, about half of such views merged).
@@ -215,10 +217,11 @@ class _Classes:
         spread = 1.4826 * np.median(np.abs(draws - np.median(draws)))
         return signal, float(spread / np.sqrt((self.mask ** 2).mean()))
 
-    def measured(self, a: int, b: int) -> np.ndarray:
-        """(S,) bool: the shells (not 0) where C_a·C_b ≥ MEASURED."""
+    def measured(self, a, b) -> np.ndarray:
+        """(S,) bool, or (P, S) for arrays of classes: the shells (not 0) where
+        C_a·C_b ≥ MEASURED."""
         out = self.reliable[a] * self.reliable[b] >= MEASURED
-        out[0] = False
+        out[..., 0] = False
         return out
 
     def compare(self, requests: list[tuple[int, int, np.ndarray]]) -> list[Twin]:
@@ -236,8 +239,7 @@ class _Classes:
         turns = np.array([angle for angle, _, _ in found])
         shifts = np.array([shift for _, shift, _ in found])
         both = self.reliable[keep] * self.reliable[drop]
-        weights = np.arange(both.shape[1]) * both ** 2 * (both >= MEASURED)  # ring ∝ radius
-        weights[:, 0] = 0.0
+        weights = np.arange(both.shape[1]) * both ** 2 * self.measured(keep, drop)  # ring ∝ r
         weights /= weights.sum(axis=1, keepdims=True)
         screens = self.screen(keep, drop, turns, shifts, weights)
         out = []
