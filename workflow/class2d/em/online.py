@@ -133,7 +133,7 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     tau2 = state.tau2
     if n < params.online_iterations:
         stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
-                                          online_refills(stats, state, params), rng)
+                                          online_refills(stats, state, params, out), rng)
     elif params.merge_twin_classes and splittable(out, state.n_classes).any():
         # twins merged; a class they empty takes half of the largest only where that holds
         # more than one object, else it stays empty and is not scored again. No merge where

@@ -1,6 +1,6 @@
 """Refilling classes that emptied out or show another class's object, during online EM.
 
-    >>> small = online_refills(stats, state, params)          # or the full pass's empty ones
+    >>> small = online_refills(stats, state, params, out)     # or the full pass's empty ones
     >>> stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend, small,
     ...                                   rng)
 
@@ -96,11 +96,15 @@ def splittable(out: dict, k_count: int) -> np.ndarray:
     return np.bincount(out["best_class"], minlength=k_count) >= 2 * MIN_SPLIT
 
 
-def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams) -> np.ndarray:
+def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams,
+                   out: dict) -> np.ndarray:
     """Classes an online iteration refills: those whose blended count fell below SPLIT_SHARE
     of an even share (the blended count, so that a class one batch leaves nearly empty is
     not refilled at once: refilled from the batch's counts, classes of simulated crowded
-    particles kept emptying and refilling), and with ``merge_twin_classes`` the smaller class
+    particles kept emptying and refilling), those that drew less than SPLIT_SHARE of an
+    even share of this pass ``out`` and of the pass before once annealing has ended
+    (``faded``: while it runs, the hard counts of a pass say little), and with
+    ``merge_twin_classes`` the smaller class
     of (at most TWIN_SHARE of the classes') pairs that show one object (``em.twins``).
 
     Twins are refilled from the largest class even where its halves show one object (a new
@@ -110,6 +114,8 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
     against 45–48, 13 of its 16 true views found on one seed against 15)."""
     counts = stats.counts
     small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
+    if params.temperature_at(state.iteration + 1) <= 1.0:
+        small = np.union1d(small, faded(state, out))
     if params.merge_twin_classes:
         twins, pairs = twin_classes(state, params.class_mask(state.box, state.apix),
                                     max(1, int(TWIN_SHARE * counts.size)))
@@ -118,6 +124,23 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams)
                         ", ".join(f"{p.drop + 1} ~ {p.keep + 1} ({p.signal:.2f})" for p in pairs))
         small = np.union1d(small, twins)
     return small
+
+
+def faded(state: ClassState, out: dict) -> np.ndarray:
+    """Classes that drew less than SPLIT_SHARE of an even share of the pass ``out`` and of
+    the online iteration before it (``state.history``'s last row): a class losing its
+    particles to others.  Its blended count falls by only the step size (0.17–0.2) an
+    iteration late in a run, so on 3·10⁴ particles two classes of 0.9 % edge picks each
+    were still above SPLIT_SHARE when the online iterations ended, while two objects shared
+    a class (largest class 2× an object's share)."""
+    k_count = state.n_classes
+    now = np.bincount(out["best_class"], minlength=k_count)
+    last = state.history[-1] if state.history else {}
+    if last.get("kind") != "online" or len(last.get("pass_sizes", ())) != k_count:
+        return np.zeros(0, np.int64)
+    before = np.asarray(last["pass_sizes"])
+    return np.flatnonzero((now < SPLIT_SHARE * now.sum() / k_count)
+                          & (before < SPLIT_SHARE * before.sum() / k_count))
 
 
 @timer("refill")
