@@ -113,7 +113,7 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams,
     0.96, 0.89) but merged more of the projected-phantom demo's classes (39–47 of 50 left
     against 45–48, 13 of its 16 true views found on one seed against 15)."""
     counts = stats.counts
-    small = np.flatnonzero(counts < SPLIT_SHARE * counts.sum() / counts.size)
+    small = np.flatnonzero(starved(counts))
     if params.temperature_at(state.iteration + 1) <= 1.0:
         small = np.union1d(small, faded(state, out))
     if params.merge_twin_classes:
@@ -133,14 +133,17 @@ def faded(state: ClassState, out: dict) -> np.ndarray:
     iteration late in a run, so on 3·10⁴ particles two classes of 0.9 % edge picks each
     were still above SPLIT_SHARE when the online iterations ended, while two objects shared
     a class (largest class 2× an object's share)."""
-    k_count = state.n_classes
-    now = np.bincount(out["best_class"], minlength=k_count)
     last = state.history[-1] if state.history else {}
-    if last.get("kind") != "online" or len(last.get("pass_sizes", ())) != k_count:
+    if last.get("kind") != "online" or len(last.get("pass_sizes", ())) != state.n_classes:
         return np.zeros(0, np.int64)
-    before = np.asarray(last["pass_sizes"])
-    return np.flatnonzero((now < SPLIT_SHARE * now.sum() / k_count)
-                          & (before < SPLIT_SHARE * before.sum() / k_count))
+    now = np.bincount(out["best_class"], minlength=state.n_classes)
+    return np.flatnonzero(starved(now) & starved(np.asarray(last["pass_sizes"])))
+
+
+def starved(counts: np.ndarray) -> np.ndarray:
+    """(K,) bool: the classes whose count is below SPLIT_SHARE of an even share of
+    ``counts`` (K,)."""
+    return counts < SPLIT_SHARE * counts.sum() / counts.size
 
 
 @timer("refill")
