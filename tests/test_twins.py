@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from class2d.em import mstep, twins
 from class2d.em.state import ClassState, Statistics
-from class2d.em.twins import merged, twin_pairs
+from class2d.em.params import ClassifyParams
+from class2d.em.twins import merge_twins, merged, twin_pairs
 from class2d.fourier import circular_mask, frc, rotate_images, shift_images
 
 BOX, PAD = 64, 2
@@ -244,3 +245,22 @@ def test_the_screen_stays_near_the_full_estimate_and_screens_out_only_distinct_p
                 screened += 1
                 assert pair.distinct and full < twins.TWIN_SIGNAL - twins.FAR
     assert screened >= 6
+
+
+def test_the_last_pass_decides_which_classes_are_twins(objects):
+    """``merge_twins`` judges the last pass's own statistics, not the blended ones: two
+    classes that both held objects 0 and 1 (twins in the blended statistics) but that the
+    pass parted are kept apart; where the pass shows them alike too, they are merged."""
+    rng = np.random.default_rng(4)
+    mixed = 0.5 * (objects[0] + objects[1])
+    blended, _ = state_of([mixed, turned_and_shifted(mixed, 70.0, (1.0, -2.0)), objects[2]],
+                          noise=0.2, rng=rng, counts=[100, 90, 100])
+    parted, _ = state_of([objects[0], turned_and_shifted(objects[1], 70.0, (1.0, -2.0)),
+                          objects[2]], noise=0.2, rng=rng, counts=[100, 90, 100])
+    params = ClassifyParams.from_config({"n_classes": 3}, 1)
+    stats, dropped = merge_twins(blended.stats, parted.stats, blended, params)
+    assert dropped.size == 0
+    np.testing.assert_array_equal(stats.counts, [100, 90, 100])
+    stats, dropped = merge_twins(blended.stats, blended.stats, blended, params)
+    assert dropped.tolist() == [1]
+    np.testing.assert_array_equal(stats.counts, [190, 0, 100])

@@ -139,7 +139,7 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
         # more than one object, else it stays empty and is not scored again. No merge where
         # no class can be split: after a short run two classes mixing the same objects read
         # as twins, and only a split of their merged class would part them again
-        stats, merged = merge_twins(stats, state, params)
+        stats, merged = merge_twins(stats, batch, state, params)
         stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
                                           merged, rng, distinct_only=True)
     refs, stats, sigma2, tau2 = mstep.finish(stats, tau2, state.sigma2, params,

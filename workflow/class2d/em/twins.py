@@ -348,23 +348,38 @@ def twin_classes(state: ClassState, mask: np.ndarray, limit: int) -> tuple[np.nd
     return np.unique(np.asarray([pair.drop for pair in pairs], np.int64)), pairs
 
 
+def judged(stats: Statistics, state: ClassState, params: ClassifyParams,
+           tau2: np.ndarray) -> ClassState:
+    """``state`` with the classes of ``stats`` (their references Wiener-filtered with
+    ``tau2`` (K, S), masked): what ``twin_pairs`` judges when the statistics to judge are
+    not those ``state`` was built from."""
+    mask = params.class_mask(state.box, state.apix)
+    references = mstep.reconstruct(stats.num.sum(axis=1), stats.den.sum(axis=1), tau2,
+                                   state.pad, state.box, params.tau2_fudge) * mask
+    return dataclasses.replace(state, references=references, stats=stats, tau2=tau2)
+
+
 def one_object(stats: Statistics, state: ClassState, params: ClassifyParams,
                tau2: np.ndarray) -> bool:
     """Whether the two classes of ``stats`` (the halves of a split class, say) show one
     object (``twin_pairs``), their references Wiener-filtered with ``tau2`` (2, S)."""
-    mask = params.class_mask(state.box, state.apix)
-    references = mstep.reconstruct(stats.num.sum(axis=1), stats.den.sum(axis=1), tau2,
-                                   state.pad, state.box, params.tau2_fudge) * mask
-    pair = dataclasses.replace(state, references=references, stats=stats, tau2=tau2)
-    return bool(twin_pairs(pair, mask))
+    pair = judged(stats, state, params, tau2)
+    return bool(twin_pairs(pair, params.class_mask(state.box, state.apix)))
 
 
-def merge_twins(stats: Statistics, state: ClassState,
+def merge_twins(stats: Statistics, batch: Statistics, state: ClassState,
                 params: ClassifyParams) -> tuple[Statistics, np.ndarray]:
-    """At the end of online EM: every twin pair of ``state``'s classes merged in ``stats``
-    (``merged``), the classes left empty returned (n,) int64.  An empty class is not scored
-    again (``passes.score_rows``), so the full pass assigns its particles anew."""
-    stats, done = merged(stats, twin_pairs(state, params.class_mask(state.box, state.apix)),
+    """At the end of online EM: every twin pair of the classes that the last pass's own
+    statistics ``batch`` show merged in ``stats`` (``merged``), the classes left empty
+    returned (n,) int64.  An empty class is not scored again (``passes.score_rows``), so
+    the full pass assigns its particles anew.
+
+    Judged on the pass alone, not on the blended statistics: those still remember the
+    iterations before, and two classes that shared two objects until the last iterations
+    parted them read as twins there (on a set of 3·10⁴ particles, one pair merged back
+    that the last pass had split: ARI 0.894, against 0.952 judged on the pass)."""
+    stats, done = merged(stats, twin_pairs(judged(batch, state, params, state.tau2),
+                                           params.class_mask(state.box, state.apix)),
                          state.pad)
     if done:
         logger.info("merged %d class(es) into the class showing the same object: %s",
