@@ -137,3 +137,36 @@ def test_a_class_drawing_few_particles_two_passes_running_is_refilled(full_pass,
     state = dataclasses.replace(full_pass[1], history=[{"kind": kind, "pass_sizes": before}])
     out = {"best_class": np.repeat(np.arange(4), [190, 150, 40, 20])}
     np.testing.assert_array_equal(refill.faded(state, out), expected)
+
+
+def test_a_split_class_of_two_objects_is_sorted_into_one_object_each(tmp_path):
+    """``refill.resorted``: the two halves of a class that holds two objects, split 60/40 the
+    wrong way (as the first principal component leaves them at low SNR), are sorted by
+    aligning every particle to both halves: each half then holds (nearly) one object."""
+    import dataclasses
+
+    data = simulate(200, box=32, apix=6.0, snr=0.2, n_objects=2, junk_fraction=0.0,
+                    duplicate_fraction=0.0, seed=4)
+    stack = prepare_stack(write_dataset(data, tmp_path / "data"), tmp_path / "prepare",
+                          max_res_A=12.0)
+    params = ClassifyParams.from_config({"n_classes": 2, "max_res_A": 12.0}, seed=1)
+    state = init_classes(stack, params, cpu)
+    truth = dataclasses.replace(state, references=data.references.astype(np.float32)
+                                * params.class_mask(stack.box, stack.apix))
+    ctx = make_context(stack, params, params.align_res_A, full=True)
+    rows = np.arange(stack.n)
+    _, out = score_rows(stack, truth, params, cpu, ctx, rows, 1.0, hard=True)
+    objects = data.truth["true_class"].to_numpy()
+    assert np.mean(out["best_class"] == objects) >= 0.95      # the poses are the objects'
+    # one class of both objects, at each particle's pose in its own object's frame: split
+    # with 60 % of each object on its wrong side
+    wrong = np.random.default_rng(0).random(rows.size) < 0.6
+    group = (objects == 1) ^ wrong
+    grids = np.zeros((2,) + state.stats.num.shape[-2:], np.complex64)
+    part = refill.insert_split(stack, state, ctx, cpu, grids, rows, group,
+                               (out["psi"], out["tx"], out["ty"]), params.estep_batch(stack.box))
+    _, again, _ = refill.resorted(stack, state, params, ctx, cpu, part, rows,
+                                  state.tau2[[0, 0]])
+    # each object now mostly on one side, the two on different sides
+    side = [np.mean(again[objects == o]) for o in (0, 1)]
+    assert max(min(side), 1 - max(side)) <= 0.1 and (side[0] > 0.5) != (side[1] > 0.5), side
