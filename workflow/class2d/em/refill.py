@@ -239,9 +239,10 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
                             params.estep_batch(stack.box))
         # sorted anew where both classes keep MIN_SPLIT (a class of one object tends to
         # go whole to one half: its first split stays)
-        again = resorted(stack, state, params, ctx, backend, part, rows, tau2[[j, j]])
-        if min(again[1].sum(), again[1].size - again[1].sum()) >= MIN_SPLIT:
-            part, group, (psi, tx, ty) = again
+        sorted_part, sorted_group, poses = resorted(stack, state, params, ctx, backend, part,
+                                                    rows, tau2[[j, j]])
+        if min(sorted_group.sum(), (~sorted_group).sum()) >= MIN_SPLIT:
+            part, group, (psi, tx, ty) = sorted_part, sorted_group, poses
         if distinct_only and one_object(part, state, params, state.tau2[[j, j]]):
             logger.info("the largest class (%d) shows one object: class(es) %s not refilled",
                         j + 1, ", ".join(str(c + 1) for c in small[i:]))
