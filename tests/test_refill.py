@@ -165,8 +165,13 @@ def test_a_split_class_of_two_objects_is_sorted_into_one_object_each(tmp_path):
     grids = np.zeros((2,) + state.stats.num.shape[-2:], np.complex64)
     part = refill.insert_split(stack, state, ctx, cpu, grids, rows, group,
                                (out["psi"], out["tx"], out["ty"]), params.estep_batch(stack.box))
-    _, again, _ = refill.resorted(stack, state, params, ctx, cpu, part, rows,
-                                  state.tau2[[0, 0]])
+    _, again, _, flops = refill.resorted(stack, state, params, ctx, cpu, part, rows,
+                                         state.tau2[[0, 0]])
     # each object now mostly on one side, the two on different sides
     side = [np.mean(again[objects == o]) for o in (0, 1)]
     assert max(min(side), 1 - max(side)) <= 0.1 and (side[0] > 0.5) != (side[1] > 0.5), side
+    # its products are counted (4 FLOPs a coefficient and pose): each round scores every
+    # particle against one class at least, over the local poses around its located shift,
+    # and against both over every pose at most
+    per_class = 4.0 * ctx.align.size * rows.size * refill.SPLIT_ROUNDS
+    assert per_class * ctx.local.size <= flops <= 2 * per_class * ctx.poses.size

@@ -153,21 +153,24 @@ def starved(counts: np.ndarray) -> np.ndarray:
 
 def resorted(stack: PreparedStack, state: ClassState, params: ClassifyParams, ctx: PassContext,
              backend, part: Statistics, rows: np.ndarray,
-             tau2: np.ndarray) -> tuple[Statistics, np.ndarray, tuple]:
+             tau2: np.ndarray) -> tuple[Statistics, np.ndarray, tuple, float]:
     """The two classes of a split (``part``: their statistics) sorted anew, SPLIT_ROUNDS
     times: ``rows`` aligned to both classes' references (Wiener-filtered with ``tau2``
     (2, S)) over every pose, each inserted hard at its best pose in the better class.
-    Returns the statistics, (m,) bool: in the second class, and the poses (psi, tx, ty).
+    Returns the statistics, (m,) bool: in the second class, the poses (psi, tx, ty) and the
+    FLOPs of the products done.
 
     The first split, along the aligned images' first principal component, rarely parts two
     objects that share a class: at SNR 0.1 the noise of 200 images outweighs what tells
     them apart (a class of objects 13 and 4, 106 and 98 particles, split 38 + 64 against
     68 + 34).  Aligned to the two halves' averages, as an E-step would, each object's
     particles go to the half where they are more, and the halves draw apart."""
+    flops = 0.0
     for _ in range(SPLIT_ROUNDS):
         part, out = score_rows(stack, judged(part, state, params, tau2), params, backend, ctx,
                                rows, 1.0, hard=True)
-    return part, out["best_class"] == 1, (out["psi"], out["tx"], out["ty"])
+        flops += out["flops"]
+    return part, out["best_class"] == 1, (out["psi"], out["tx"], out["ty"]), flops
 
 
 @timer("refill")
@@ -187,7 +190,8 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     are split (the rest stay);
     all of them are inserted anew, hard, at their best poses, and the two classes'
     statistics are replaced by theirs.  Returns the statistics and ``out`` with the moved
-    particles' ``best_class`` set to their new class.
+    particles' ``best_class`` set to their new class and the sorting's products added to
+    its ``flops`` (so that an iteration's FLOPs count every product its E-step time does).
 
     With ``distinct_only`` a split is kept only where its halves do not show one object
     (``twins.one_object``): otherwise the largest class holds one object, and the classes
@@ -213,7 +217,7 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     # 37 refills took 55 s of a 61 s iteration when each summed into all of them)
     grids = np.zeros((2, num.shape[-1], num.shape[-1]), np.complex64)
     blur = max(1.0, 0.25 * ctx.align.box / max(float(ctx.align.shell.max()), 1.0))
-    done = 0
+    done, flops = 0, 0.0
     # the pass's own assignment (not one updated by an earlier split in this call), as
     # before this function reported moves: the simulated mixture of test_classify_quality
     # fell from ARI 0.94 to 0.88 with the updated one
@@ -239,8 +243,9 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
                             params.estep_batch(stack.box))
         # sorted anew where both classes keep MIN_SPLIT (a class of one object tends to
         # go whole to one half: its first split stays)
-        sorted_part, sorted_group, poses = resorted(stack, state, params, ctx, backend, part,
-                                                    rows, tau2[[j, j]])
+        sorted_part, sorted_group, poses, spent = resorted(stack, state, params, ctx, backend,
+                                                           part, rows, tau2[[j, j]])
+        flops += spent
         if min(sorted_group.sum(), (~sorted_group).sum()) >= MIN_SPLIT:
             part, group, (psi, tx, ty) = sorted_part, sorted_group, poses
         if distinct_only and one_object(part, state, params, state.tau2[[j, j]]):
@@ -258,4 +263,4 @@ def refill_classes(stack: PreparedStack, stats: Statistics, out: dict, state: Cl
     if done:
         logger.info("split the largest class to refill %d emptied class(es)", done)
     return (dataclasses.replace(stats, num=num, den=den, counts=counts),
-            {**out, **poses_out, "best_class": best}, tau2)
+            {**out, **poses_out, "best_class": best, "flops": out["flops"] + flops}, tau2)
