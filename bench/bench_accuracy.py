@@ -11,8 +11,9 @@ uniformly random views; both at SNR 0.1 (``--snr``), 3 Å/px, CTF per micrograph
 aggregate picks and 1/16 duplicate picks (a set is reused when ``--work`` already holds
 it).  The set is prepared and classified in-process with the default settings (``--set
 key=value`` changes a classify setting), then the automatic class selection runs on the
-result.  Per run it prints the work (particles, classes, E-step GFLOP), the seconds of
-prepare and classify, and against the truth:
+result (``--select key=value`` changes one of its settings).  Per run it prints the work
+(particles, classes, E-step GFLOP), the seconds of prepare and classify, and against the
+truth:
 
 - ARI and purity of the good particles' classes (duplicates included, junk left out);
 - psi_err: median over classes (≥ 20 good particles) of the circular s.d. of ψ_ours − ψ_true
@@ -114,8 +115,10 @@ def score(truth, table, kept: np.ndarray) -> dict:
     }
 
 
-def run(star: str, out: str, n_classes: int, seed: int, settings: dict) -> dict:
-    """Prepare, classify and select ``star`` into ``out`` (made anew); the figures."""
+def run(star: str, out: str, n_classes: int, seed: int, settings: dict,
+        select_settings: dict | None = None) -> dict:
+    """Prepare, classify and select ``star`` into ``out`` (made anew); the figures.
+    ``select_settings``: keyword arguments of ``select_classes`` to change."""
     shutil.rmtree(out, ignore_errors=True)
     config = {**CLASSIFY, **settings, "n_classes": n_classes}
     params = ClassifyParams.from_config(config, seed)
@@ -124,7 +127,8 @@ def run(star: str, out: str, n_classes: int, seed: int, settings: dict) -> dict:
     classify_all(os.path.join(out, "prepare"), os.path.join(out, "classify"), config, seed, "cpu")
     seconds = time.perf_counter() - tic
     select_classes(os.path.join(out, "classify", "classes.star"),
-                   os.path.join(out, "classify", "particles.star"), os.path.join(out, "select"))
+                   os.path.join(out, "classify", "particles.star"), os.path.join(out, "select"),
+                   **(select_settings or {}))
     table = io.read_particles(os.path.join(out, "classify", "particles.star")).particles
     selected = io.read_particles(os.path.join(out, "select", "particles.star")).particles
     kept = table["rlnImageName"].isin(selected["rlnImageName"]).to_numpy()
@@ -167,15 +171,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default="/tmp/bench_accuracy")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="classify settings to change")
+    parser.add_argument("--select", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="select settings to change (select_classes' keywords, e.g. "
+                             "max_particle_zscore=null)")
     parser.add_argument("--keep", action="store_true", help="keep each run's output folder")
     parser.add_argument("--trace", action="store_true",
                         help="print each iteration's changed share and largest class")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     settings = parse_settings(args.set)
+    select_settings = parse_settings(args.select)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} CPUs; "
           f"{args.kind}, box {args.box}, SNR {args.snr:g}, run seeds {args.run_seeds}, "
-          f"settings {settings or 'defaults'}", flush=True)
+          f"settings {settings or 'defaults'}, select {select_settings or 'defaults'}", flush=True)
     for k in args.classes:
         for n in args.particles:
             rows = []
@@ -184,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
                 for run_seed in args.run_seeds:
                     out = os.path.join(args.work, f"run_{args.kind}_{n}_snr{args.snr:g}_K{k}_"
                                                   f"d{seed}_r{run_seed}")
-                    row = run(star, out, k, run_seed, settings)
+                    row = run(star, out, k, run_seed, settings, select_settings)
                     rows.append(row)
                     print(f"{args.kind} N {n} K {k} data seed {seed} run seed {run_seed}: "
                           + ", ".join(f"{key} {row[key]:.3g}" for key in METRICS), flush=True)
