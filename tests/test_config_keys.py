@@ -86,8 +86,10 @@ def half_plane_count(r_min: float, r_max: float) -> int:
 def test_defaults_classify_the_stack(classify, dataset):
     """The reference run the others are compared with is a real classification."""
     base = classify()
-    # white noise: the particles are not windowed (passes.particle_window), ARI 0.9+
-    assert adjusted_rand(dataset.truth["true_class"].to_numpy(), labels(base)) > 0.9
+    # far from chance (ARI 0): this set and settings on data seeds 2–6 × run seeds 1–3 read
+    # ARI 0.975 at the median, 0.54–1.00 (this one 0.95; 3 online iterations of 60 particles
+    # sort 3 objects well on most seeds, not on all: 0.90 was a pin on this seed's output)
+    assert adjusted_rand(dataset.truth["true_class"].to_numpy(), labels(base)) > 0.5
     assert base.convergence["kind"].tolist() == ["online"] * 3 + ["full"]
 
 

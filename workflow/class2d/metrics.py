@@ -3,6 +3,7 @@
     >>> adjusted_rand(truth_labels, our_labels)        # 1.0: identical partitions
     >>> purity(truth_labels, our_labels)               # 1.0: no class mixes true labels
     >>> circular_sd_deg(ours_psi - true_psi)           # one class's spread of ψ errors
+    >>> median_angle_deviation_deg(ours_psi - true_psi)   # the same, a few flips aside
     >>> origin_spread(ours_psi, ours_origins, true_origins)   # and of its origins, Å
 """
 
@@ -42,6 +43,15 @@ def circular_sd_deg(angles_deg: np.ndarray) -> float:
     """Circular standard deviation of angles, degrees."""
     z = np.exp(1j * np.radians(angles_deg)).mean()
     return float(np.degrees(np.sqrt(-2 * np.log(max(abs(z), 1e-12)))))
+
+
+def median_angle_deviation_deg(angles_deg: np.ndarray) -> float:
+    """Median angle (degrees) between each of ``angles_deg`` and their circular mean: the
+    spread of most of them, which a few far off (a particle of a nearly symmetric object
+    turned by 180°) do not set: 146 angles of s.d. 2° and two turned by 180° read a circular
+    s.d. of 13.5° (1.9° without the two) and a median deviation of 1.4° (1.4°)."""
+    z = np.exp(1j * np.radians(angles_deg))
+    return float(np.degrees(np.median(np.abs(np.angle(z * np.conj(z.mean()))))))
 
 
 def origin_spread(psi_deg: np.ndarray, ours: np.ndarray, true: np.ndarray) -> float:
