@@ -136,7 +136,7 @@ def test_class_resolution_matches_the_truth_from_both_sides(classified):
     estimate must not beat the FRC-0.5 resolution by more than a shell (the FRC of half-set
     averages, aligned to one reference, so with correlated noise, claimed Nyquist here), nor
     fall more than three shells short of the FRC-√½ resolution (9 runs, data seeds 11–13 ×
-    classifier seeds 0–2: at most 1 shell finer, 1–3 short, 3 on one class of 163; an
+    classifier seeds 0–2: at most 1 shell finer, 1–3 short, 3 on one class of 145; an
     aligned-noise bias taken from classes that drew a fraction of one noise image had a
     clean class of 10⁵ particles read 48 Å against 16 Å).  A class that mixes objects has
     no true resolution to meet (one of 51 particles, a quarter of them of one object, read
