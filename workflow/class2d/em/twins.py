@@ -359,12 +359,18 @@ def judged(stats: Statistics, state: ClassState, params: ClassifyParams,
     return dataclasses.replace(state, references=references, stats=stats, tau2=tau2)
 
 
+def judged_pairs(stats: Statistics, state: ClassState, params: ClassifyParams,
+                 tau2: np.ndarray) -> list[Twin]:
+    """``twin_pairs`` of the classes of ``stats`` (``judged``)."""
+    return twin_pairs(judged(stats, state, params, tau2),
+                      params.class_mask(state.box, state.apix))
+
+
 def one_object(stats: Statistics, state: ClassState, params: ClassifyParams,
                tau2: np.ndarray) -> bool:
     """Whether the two classes of ``stats`` (the halves of a split class, say) show one
     object (``twin_pairs``), their references Wiener-filtered with ``tau2`` (2, S)."""
-    pair = judged(stats, state, params, tau2)
-    return bool(twin_pairs(pair, params.class_mask(state.box, state.apix)))
+    return bool(judged_pairs(stats, state, params, tau2))
 
 
 def merge_twins(stats: Statistics, batch: Statistics, state: ClassState,
@@ -378,9 +384,7 @@ def merge_twins(stats: Statistics, batch: Statistics, state: ClassState,
     iterations before, and two classes that shared two objects until the last iterations
     parted them read as twins there (on a set of 3·10⁴ particles, one pair merged back
     that the last pass had split: ARI 0.894, against 0.952 judged on the pass)."""
-    stats, done = merged(stats, twin_pairs(judged(batch, state, params, state.tau2),
-                                           params.class_mask(state.box, state.apix)),
-                         state.pad)
+    stats, done = merged(stats, judged_pairs(batch, state, params, state.tau2), state.pad)
     if done:
         logger.info("merged %d class(es) into the class showing the same object: %s",
                     len(done), ", ".join(f"{p.drop + 1} into {p.keep + 1} (turned {p.angle:.0f}°,"
