@@ -7,19 +7,21 @@ set (``class2d.simulate.write_labelled``: 16 objects at 48 px, SNR 0.1, CTF over
 3/16 junk picks, 1/16 duplicates) classified with the defaults into 20 classes.
 
 Measured with ``bench/bench_accuracy.py --box 48 --particles 2000 20000`` (data seeds 1–3,
-run seed 1; where the two halves of a split class are sorted between them,
-``em.refill.resorted``), the requirement is the 2,000-particle spread:
+run seed 1; a class under 0.35 of an even share refilled, ``em.refill.SPLIT_SHARE``), the
+requirement is the 2,000-particle spread:
 
 | particles | ARI | purity | largest class |
 |---|---|---|---|
-| 2,000 | 0.904–0.928 | 0.957–0.969 | 6.1–8.5 % |
-| 20,000 | 0.946–0.960 | 0.974–0.981 | 6.05–8.4 % |
+| 2,000 | 0.933–0.950 | 0.968–0.976 | 5.95–7.55 % |
+| 20,000 | 0.953–0.957 | 0.980–0.981 | 6.63–11.5 % |
 
 so the larger set must reach the smaller one's lowest ARI and purity and hold no class
-larger than its largest.  This test's set is data seed 1 (20,000: ARI 0.960, purity 0.981,
-largest 6.05 %).  It fails on the code before that change (0b01305: 0.895, 0.918, 9.95 %,
-an object pair in one class that the first split of the class could not part), and on the
-code the seen-once issue was filed against (af4a8ba: 0.835, 0.856, 9.93 %).
+larger than its largest (20,000 particles of data seed 2 do not: their largest class, 11.5 %,
+is noise and edge picks; of mostly good particles 5.7 %).  This test's set is data seed 1
+(20,000: ARI 0.957, purity 0.980, largest 6.94 %).  It fails on the code before the split
+classes were sorted (0b01305: 0.895, 0.918, 9.95 %, an object pair in one class that the
+first split of the class could not part), and on the code the seen-once issue was filed
+against (af4a8ba: 0.835, 0.856, 9.93 %).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from class2d.prepare import prepare_stack
 from class2d.simulate import read_truth, write_labelled
 
 #: the 2,000-particle runs' lowest ARI and purity and largest class share (module docstring)
-ARI_MIN, PURITY_MIN, LARGEST_MAX = 0.90, 0.95, 0.085
+ARI_MIN, PURITY_MIN, LARGEST_MAX = 0.93, 0.96, 0.076
 
 
 @pytest.mark.slow

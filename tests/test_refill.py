@@ -120,18 +120,18 @@ def test_a_refilled_class_whose_prior_faded_takes_its_sources(full_pass):
 
 
 @pytest.mark.parametrize("before, kind, expected", [
-    ([180, 150, 50, 20], "online", [3]),       # below a quarter of an even share twice
-    ([200, 130, 40, 30], "online", []),        # the pass before drew 30: not yet
+    ([180, 150, 50, 20], "online", [3]),       # below SPLIT_SHARE of an even share twice
+    ([200, 120, 40, 40], "online", []),        # the pass before drew 40: not yet
     ([180, 150, 50, 20], "full", []),          # no online pass before this one
     ([360, 300, 100, 40], "online", [3]),      # shares, not counts: a pass of 800 before
 ])
 def test_a_class_drawing_few_particles_two_passes_running_is_refilled(full_pass, before, kind,
                                                                         expected):
-    """``refill.faded``: a class is refilled once it drew less than SPLIT_SHARE (a quarter)
+    """``refill.faded``: a class is refilled once it drew less than SPLIT_SHARE (0.35)
     of an even share of this pass and of the online pass before, whatever its blended count
     (a class of 0.9 % edge picks kept 35–41 of an even 100 at the end of a 3·10⁴-particle
     run while two objects shared a class).  This pass of 400 draws 190, 150, 40, 20: only
-    the last class is below 25."""
+    the last class is below 35."""
     import dataclasses
 
     state = dataclasses.replace(full_pass[1], history=[{"kind": kind, "pass_sizes": before}])
