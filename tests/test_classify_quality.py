@@ -8,9 +8,7 @@ and no class of one object claiming a resolution its average does not reach agai
 
 Every threshold is a requirement that the construction met on each of 9 runs (data seeds
 11–13 × classifier seeds 0–2, bench/RESULTS.md "thresholds of the quality test"), with
-the margin those runs showed; the test runs data seed 11, classifier seed 0.  Since the
-particles are scored without their own share in their class (stop 31) one of the 9 runs
-misses one of them: junk in junk classes 0.775 on data seed 12, classifier seed 2.
+the margin those runs showed; the test runs data seed 11, classifier seed 0.
 
 Two-particle aggregates are left out of the junk here: each holds a whole good particle,
 and the classifier (like RELION's and CryoSPARC's) puts most of them with that particle's
@@ -84,9 +82,7 @@ def test_good_particles_are_classified_like_the_truth(classified):
                         table["rlnClassNumber"].to_numpy()[good])
     # 9 runs (data seeds 11–13 × classifier seeds 0–2): 0.904 [0.878–0.952], this one 0.952
     # (0.92 before was this run's output less a little: 6 of the 9 read below it); with the
-    # refill line at 0.35 (stop 30) the same 9 read 0.898 [0.880–0.929], this one 0.929;
-    # scored without their own share in their class (``em.own_share``, stop 31) 0.921
-    # [0.875–0.955], this one 0.955
+    # refill line at 0.35 (stop 30) the same 9 read 0.898 [0.880–0.929], this one 0.929
     assert ari >= 0.87
 
 
@@ -129,10 +125,7 @@ def test_junk_lands_in_junk_classes(classified):
     junk_classes = [k for k in np.unique(classes) if junk[classes == k].mean() > 0.5]
     # 9 runs: 0.879 [0.796–0.971] of the junk, 0.992 [0.950–1.0] of the noise picks; this
     # one 0.954 and 1.0 (0.90 was a pin: 5 of the 9 read below it); with the refill line at
-    # 0.35: 0.887 [0.792–0.988] and 0.992 [0.975–1.0], this one 0.887 and 0.992; without
-    # the particles' own share (stop 31): 0.838 [0.775–0.992] and 0.992 [0.950–1.0], this one
-    # 0.992 and 1.0 — data seed 12, classifier seed 2 reads 0.775, under this requirement
-    # (a noise pick's own share was what held it in a class of noise; bench/RESULTS.md)
+    # 0.35: 0.887 [0.792–0.988] and 0.992 [0.975–1.0], this one 0.887 and 0.992
     assert np.isin(classes[junk], junk_classes).mean() >= 0.78
     noise = (data.truth["junk"] == "noise").to_numpy()
     assert np.isin(classes[noise], junk_classes).mean() >= 0.94

@@ -18,11 +18,7 @@ requirement is the 2,000-particle spread:
 so the larger set must reach the smaller one's lowest ARI and purity and hold no class
 larger than its largest (20,000 particles of data seed 2 do not: their largest class, 11.5 %,
 is noise and edge picks; of mostly good particles 5.7 %).  This test's set is data seed 1
-(20,000: ARI 0.957, purity 0.980, largest 6.94 %).  With each particle scored without its
-own share in its class (``em.own_share``) the 2,000-particle runs read 0.926–0.942, 0.971–0.981
-and 6.2–7.95 %, the 20,000 ones 0.959–0.960, 0.981–0.982 and 6.2–8.2 % (data seed 2's noise
-class 8.2 %, not 11.5 %; this set 0.960, 0.981, 6.22 %): the requirement stays the spread
-measured before.  It fails on the code before the split
+(20,000: ARI 0.957, purity 0.980, largest 6.94 %).  It fails on the code before the split
 classes were sorted (0b01305: 0.895, 0.918, 9.95 %, an object pair in one class that the
 first split of the class could not part), and on the code the seen-once issue was filed
 against (af4a8ba: 0.835, 0.856, 9.93 %).

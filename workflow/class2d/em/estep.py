@@ -110,12 +110,10 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
     only for the particles whose low-resolution log-evidence for it is within ``margin``
     (tempered log units) of their best class's; the others get posterior 0, as RELION's
     coarse pass and CryoSPARC's branch-and-bound skip hopeless classes.  A class of prior 0
-    (``log_prior`` −inf) is not scored at all.  ``log_prior``: (K,), or (N, K) where each
-    particle has its own (``own_share``).
+    (``log_prior`` −inf) is not scored at all.
     """
     n, k_count = data.x.shape[0], grids.shape[0]
-    log_prior = np.broadcast_to(log_prior, (n, k_count))
-    candidates = np.isfinite(log_prior)
+    candidates = np.repeat(np.isfinite(log_prior)[None, :], n, axis=0)
     p_stack, ctf2 = data.products()
     flops = 0.0
     if prepass is not None and k_count > 1:
@@ -125,12 +123,12 @@ def score_batch(backend, data: BatchData, grids: np.ndarray, poses: PoseGrid,
                                 data.freqs.subset(prepass), grids, coarse_poses, inv_temp, 1,
                                 candidates)
         flops += candidates.sum() * coarse_poses.size * 4.0 * prepass.size
-        evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior
+        evidence = _evidence(coarse[0], coarse[2], force_max, coarse_poses) + log_prior[None, :]
         candidates &= evidence >= evidence.max(axis=1, keepdims=True) - margin
     fields = _score_classes(backend, p_stack, ctf2, data.alpha, data.freqs, grids, poses,
                             inv_temp, n_top, candidates)
     flops += candidates.sum() * poses.size * 4.0 * data.freqs.size
-    logp = _evidence(fields[0], fields[2], force_max, poses) + log_prior
+    logp = _evidence(fields[0], fields[2], force_max, poses) + log_prior[None, :]
     logp -= logp.max(axis=1, keepdims=True)
     gamma = np.exp(logp)
     gamma /= gamma.sum(axis=1, keepdims=True)

@@ -23,7 +23,6 @@ from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries
 from class2d.em.grids import FrequencySet
 from class2d.em.outliers import FEATURES, outlier_features
-from class2d.em.own_share import OwnShare
 from class2d.em.params import ClassifyParams
 from class2d.em.passes import RESULT_KEYS, accumulate, load_spectra, make_context, score_rows
 from class2d.em.refill import MIN_SPLIT, online_refills, refill_classes, splittable
@@ -127,8 +126,7 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     res = params.resolution_at(n)
     ctx = make_context(stack, params, res)
     batch, out = score_rows(stack, state, params, backend, ctx, rows,
-                            1.0 / params.temperature_at(n), hard=False,
-                            own=(OwnShare.weight(state, params, stack.n), state.classes))
+                            1.0 / params.temperature_at(n), hard=False)
     stats = state.stats.blend(batch, params.step_size_at(n))
     changed = changed_share(state, out)
     merged = np.zeros(0, np.int64)
@@ -185,8 +183,7 @@ def full_pass_shard(stack: PreparedStack, state: ClassState, params: ClassifyPar
     with timing.record() as spent, timer("full pass"):
         ctx = make_context(stack, params, params.align_res_A, full=True)
         stats, out = score_rows(stack, state, params, backend, ctx, rows, 1.0,
-                                hard=last and params.hard_last_iteration,
-                                own=(OwnShare.weight(state, params, stack.n), state.classes))
+                                hard=last and params.hard_last_iteration)
         out.update(stats.to_file())
         if last:
             # against the classes the shard aligned to: the work scatters with the shards

@@ -19,7 +19,6 @@ import numpy as np
 from class2d.em import mstep
 from class2d.em.estep import BatchData, Entries, score_batch, select_entries
 from class2d.em.grids import FrequencySet, PoseGrid
-from class2d.em.own_share import OwnShare
 from class2d.em.params import ClassifyParams
 from class2d.em.state import ClassState, Statistics
 from class2d.fourier import centered_rfft2, circular_mask, shell_index
@@ -261,8 +260,7 @@ RESULT_KEYS = ("rows", "best_class", "psi", "tx", "ty", "gamma", "ess", "pmax", 
 
 @timer("E-step")
 def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
-               ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool,
-               own: tuple[float, np.ndarray] | None = None):
+               ctx: PassContext, rows: np.ndarray, inv_temp: float, hard: bool):
     """E-step and statistics over ``rows``: (stats, per-row results sorted by row).
 
     Besides the ``RESULT_KEYS`` arrays, the results hold ``flops`` (of the products done).
@@ -274,14 +272,9 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
     radius allows (``locate``), then like the seen ones around the shift found.  The class
     sums of every chunk go into one ``PassSums`` (with CUDA: on the card, zeroed once and
     read back once, where they fit), read when the call ends.
-
-    ``own``: (ρ, the class (−1: none) of every row of the stack in ``state``'s statistics,
-    where it weighs ρ): each particle's score for that class is taken without its own share
-    there (``own_share``).
     """
     grids = mstep.reference_grids(state.references, state.pad)
     log_prior = class_log_prior(state.stats.counts)
-    own_share = None if own is None else OwnShare.of(state, params, ctx.align, own[0])
     force_max = params.force_max
     n_top = 1 if force_max else params.max_poses
     sums = PassSums(backend, state.n_classes, grids.shape[-1], ctx.n_shells)
@@ -311,9 +304,7 @@ def score_rows(stack: PreparedStack, state: ClassState, params: ClassifyParams, 
                         recon = recon.shifted(prev)
                         data = recon.subset(ctx.align_index, ctx.align)
                         search = ctx.local
-                    prior = (log_prior if own_share is None else
-                             own_share.log_prior(log_prior, data, own[1][chunk], inv_temp))
-                    scores = score_batch(backend, data, grids, search, prior, inv_temp,
+                    scores = score_batch(backend, data, grids, search, log_prior, inv_temp,
                                          n_top, force_max, ctx.prepass,
                                          params.class_prune_margin)
                 flops += scores.flops
