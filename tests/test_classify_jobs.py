@@ -16,10 +16,12 @@ import pytest
 from class2d import layout
 from class2d.classify import init_step, iteration_step
 from class2d.em import online
+from class2d.em.params import ClassifyParams
 from class2d.prepare import prepare_stack
 from class2d.simulate import simulate, write_dataset
 
-CONFIG = {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 5, "batch_per_class": 30}
+#: a batch of all 240 particles, taken in two updates (``ClassifyParams.online_steps``)
+CONFIG = {"n_classes": 4, "max_res_A": 12.0, "online_iterations": 5, "batch_per_class": 60}
 #: history entries that hold wall-clock times, which no two runs share
 CLOCK_KEYS = ("seconds", "estep_seconds")
 
@@ -29,6 +31,7 @@ KILLED_JOB = """
 import os, signal, sys, json
 from class2d import classify, layout
 from class2d.em import online
+from class2d.em.params import ClassifyParams
 kind, meta, folder, config = sys.argv[1:4] + [json.loads(sys.argv[4])]
 calls = []
 real = online.online_iteration
@@ -140,3 +143,27 @@ print(sorted(name for name in ("pandas", "pyarrow", "matplotlib", "starfile")
     assert job.returncode == 0, job.stderr[-2000:]
     assert os.path.exists(layout.assignments_path(folder, 3))
     assert job.stdout.split("\n")[-2] == "[]"
+
+
+def test_an_iteration_on_a_small_set_updates_the_classes_in_steps(prepared, tmp_path):
+    """240 particles, a batch of 4 × 60 = all 240: more than a quarter of the set, so each
+    iteration updates the classes in steps (``online_steps``): two of 120, as four of 60
+    would hold fewer than 30 particles per class; its state keeps one history row for the
+    240."""
+    from class2d.em.state import ClassState
+    from class2d.timing import record
+
+    folder = str(tmp_path / "run")
+    config = {**CONFIG, "online_iterations": 2}
+    with record() as budget:
+        init_step(prepared, layout.state_path(folder, 2), config, 0, "cpu", iterations=2)
+    assert budget.parts["online iteration"].calls == 2
+    assert budget.parts["online iteration/M-step"].calls == 4
+    assert budget.parts["online iteration/E-step"].calls == 4
+    history = ClassState.load(layout.state_path(folder, 2)).history
+    assert [row["iteration"] for row in history] == [1, 2]
+    assert [row["particles"] for row in history] == [240, 240]
+    assert [sum(row["pass_sizes"]) for row in history] == [240, 240]
+    # a batch of 4 × 30 = 120 is half the set, but two steps of it would hold 15 per
+    # class: one update, as before this rule
+    assert ClassifyParams.from_config({**CONFIG, "batch_per_class": 30}).online_steps(240) == 1

@@ -58,6 +58,21 @@ def test_step_size_replaces_first_then_decays_as_a_power_to_a_floor():
     assert params.step_size_at(47) == 0.1 and params.step_size_at(200) == 0.1
 
 
+def test_an_iteration_takes_its_batch_in_updates_of_at_most_a_quarter_of_the_particles():
+    """batch = 100 per class × K, at most every particle; updates = ⌈batch / (N / 4)⌉, but
+    no more than keep 30 particles per class in each."""
+    params = ClassifyParams(n_classes=20)                      # batch 2,000
+    assert params.online_steps(100_000) == 1
+    assert params.online_steps(8_000) == 1                     # 2,000 = N / 4
+    assert params.online_steps(7_999) == 2
+    assert params.online_steps(3_000) == 3                     # 2,000 / 750 → 3 of 667
+    assert params.online_steps(2_000) == 3                     # 4 would be 25 per class
+    assert ClassifyParams(n_classes=50).online_steps(3_000) == 2     # 3,000: 2 of 30 per class
+    assert ClassifyParams(n_classes=4, batch_per_class=10).online_steps(150) == 1   # 40: 10 each
+    assert ClassifyParams(n_classes=4).online_steps(300) == 2  # 300 of 400 asked: 2 of 150
+    assert ClassifyParams(n_classes=50, batch_per_class=20).online_steps(10**6) == 1
+
+
 def test_mask_from_the_particle_diameter():
     params = ClassifyParams()
     # 90 % of 64 px across, edge 5 % of the box (3.2 px): radius min(28.8, 32 − 3.2)

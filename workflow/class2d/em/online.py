@@ -5,6 +5,9 @@
     >>> part = full_pass_shard(stack, state, params, backend, shard=0, last=True)  # per shard
     >>> state, assignments = gather_full_pass(stack, state, [part], params, backend)
 
+An iteration's batch that is more than a quarter of a small set is taken in several updates
+(``ClassifyParams.online_steps``), each one as an online iteration of a longer run.
+
 Every random choice is drawn from ``numpy.random.default_rng([seed, iteration])`` so a
 resumed run repeats exactly what an uninterrupted one would have done.  A pass over rows
 is in ``passes.py``, the class refill in ``refill.py``, the M-step in ``mstep.py``.
@@ -123,6 +126,40 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     rng = np.random.default_rng([params.seed, n])
     size = min(stack.n, params.batch_per_class * params.n_classes)
     rows = np.sort(rng.choice(stack.n, size=size, replace=False))
+    steps = params.online_steps(stack.n)
+    if steps == 1:
+        new, _ = _online_step(stack, state, params, backend, rows, rng)
+        return new
+    # the iteration's batch in ``steps`` updates, each as an online iteration of a run of
+    # ``steps`` × as many (its annealing, resolution and blend schedules, its refills);
+    # the state keeps one history row for the iteration
+    stepped = dataclasses.replace(params, online_iterations=params.online_iterations * steps)
+    current, outs = dataclasses.replace(state, iteration=(n - 1) * steps), []
+    for j, part in enumerate(np.array_split(rng.permutation(rows), steps)):
+        current, out = _online_step(stack, current, stepped, backend, np.sort(part), rng,
+                                    look_for_twins=j == steps - 1)
+        outs.append(out)
+    joined = {key: np.concatenate([out[key] for out in outs])
+              for key in ("rows", "best_class", "loglik")}
+    joined["flops"] = sum(out["flops"] for out in outs)
+    row = {**current.history[-1], "iteration": n, "particles": int(size),
+           "loglik": float(np.mean(joined["loglik"])), "changed": changed_share(state, joined),
+           "pass_sizes": _pass_sizes(joined, state.n_classes), "gflops": joined["flops"] / 1e9}
+    return dataclasses.replace(current, iteration=n, history=state.history + [row])
+
+
+def _pass_sizes(out: dict, k_count: int) -> list[int]:
+    """Particles of the pass ``out`` whose best class is each class."""
+    return np.bincount(out["best_class"], minlength=k_count).tolist()
+
+
+def _online_step(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
+                 rows: np.ndarray, rng: np.random.Generator,
+                 look_for_twins: bool = True) -> tuple[ClassState, dict]:
+    """One update of online EM from the particles ``rows``: the next state and the pass's
+    per-particle results.  Without ``look_for_twins`` the update refills no class for showing
+    another's object (``refill.online_refills``)."""
+    n = state.iteration + 1
     res = params.resolution_at(n)
     ctx = make_context(stack, params, res)
     batch, out = score_rows(stack, state, params, backend, ctx, rows,
@@ -132,8 +169,9 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     merged = np.zeros(0, np.int64)
     tau2 = state.tau2
     if n < params.online_iterations:
+        small = online_refills(stats, state, params, out, look_for_twins)
         stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
-                                          online_refills(stats, state, params, out), rng)
+                                          small, rng)
     elif params.merge_twin_classes and splittable(out, state.n_classes).any():
         # twins merged; a class they empty takes half of the largest only where that holds
         # more than one object, else it stays empty and is not scored again. No merge where
@@ -152,7 +190,7 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
                       tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
-                      pad=state.pad, history=state.history + [row])
+                      pad=state.pad, history=state.history + [row]), out
 
 
 def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
@@ -163,7 +201,7 @@ def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
             "particles": int(out["best_class"].size),
             "loglik": float(np.mean(out["loglik"])), "changed": changed,
             "class_sizes": [round(float(c), 2) for c in stats.counts],
-            "pass_sizes": np.bincount(out["best_class"], minlength=stats.counts.size).tolist(),
+            "pass_sizes": _pass_sizes(out, stats.counts.size),
             "gflops": out["flops"] / 1e9}
 
 

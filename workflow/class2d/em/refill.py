@@ -104,14 +104,14 @@ def splittable(out: dict, k_count: int) -> np.ndarray:
 
 
 def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams,
-                   out: dict) -> np.ndarray:
+                   out: dict, look_for_twins: bool = True) -> np.ndarray:
     """Classes an online iteration refills: those whose blended count fell below SPLIT_SHARE
     of an even share (the blended count, so that a class one batch leaves nearly empty is
     not refilled at once: refilled from the batch's counts, classes of simulated crowded
     particles kept emptying and refilling), those that drew less than SPLIT_SHARE of an
     even share of this pass ``out`` and of the pass before once annealing has ended
     (``faded``: while it runs, the hard counts of a pass say little), and with
-    ``merge_twin_classes`` the smaller class
+    ``merge_twin_classes`` and ``look_for_twins`` the smaller class
     of (at most TWIN_SHARE of the classes') pairs that show one object (``em.twins``).
 
     Twins are refilled from the largest class even where its halves show one object (a new
@@ -123,7 +123,7 @@ def online_refills(stats: Statistics, state: ClassState, params: ClassifyParams,
     small = np.flatnonzero(starved(counts))
     if params.temperature_at(state.iteration + 1) <= 1.0:
         small = np.union1d(small, faded(state, out))
-    if params.merge_twin_classes:
+    if params.merge_twin_classes and look_for_twins:
         twins, pairs = twin_classes(state, params.class_mask(state.box, state.apix),
                                     max(1, int(TWIN_SHARE * counts.size)))
         if pairs:
