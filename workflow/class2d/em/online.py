@@ -128,37 +128,36 @@ def _online_iteration(stack: PreparedStack, state: ClassState, params: ClassifyP
     rows = np.sort(rng.choice(stack.n, size=size, replace=False))
     steps = params.online_steps(stack.n)
     if steps == 1:
-        new, _ = _online_step(stack, state, params, backend, rows, rng)
-        return new
+        return _online_step(stack, state, params, backend, rows, rng)
     # the iteration's batch in ``steps`` updates, each as an online iteration of a run of
     # ``steps`` × as many (its annealing, resolution and blend schedules, its refills);
     # the state keeps one history row for the iteration
     stepped = dataclasses.replace(params, online_iterations=params.online_iterations * steps)
-    current, outs = dataclasses.replace(state, iteration=(n - 1) * steps), []
+    current = dataclasses.replace(state, iteration=(n - 1) * steps)
     for j, part in enumerate(np.array_split(rng.permutation(rows), steps)):
-        current, out = _online_step(stack, current, stepped, backend, np.sort(part), rng,
-                                    look_for_twins=j == steps - 1)
-        outs.append(out)
-    joined = {key: np.concatenate([out[key] for out in outs])
-              for key in ("rows", "best_class", "loglik")}
-    joined["flops"] = sum(out["flops"] for out in outs)
-    row = {**current.history[-1], "iteration": n, "particles": int(size),
-           "loglik": float(np.mean(joined["loglik"])), "changed": changed_share(state, joined),
-           "pass_sizes": _pass_sizes(joined, state.n_classes), "gflops": joined["flops"] / 1e9}
+        current = _online_step(stack, current, stepped, backend, np.sort(part), rng,
+                               look_for_twins=j == steps - 1)
+    row = _joined_row(n, current.history[-steps:])
     return dataclasses.replace(current, iteration=n, history=state.history + [row])
 
 
-def _pass_sizes(out: dict, k_count: int) -> list[int]:
-    """Particles of the pass ``out`` whose best class is each class."""
-    return np.bincount(out["best_class"], minlength=k_count).tolist()
+def _joined_row(n: int, rows: list[dict]) -> dict:
+    """The history row of online iteration ``n`` taken in several updates (``rows``: theirs):
+    the last update's classes, every update's particles."""
+    counts = [row["particles"] for row in rows]
+    return {**rows[-1], "iteration": n, "particles": sum(counts),
+            "loglik": float(np.average([row["loglik"] for row in rows], weights=counts)),
+            "changed": float(np.average([row["changed"] for row in rows], weights=counts)),
+            "pass_sizes": np.sum([row["pass_sizes"] for row in rows], axis=0).tolist(),
+            "gflops": sum(row["gflops"] for row in rows)}
 
 
 def _online_step(stack: PreparedStack, state: ClassState, params: ClassifyParams, backend,
                  rows: np.ndarray, rng: np.random.Generator,
-                 look_for_twins: bool = True) -> tuple[ClassState, dict]:
-    """One update of online EM from the particles ``rows``: the next state and the pass's
-    per-particle results.  Without ``look_for_twins`` the update refills no class for showing
-    another's object (``refill.online_refills``)."""
+                 look_for_twins: bool = True) -> ClassState:
+    """One update of online EM from the particles ``rows``: the next state.  Without
+    ``look_for_twins`` it refills no class for showing another's object
+    (``refill.online_refills``)."""
     n = state.iteration + 1
     res = params.resolution_at(n)
     ctx = make_context(stack, params, res)
@@ -169,9 +168,9 @@ def _online_step(stack: PreparedStack, state: ClassState, params: ClassifyParams
     merged = np.zeros(0, np.int64)
     tau2 = state.tau2
     if n < params.online_iterations:
-        small = online_refills(stats, state, params, out, look_for_twins)
-        stats, out, tau2 = refill_classes(stack, stats, out, state, params, ctx, backend,
-                                          small, rng)
+        stats, out, tau2 = refill_classes(
+            stack, stats, out, state, params, ctx, backend,
+            online_refills(stats, state, params, out, look_for_twins), rng)
     elif params.merge_twin_classes and splittable(out, state.n_classes).any():
         # twins merged; a class they empty takes half of the largest only where that holds
         # more than one object, else it stays empty and is not scored again. No merge where
@@ -190,7 +189,7 @@ def _online_step(stack: PreparedStack, state: ClassState, params: ClassifyParams
     row = _history_row(n, "online", res, ctx, out, stats, changed)
     return ClassState(iteration=n, references=refs, stats=stats.as_stored(), sigma2=sigma2,
                       tau2=tau2, alpha=alpha, classes=classes, shifts=shifts, apix=state.apix,
-                      pad=state.pad, history=state.history + [row]), out
+                      pad=state.pad, history=state.history + [row])
 
 
 def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
@@ -201,7 +200,7 @@ def _history_row(n, kind, res, ctx, out, stats, changed) -> dict:
             "particles": int(out["best_class"].size),
             "loglik": float(np.mean(out["loglik"])), "changed": changed,
             "class_sizes": [round(float(c), 2) for c in stats.counts],
-            "pass_sizes": _pass_sizes(out, stats.counts.size),
+            "pass_sizes": np.bincount(out["best_class"], minlength=stats.counts.size).tolist(),
             "gflops": out["flops"] / 1e9}
 
 
