@@ -142,9 +142,10 @@ def test_class_resolution_matches_the_truth_from_both_sides(classified):
     the FRC of its average with that object: SNR 1 is FRC √½ against the truth, so the
     estimate must not beat the FRC-0.5 resolution by more than a shell (the FRC of half-set
     averages, aligned to one reference, so with correlated noise, claimed Nyquist here), nor
-    fall more than three shells short of the FRC-√½ resolution (9 runs, data seeds 11–13 ×
-    classifier seeds 0–2: at most 1 shell finer, 1–3 short, 3 on one class of 145; with the
-    refill line at 0.35, none finer and 1–2 short; an
+    fall more than two shells short of the FRC-√½ resolution (9 runs, data seeds 11–13 ×
+    classifier seeds 0–2: at stop 29 at most 1 shell finer, 1–3 short, 3 on one class of
+    145; at stop 33, small sets taken in updates, at most 1 finer, at most 1 short on 8 runs
+    and 2 on one class of one run (13, 1); this run: 1 finer, 1 short); an
     aligned-noise bias taken from classes that drew a fraction of one noise image had a
     clean class of 10⁵ particles read 48 Å against 16 Å).  A class that mixes objects has
     no true resolution to meet (one of 51 particles, a quarter of them of one object, read
@@ -172,6 +173,6 @@ def test_class_resolution_matches_the_truth_from_both_sides(classified):
         assert estimated[k - 1] >= 64 * 3.0 / (64 * 3.0 / against_truth + 1), (k, against_truth)
         assert estimated[k - 1] > 6.0
         at_snr_one = frc_resolution(curve, 64, 3.0, np.sqrt(0.5))
-        assert 64 * 3.0 / estimated[k - 1] >= 64 * 3.0 / at_snr_one - 3, (k, at_snr_one)
+        assert 64 * 3.0 / estimated[k - 1] >= 64 * 3.0 / at_snr_one - 2, (k, at_snr_one)
         checked += 1
     assert checked >= 14

@@ -107,13 +107,15 @@ def shell_mean(grids: np.ndarray, pad: int, n_shells: int) -> np.ndarray:
 
 
 def shift_grids(grids: np.ndarray, shifts: np.ndarray, pad: int) -> np.ndarray:
-    """Apply (K, 2) real-space shifts (px of the d-box) to centred padded Fourier grids."""
+    """Apply (K, 2) real-space shifts (px of the d-box) to centred padded Fourier grids
+    (K, …, G, G): every grid of class k (both half sets of the statistics) by shift k, the
+    phases computed once per class."""
     grid = grids.shape[-1]
     y, x = np.stack(pixel_grid(grid)) / pad
     box = grid // pad
     phase = np.exp(-2j * np.pi * (x[None] * shifts[:, 0, None, None]
                                   + y[None] * shifts[:, 1, None, None]) / box)
-    return grids * phase
+    return grids * phase.reshape((len(shifts),) + (1,) * (grids.ndim - 3) + phase.shape[1:])
 
 
 def postprocess(references: np.ndarray, *, mask_radius: float, mask_edge: float,
@@ -162,8 +164,7 @@ def finish(stats: Statistics, tau2: np.ndarray, sigma2_prev: np.ndarray,
                                clamp_solvent=params.clamp_solvent,
                                non_negative=params.non_negative)
     if np.any(shifts):
-        num = np.stack([shift_grids(stats.num[:, h], shifts, pad) for h in (0, 1)], axis=1)
-        stats = dataclasses.replace(stats, num=num)
+        stats = dataclasses.replace(stats, num=shift_grids(stats.num, shifts, pad))
     refs[stats.counts <= 0] = 0.0
     tau2 = np.maximum(shell_power(refs), 1e-12)
     # shells that no particle has reached yet get a weak prior (SNR 1 per coefficient), so
