@@ -332,7 +332,7 @@ def merged(stats: Statistics, pairs: list[Twin], pad: int) -> tuple[Statistics, 
         if pair.keep in dropped or pair.drop in dropped:   # (pairs of one group share keep)
             continue
         turned = rotate_images(num[pair.drop], pair.angle, 3)
-        num[pair.keep] += shift_grids(turned, np.tile(pair.shift, (2, 1)), pad)
+        num[pair.keep] += shift_grids(turned[None], np.array([pair.shift]), pad)[0]   # both halves
         den[pair.keep] += np.maximum(rotate_images(den[pair.drop], pair.angle, 3), 0.0)
         counts[pair.keep] += counts[pair.drop]
         num[pair.drop], den[pair.drop], counts[pair.drop] = 0.0, 0.0, 0.0
